@@ -1,0 +1,1 @@
+"""The generation stage: batched inference, model registry, backends."""

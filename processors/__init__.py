@@ -1,0 +1,1 @@
+"""Lightbox stage runtime and the CPU stages built on it."""

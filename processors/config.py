@@ -1,0 +1,146 @@
+"""Configuration: one typed object, read from defaults, an optional YAML file and the environment.
+
+Precedence, highest first: environment variables (``LIGHTBOX_`` prefix, ``__`` between levels,
+e.g. ``LIGHTBOX_KAFKA__BOOTSTRAP``), the YAML file named by ``LIGHTBOX_CONFIG`` (or ``--config``),
+then the defaults below. Nothing else is global: components receive the settings they need.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+def _default_home() -> Path:
+    return Path(os.environ.get("LIGHTBOX_HOME", Path.home() / ".lightbox"))
+
+
+class KafkaSettings(BaseModel):
+    bootstrap: str = "127.0.0.1:19092"
+    controller_port: int = 19093
+    topic_prefix: str = ""
+    partitions: int = 3
+    replication_factor: int = 1
+    # Pinned broker line; see docs/decisions.md for why 3.9 and not 4.x.
+    version: str = "3.9.1"
+    scala_version: str = "2.13"
+
+
+class StorageSettings(BaseModel):
+    endpoint: str = "127.0.0.1:19000"
+    console_port: int = 19001
+    access_key: str = "lightbox"
+    secret_key: str = "lightbox-secret"
+    bucket: str = "lightbox"
+    secure: bool = False
+    # MinIO's release tags are not semver; the Go proxy serves this pseudo-version.
+    minio_version: str = "v0.0.0-20260212201848-7aac2a2c5b7c"
+
+
+class ClickHouseSettings(BaseModel):
+    # Empty means the embedded engine (chDB) under the data dir; an http(s):// URL means a server.
+    url: str = ""
+    database: str = "lightbox"
+    # Where the event-log sink, which owns the embedded engine, answers queries.
+    query_port: int = 18123
+
+
+class StageSettings(BaseModel):
+    batch_size: int = 32
+    batch_timeout_s: float = 0.2
+    max_attempts: int = 4
+    backoff_initial_s: float = 0.2
+    backoff_max_s: float = 5.0
+    metrics_port: int = 0  # 0: no HTTP endpoint; metrics still collected
+    session_timeout_ms: int = 10000
+
+
+class ReviewSettings(BaseModel):
+    policy: Literal["auto", "hold"] = "auto"
+    publish_prefix: str = "published/"
+    webhook_url: str = ""
+
+
+class GenerationSettings(BaseModel):
+    default_backend: str = "compositor"
+    max_batch: int = 8
+    max_wait_s: float = 0.2
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="LIGHTBOX_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    home: Path = Field(default_factory=_default_home)
+    kafka: KafkaSettings = KafkaSettings()
+    storage: StorageSettings = StorageSettings()
+    clickhouse: ClickHouseSettings = ClickHouseSettings()
+    stage: StageSettings = StageSettings()
+    review: ReviewSettings = ReviewSettings()
+    generation: GenerationSettings = GenerationSettings()
+    log_level: str = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlSource(settings_cls))
+
+    @property
+    def cache_dir(self) -> Path:
+        """Downloaded and built tools (Kafka jars, MinIO binary): kept across stack restarts."""
+        return self.home / "cache"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def clickhouse_dsn(self) -> str:
+        if self.clickhouse.url:
+            return self.clickhouse.url
+        return f"chdb://{self.data_dir / 'clickhouse'}"
+
+    @property
+    def uses_embedded_clickhouse(self) -> bool:
+        return not self.clickhouse.url
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """Reads the YAML file named by LIGHTBOX_CONFIG, if any."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = os.environ.get("LIGHTBOX_CONFIG")
+        if not path:
+            return {}
+        file = Path(path)
+        if not file.is_file():
+            raise FileNotFoundError(f"LIGHTBOX_CONFIG names {file}, which does not exist")
+        data = yaml.safe_load(file.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{file}: the top level must be a mapping of settings")
+        return data
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    if config_file:
+        os.environ["LIGHTBOX_CONFIG"] = str(config_file)
+    return Settings(**overrides)
