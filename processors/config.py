@@ -46,8 +46,21 @@ class ClickHouseSettings(BaseModel):
     # Empty means the embedded engine (chDB) under the data dir; an http(s):// URL means a server.
     url: str = ""
     database: str = "lightbox"
+    # Embedded engine's directory; empty: <home>/data/clickhouse.
+    embedded_path: str = ""
     # Where the event-log sink, which owns the embedded engine, answers queries.
     query_port: int = 18123
+
+
+class ReferenceSettings(BaseModel):
+    # Hosts admitted even though they resolve to private or loopback addresses. Empty in
+    # production; the demo and tests serve their images on loopback and name it here.
+    allow_hosts: list[str] = []
+
+
+class RoutingSettings(BaseModel):
+    # Empty: the rules shipped in processors/routing/rules.yaml.
+    rules_file: str = ""
 
 
 class StageSettings(BaseModel):
@@ -60,6 +73,16 @@ class StageSettings(BaseModel):
     session_timeout_ms: int = 10000
 
 
+class QualitySettings(BaseModel):
+    # Generation attempts per job before the gate gives up (1 = no automatic retry).
+    max_attempts: int = 3
+    min_preservation: float = 0.6
+    max_blank_score: float = 0.97
+    max_pixels: int = 40_000_000
+    # What happens to a job still below threshold after its last attempt.
+    on_exhausted: Literal["review", "fail"] = "review"
+
+
 class ReviewSettings(BaseModel):
     policy: Literal["auto", "hold"] = "auto"
     publish_prefix: str = "published/"
@@ -67,21 +90,24 @@ class ReviewSettings(BaseModel):
 
 
 class GenerationSettings(BaseModel):
-    default_backend: str = "compositor"
+    # YAML model registry (gpu_workers/registry.py); empty: only the CPU compositor is available.
+    models_file: str = ""
+    remote_endpoint: str = ""
+    remote_api_key: str = ""
     max_batch: int = 8
-    max_wait_s: float = 0.2
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="LIGHTBOX_", env_nested_delimiter="__", extra="ignore"
-    )
+    model_config = SettingsConfigDict(env_prefix="LIGHTBOX_", env_nested_delimiter="__", extra="ignore")
 
     home: Path = Field(default_factory=_default_home)
     kafka: KafkaSettings = KafkaSettings()
     storage: StorageSettings = StorageSettings()
     clickhouse: ClickHouseSettings = ClickHouseSettings()
     stage: StageSettings = StageSettings()
+    references: ReferenceSettings = ReferenceSettings()
+    routing: RoutingSettings = RoutingSettings()
+    quality: QualitySettings = QualitySettings()
     review: ReviewSettings = ReviewSettings()
     generation: GenerationSettings = GenerationSettings()
     log_level: str = "INFO"
@@ -114,7 +140,7 @@ class Settings(BaseSettings):
     def clickhouse_dsn(self) -> str:
         if self.clickhouse.url:
             return self.clickhouse.url
-        return f"chdb://{self.data_dir / 'clickhouse'}"
+        return f"chdb://{self.clickhouse.embedded_path or self.data_dir / 'clickhouse'}"
 
     @property
     def uses_embedded_clickhouse(self) -> bool:

@@ -18,6 +18,7 @@ class Topic(StrEnum):
     REVIEW_DECISIONS = "review.decisions"
     PIPELINE_EVENTS = "pipeline.events"
     PIPELINE_DLQ = "pipeline.dlq"
+    INTAKE_SEEN = "intake.seen"
 
 
 SCHEMA_OF: dict[Topic, str] = {
@@ -32,7 +33,11 @@ SCHEMA_OF: dict[Topic, str] = {
     Topic.REVIEW_DECISIONS: "review_decision",
     Topic.PIPELINE_EVENTS: "pipeline_event",
     Topic.PIPELINE_DLQ: "dlq_envelope",
+    Topic.INTAKE_SEEN: "seen_event",
 }
+
+# Topics that hold state, not a stream: compacted, so the latest value per key is kept forever.
+COMPACTED: frozenset[Topic] = frozenset({Topic.INTAKE_SEEN})
 
 
 @dataclass(frozen=True)

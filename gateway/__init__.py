@@ -1,0 +1,1 @@
+"""The HTTP API, the review and dashboard pages, and the `lightbox` CLI."""

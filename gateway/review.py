@@ -1,0 +1,30 @@
+"""Reviewer decisions go to review.decisions; the publish stage acts on them."""
+
+from __future__ import annotations
+
+import time
+
+from processors.config import Settings
+from processors.kafka_clients import make_producer
+from schemas.serde import AvroSerde
+from schemas.topics import Topic, TopicNames
+
+
+def submit_decision(settings: Settings, job_id: str, decision: str, reviewer: str, reason: str) -> None:
+    if decision not in ("APPROVE", "REJECT"):
+        raise ValueError(f"decision must be APPROVE or REJECT, not {decision!r}")
+    value = AvroSerde("review_decision").encode(
+        {
+            "job_id": job_id,
+            "decision": decision,
+            "reviewer": reviewer,
+            "reason": reason,
+            "decided_at": int(time.time() * 1000),
+        }
+    )
+    producer = make_producer(settings)
+    producer.produce(
+        TopicNames(settings.kafka.topic_prefix)(Topic.REVIEW_DECISIONS), key=job_id.encode(), value=value
+    )
+    if producer.flush(30):
+        raise RuntimeError("the decision could not be delivered to Kafka")

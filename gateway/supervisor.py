@@ -1,0 +1,102 @@
+"""`lightbox run all`: every stage as its own process, restarted if it dies.
+
+Separate processes, not tasks in one loop: stages scale and fail independently as they would in
+production, and the event-log sink can own the embedded ClickHouse engine alone.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway.stages import STAGES
+
+
+@dataclass
+class Child:
+    stage: str
+    log_file: Path
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    started_at: float = field(default=0.0)
+
+
+class Supervisor:
+    def __init__(
+        self,
+        stages: list[str],
+        log_dir: Path,
+        env: dict[str, str] | None = None,
+        copies: int = 1,
+        echo: bool = False,
+    ) -> None:
+        self.children = [
+            Child(stage, log_dir / f"{stage}{'' if copies == 1 else f'-{i}'}.log")
+            for stage in stages
+            for i in range(copies if stage not in ("eventlog",) else 1)
+        ]
+        self.env = {**os.environ, **(env or {})}
+        self.echo = echo
+        self._stopping = False
+        log_dir.mkdir(parents=True, exist_ok=True)
+
+    def _spawn(self, child: Child) -> None:
+        out = None if self.echo else open(child.log_file, "ab")  # noqa: SIM115 - owned by the child
+        child.process = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "run", child.stage],
+            stdout=out, stderr=subprocess.STDOUT if out else None, env=self.env,
+        )  # fmt: skip
+        child.started_at = time.monotonic()
+
+    def start(self) -> None:
+        for child in self.children:
+            self._spawn(child)
+
+    def stop(self, grace_s: float = 15.0) -> None:
+        self._stopping = True
+        for child in self.children:
+            if child.process and child.process.poll() is None:
+                child.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for child in self.children:
+            if child.process is None:
+                continue
+            try:
+                child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.process.kill()
+
+    def check(self) -> list[str]:
+        """Restart children that died; returns what happened, for the caller to report."""
+        notes = []
+        for child in self.children:
+            if self._stopping or child.process is None or child.process.poll() is None:
+                continue
+            code = child.process.returncode
+            child.restarts += 1
+            # Back off a child that dies right after starting, so a broken config does not spin.
+            if time.monotonic() - child.started_at < 5:
+                time.sleep(min(10, child.restarts))
+            notes.append(f"{child.stage} exited with {code}; restarting (see {child.log_file})")
+            self._spawn(child)
+        return notes
+
+    def run_forever(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self.stop())
+        self.start()
+        try:
+            while not self._stopping:
+                for note in self.check():
+                    print(note, file=sys.stderr, flush=True)
+                time.sleep(1)
+        except KeyboardInterrupt:
+            self.stop()
+
+
+def all_stages() -> list[str]:
+    return list(STAGES)

@@ -1,0 +1,259 @@
+"""generate: generation.requests → generation.results, batched.
+
+Consumes a batch, expands best-of-N variants, groups compatible requests (same backend choices and
+batch key: model, size, steps, sampler) into one backend call each, fails over between backends by
+the routing decision, bisects a failing batch so one bad request costs only itself, and uploads the
+images of one group while the next group generates. Every result records model and version, seed,
+sampler, steps, guidance, size, backend, batch size, queue wait and compute time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import time
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from PIL import Image
+
+from gpu_workers.backends.base import (
+    Backend,
+    BackendUnavailable,
+    GeneratedImage,
+    GenerationItem,
+    GenerationParams,
+)
+from gpu_workers.backends.compositor import CompositorBackend
+from gpu_workers.batching import expand_best_of_n, group_compatible, run_with_split
+from gpu_workers.failover import Choice, FailoverGenerator, FailoverOutcome
+from processors.runtime import BatchStage, InputRecord, Outcome, PermanentError
+from processors.runtime.records import job_event
+from schemas.topics import Topic
+
+DEFAULTS = {"steps": "25", "guidance": "7.5", "sampler": "euler"}
+
+
+class ExternalUrlError(PermanentError):
+    """A URL reached the generator: the persist-first rule was broken upstream."""
+
+
+@dataclass
+class Request:
+    record: InputRecord
+    job: dict[str, Any]
+    choices: tuple[Choice, ...]
+    items: list[GenerationItem]
+    queue_wait_ms: float
+
+
+def assert_no_external_urls(job: dict[str, Any]) -> None:
+    if job.get("source_references"):
+        raise ExternalUrlError("job still carries source URLs; references must be persisted first")
+    for ref in job.get("references", []):
+        for key in ("key", "mask_key"):
+            value = str(ref.get(key) or "")
+            if "://" in value:
+                raise ExternalUrlError(f"reference {key} is a URL ({value[:80]}), not a storage key")
+
+
+def seed_for(job: dict[str, Any]) -> int:
+    if seed := job["route"]["params"].get("seed"):
+        return int(seed)
+    digest = hashlib.sha256(f"{job['job_id']}|{job.get('attempt', 0)}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFF_FFFF
+
+
+def parse_choices(route: dict[str, Any]) -> tuple[Choice, ...]:
+    choices = [Choice(route["backend"], route["model"])]
+    for fallback in route.get("fallbacks", []):
+        backend, _, model = fallback.partition(":")
+        choices.append(Choice(backend, model or backend))
+    return tuple(dict.fromkeys(choices))
+
+
+def output_key(job: dict[str, Any], request_id: str) -> str:
+    variant = request_id.split("#", 1)[1] if "#" in request_id else "0"
+    return f"generated/{job['job_id']}/a{job.get('attempt', 0)}/v{variant}.png"
+
+
+class GenerateStage(BatchStage):
+    name: ClassVar[str] = "generate"
+    inputs: ClassVar[tuple[Topic, ...]] = (Topic.GENERATION_REQUESTS,)
+
+    async def start(self) -> None:
+        self.backends: dict[str, Backend] = {"compositor": CompositorBackend()}
+        settings = self.ctx.settings.generation
+        if settings.models_file:
+            from gpu_workers.backends.diffusers_backend import DiffusersBackend
+            from gpu_workers.registry import ModelRegistry
+
+            registry = ModelRegistry.from_file(settings.models_file)
+            registry.validate()  # a missing model path stops the worker here, naming the model
+            self.backends["diffusers"] = DiffusersBackend(registry)
+        if settings.remote_endpoint:
+            from gpu_workers.backends.remote import RemoteBackend
+
+            self.backends["remote"] = RemoteBackend(settings.remote_endpoint, settings.remote_api_key)
+        self.failover = FailoverGenerator(self.backends)
+        self.ctx.log.info("generation backends: %s", ", ".join(self.backends))
+
+    async def handle_batch(self, records: list[InputRecord]) -> list[Outcome]:
+        outcomes: dict[int, Outcome] = {}
+        requests: dict[int, Request] = {}
+        for index, record in enumerate(records):
+            try:
+                requests[index] = await self._request(record)
+            except (ExternalUrlError, PermanentError) as exc:
+                outcomes[index] = Outcome.fail(
+                    record.value,
+                    "external_url_blocked" if isinstance(exc, ExternalUrlError) else "invalid_request",
+                    str(exc),
+                )
+            except FileNotFoundError as exc:
+                outcomes[index] = Outcome.fail(record.value, "missing_source_file", str(exc))
+
+        owner = {item.request_id: i for i, req in requests.items() for item in req.items}
+        pairs = [(req.choices, item) for req in requests.values() for item in req.items]
+        groups = group_compatible(pairs, self._group_key, self.ctx.settings.generation.max_batch)
+
+        generated: dict[str, tuple[GeneratedImage, FailoverOutcome, int]] = {}
+        failed: dict[int, BaseException] = {}
+        uploads: list[asyncio.Task[None]] = []
+        for group in groups:
+            choices = group[0][0]
+            items = [item for _, item in group]
+            results, failures = await run_with_split(
+                items, lambda batch, c=choices: self._generate(batch, c), fail_whole=()
+            )
+            for image, outcome in results:
+                generated[image.request_id] = (image, outcome, len(items))
+                job = requests[owner[image.request_id]].job
+                # Upload this group's images while the next group generates.
+                uploads.append(asyncio.create_task(self._upload(job, image)))
+            for item, exc in failures:
+                if isinstance(exc, BackendUnavailable):
+                    raise exc  # every backend is down: retry the batch, commit nothing
+                failed.setdefault(owner[item.request_id], exc)
+        await asyncio.gather(*uploads)
+
+        for index, request in requests.items():
+            if index in failed:
+                outcomes[index] = Outcome(
+                    events=[
+                        job_event(
+                            request.job, "failed", reason="generation_error", detail=str(failed[index])[:500]
+                        )
+                    ],
+                    dead_letter=failed[index],
+                )
+                continue
+            outcomes[index] = self._result(request, generated)
+        return [outcomes[i] for i in range(len(records))]
+
+    def _group_key(self, pair: tuple[tuple[Choice, ...], GenerationItem]) -> tuple[object, ...]:
+        choices, item = pair
+        backend = self.backends.get(choices[0].backend) or self.backends["compositor"]
+        return (choices, backend.batch_key(item))
+
+    async def _generate(
+        self, items: list[GenerationItem], choices: tuple[Choice, ...]
+    ) -> list[tuple[GeneratedImage, FailoverOutcome]]:
+        outcome = await self.failover.generate(items, choices)
+        return [(image, outcome) for image in outcome.results]
+
+    async def _request(self, record: InputRecord) -> Request:
+        job = record.value
+        assert_no_external_urls(job)
+        if not job.get("route") or not job.get("prompt"):
+            raise PermanentError("generation request without prompt or route")
+        product_ref = next((r for r in job["references"] if r["role"] == "PRODUCT"), None)
+        if product_ref is None:
+            raise FileNotFoundError("no stored product reference on the job")
+        product, mask = await asyncio.to_thread(self._load_product, product_ref)
+        params = {**DEFAULTS, **job["route"]["params"]}
+        spec = job["spec"]
+        base = GenerationItem(
+            request_id=job["job_id"],
+            params=GenerationParams(
+                model=job["route"]["model"],
+                width=spec["width"],
+                height=spec["height"],
+                steps=int(params["steps"]),
+                guidance=float(params["guidance"]),
+                sampler=params["sampler"],
+                seed=seed_for(job),
+                prompt=job["prompt"]["positive"],
+                negative_prompt=job["prompt"]["negative"],
+                options=tuple(sorted((k, str(v)) for k, v in params.items())),
+            ),
+            product=product,
+            mask=mask,
+            scene=params.get("scene", "studio"),
+        )
+        items = expand_best_of_n(base, max(1, int(spec.get("variants") or 1)))
+        if len(items) == 1:
+            items = [GenerationItem(**{**base.__dict__, "request_id": f"{job['job_id']}#0"})]
+        wait = max(0.0, time.time() * 1000 - record.timestamp_ms)
+        return Request(record, job, parse_choices(job["route"]), items, wait)
+
+    def _load_product(self, ref: dict[str, Any]) -> tuple[Image.Image, Image.Image | None]:
+        store = self.ctx.store
+        if not store.exists(ref["key"]):
+            raise FileNotFoundError(f"stored product reference {ref['key']} is missing from storage")
+        product = Image.open(io.BytesIO(store.get_bytes(ref["key"])))
+        product.load()
+        mask = None
+        if ref.get("mask_key") and store.exists(ref["mask_key"]):
+            mask = Image.open(io.BytesIO(store.get_bytes(ref["mask_key"]))).convert("L")
+        return product, mask
+
+    async def _upload(self, job: dict[str, Any], image: GeneratedImage) -> None:
+        def encode_and_put() -> None:
+            buf = io.BytesIO()
+            image.image.save(buf, format="PNG")
+            self.ctx.store.put_bytes(
+                output_key(job, image.request_id),
+                buf.getvalue(),
+                "image/png",
+                {"job-id": job["job_id"], "model-version": image.model_version},
+            )
+
+        await asyncio.to_thread(encode_and_put)
+
+    def _result(
+        self, request: Request, generated: dict[str, tuple[GeneratedImage, FailoverOutcome, int]]
+    ) -> Outcome:
+        job = request.job
+        images = [generated[item.request_id] for item in request.items]
+        first_image, outcome, batch_size = images[0]
+        params = request.items[0].params
+        job["generation"] = {
+            "backend": outcome.served_by.backend,
+            "model": outcome.served_by.model,
+            "model_version": first_image.model_version,
+            "seed": params.seed,
+            "sampler": params.sampler,
+            "steps": params.steps,
+            "guidance": params.guidance,
+            "width": params.width,
+            "height": params.height,
+            "output_keys": [output_key(job, item.request_id) for item in request.items],
+            "batch_size": batch_size,
+            "queue_wait_ms": request.queue_wait_ms,
+            "compute_ms": sum(image.compute_ms for image, _, _ in images),
+            "fell_back_from": outcome.fell_back_from,
+        }
+        attributes = {
+            "backend": outcome.served_by.backend,
+            "model": outcome.served_by.model,
+            "batch_size": str(batch_size),
+            "variants": str(len(images)),
+        }
+        if outcome.fell_back_from:
+            attributes["fell_back_from"] = outcome.fell_back_from
+            attributes["skipped"] = "; ".join(f"{s.choice.backend}: {s.reason}" for s in outcome.skipped)[
+                :500
+            ]
+        return Outcome.forward(Topic.GENERATION_RESULTS, job, "running", **attributes)

@@ -1,0 +1,1 @@
+"""The event log: pipeline.events in ClickHouse, and the queries analysts and SREs run on it."""

@@ -1,0 +1,60 @@
+"""Read-only HTTP queries on the event log, served by the process that owns the engine."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from processors.eventlog import queries
+
+if TYPE_CHECKING:
+    from processors.eventlog.sink import ClickHouseWorker
+
+READ_ONLY = re.compile(r"^\s*(SELECT|WITH|SHOW|DESCRIBE|EXPLAIN)\b", re.IGNORECASE)
+
+
+def build_query_app(clickhouse: ClickHouseWorker, database: str) -> web.Application:
+    routes = web.RouteTableDef()
+
+    @routes.get("/healthz")
+    async def healthz(request: web.Request) -> web.Response:
+        await clickhouse.call(lambda c: c.command("SELECT 1"))
+        return web.json_response({"ok": True})
+
+    @routes.get("/jobs/{job_id}")
+    async def job(request: web.Request) -> web.Response:
+        job_id = request.match_info["job_id"]
+        return web.json_response(await clickhouse.call(queries.job_timeline, database, job_id))
+
+    @routes.get("/summary")
+    async def summary(request: web.Request) -> web.Response:
+        since = int(request.query.get("since_ms", "0"))
+        return web.json_response(await clickhouse.call(queries.summary, database, since))
+
+    @routes.post("/latencies")
+    async def latencies(request: web.Request) -> web.Response:
+        body = await request.json()
+        ids = [str(i) for i in body.get("job_ids", [])]
+        return web.json_response(await clickhouse.call(queries.job_latencies, database, ids))
+
+    @routes.post("/query")
+    async def query(request: web.Request) -> web.Response:
+        body = await request.json()
+        sql = str(body.get("sql", ""))
+        if not READ_ONLY.match(sql) or ";" in sql.strip().rstrip(";"):
+            raise web.HTTPBadRequest(text="only one read-only statement (SELECT, WITH, SHOW, DESCRIBE)")
+        result = await clickhouse.call(lambda c: c.query(sql))
+        rows: list[list[Any]] = [[_plain(v) for v in row] for row in result.result_rows]
+        return web.json_response({"columns": list(result.column_names), "rows": rows})
+
+    app = web.Application()
+    app.add_routes(routes)
+    return app
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)

@@ -1,0 +1,34 @@
+"""How the runtime classifies a handler's exception.
+
+Permanent errors (bad data, a bug on this input) go to the dead-letter topic at once: retrying
+cannot help and would block the partition. Everything else is presumed transient (a broker, MinIO
+or a backend hiccup) and retried with backoff up to the stage's attempt limit, then dead-lettered.
+"""
+
+from __future__ import annotations
+
+from schemas.serde import SerdeError
+
+
+class TransientError(Exception):
+    """Worth retrying: a dependency is briefly unavailable."""
+
+
+class PermanentError(Exception):
+    """Retrying cannot help: the message itself is unprocessable."""
+
+
+class DeliveryError(RuntimeError):
+    """The producer could not deliver a batch's outputs; the batch is not committed."""
+
+
+_PERMANENT = (SerdeError, PermanentError, KeyError, TypeError, ValueError, AttributeError)
+
+
+def is_permanent(exc: BaseException) -> bool:
+    return isinstance(exc, _PERMANENT) and not isinstance(exc, TransientError)
+
+
+def backoff_delay(attempt: int, initial_s: float, max_s: float) -> float:
+    """Exponential backoff: initial, 2x, 4x, ... capped."""
+    return float(min(max_s, initial_s * (2 ** max(0, attempt - 1))))

@@ -1,0 +1,425 @@
+"""Consume-process-produce-commit for one stage, at least once.
+
+Per batch: poll up to N records, decode each (undecodable → dead-letter at once), handle them
+(retrying transient failures with backoff; exhausted or permanent → dead-letter), produce every
+output, pipeline event and dead letter, wait for delivery, and only then commit the batch's offsets.
+A crash anywhere before the commit replays the batch; handlers make that harmless with
+deterministic keys and ids. SIGTERM finishes the batch in hand, commits, and leaves the group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import os
+import signal
+import socket
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import KafkaError, Message, TopicPartition
+
+from processors.kafka_clients import group_id_for, make_consumer, make_producer
+from processors.logs import current_job_id, current_stage
+from processors.runtime.dlq import DeadLetter
+from processors.runtime.errors import DeliveryError, backoff_delay, is_permanent
+from processors.runtime.records import Event, InputRecord, Outcome
+from processors.runtime.stage import BatchStage, Stage
+from schemas.serde import AvroSerde, SerdeError
+from schemas.topics import SCHEMA_OF, Topic
+
+EVENT_NAMESPACE = uuid.UUID("6f1f7c52-3a0e-4c59-9a57-1d1f3f0c9b11")
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def to_millis(value: dt.datetime | int | None) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        return int(value.timestamp() * 1000)
+    return int(value)
+
+
+@dataclass
+class Pending:
+    """Everything one input record leads to, encoded and ready to produce."""
+
+    record: InputRecord | None
+    messages: list[tuple[Topic, str, bytes, list[tuple[str, bytes]] | None, int | None]] = field(
+        default_factory=list
+    )
+
+
+class StageRunner:
+    def __init__(self, stage: Stage) -> None:
+        self.stage = stage
+        self.ctx = stage.ctx
+        self.settings = stage.ctx.settings
+        self.log = logging.getLogger(f"lightbox.runtime.{stage.name}")
+        self.metrics = stage.ctx.metrics
+        self._serdes: dict[str, AvroSerde] = {}
+        self._stopping = asyncio.Event()
+        # One dedicated thread for the blocking poll, so handlers' to_thread calls never wait on it.
+        self._poll_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"poll-{stage.name}")
+        self._delivery_errors: list[str] = []
+        self.consumer = make_consumer(self.settings, group_id_for(self.settings, stage.name))
+        self.producer = make_producer(self.settings)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+
+    async def run(self, max_batches: int | None = None) -> None:
+        current_stage.set(self.stage.name)
+        self.metrics.serve(self.settings.stage.metrics_port)
+        topics = [self.ctx.topics(t) for t in self.stage.inputs]
+        self.consumer.subscribe(topics, on_assign=self._on_assign)
+        await self.stage.start()
+        self.log.info("stage started", extra={"topic": ",".join(topics)})
+        batches = 0
+        try:
+            while not self._stopping.is_set():
+                if max_batches is not None and batches >= max_batches:
+                    break
+                messages = await self._poll()
+                if messages:
+                    await self.process(messages)
+                    batches += 1
+        finally:
+            await self.stage.stop()
+            self.producer.flush(10)
+            # close() commits nothing (auto-commit is off) and leaves the group promptly.
+            self.consumer.close()
+            self._poll_thread.shutdown(wait=False)
+            self.log.info("stage stopped")
+
+    def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        by_topic: dict[str, list[int]] = {}
+        for tp in partitions:
+            by_topic.setdefault(tp.topic, []).append(tp.partition)
+        for name, numbers in by_topic.items():
+            self.stage.partitions_assigned(self.ctx.topics.logical(name), numbers)
+
+    async def _poll(self) -> list[Message]:
+        loop = asyncio.get_running_loop()
+        cfg = self.settings.stage
+        return await loop.run_in_executor(
+            self._poll_thread, lambda: self.consumer.consume(cfg.batch_size, cfg.batch_timeout_s)
+        )
+
+    # -- one batch ---------------------------------------------------------------------------
+
+    async def process(self, messages: list[Message]) -> None:
+        self.metrics.batch_size.labels(self.stage.name).observe(len(messages))
+        pendings: list[Pending] = []
+        records: list[InputRecord] = []
+        slots: list[int] = []
+        for message in messages:
+            if message.error():
+                if message.error().code() != KafkaError._PARTITION_EOF:
+                    self.log.warning("consume error: %s", message.error())
+                continue
+            self.metrics.consumed.labels(self.stage.name).inc()
+            try:
+                records.append(self._decode(message))
+                slots.append(len(pendings))
+                pendings.append(Pending(None))
+            except SerdeError as exc:
+                pendings.append(self._dead_letter_raw(message, exc, 1, now_ms(), now_ms()))
+
+        if records:
+            await self.stage.before_batch()
+            if isinstance(self.stage, BatchStage):
+                results = await self._handle_batch(records)
+            else:
+                results = await asyncio.gather(*(self._handle_one(r) for r in records))
+            for slot, pending in zip(slots, results, strict=True):
+                pendings[slot] = pending
+
+        self._produce(pendings)
+        await self._flush()
+        self._commit(messages)
+
+    def _decode(self, message: Message) -> InputRecord:
+        topic = self.ctx.topics.logical(message.topic())
+        value = self._serde(SCHEMA_OF[topic]).decode(message.value())
+        return InputRecord(
+            topic=topic,
+            partition=message.partition(),
+            offset=message.offset(),
+            key=message.key(),
+            value=value,
+            raw_value=message.value(),
+            headers=list(message.headers() or []),
+            timestamp_ms=message.timestamp()[1],
+        )
+
+    async def _handle_one(self, record: InputRecord) -> Pending:
+        token = current_job_id.set(record.job_id)
+        first_failure: int | None = None
+        retry_events: list[Event] = []
+        attempt = 0
+        try:
+            while True:
+                attempt += 1
+                started = time.perf_counter()
+                try:
+                    outcome = await self.stage.handle(record)
+                    duration_ms = (time.perf_counter() - started) * 1000
+                    self.metrics.handler_seconds.labels(self.stage.name).observe(duration_ms / 1000)
+                    outcome.events[:0] = retry_events
+                    return self._encode(record, outcome, duration_ms)
+                except Exception as exc:
+                    failed_at = now_ms()
+                    first_failure = first_failure or failed_at
+                    reason = type(exc).__name__
+                    if is_permanent(exc) or attempt >= self.settings.stage.max_attempts:
+                        self.log.error(
+                            "dead-lettering after %d attempt(s): %s",
+                            attempt,
+                            exc,
+                            extra={"reason": reason, "attempt": attempt},
+                            exc_info=exc,
+                        )
+                        pending = self._dead_letter_record(record, exc, attempt, first_failure, failed_at)
+                        pending.messages[:0] = self._encode_events(retry_events, record, 0.0)
+                        return pending
+                    delay = backoff_delay(
+                        attempt, self.settings.stage.backoff_initial_s, self.settings.stage.backoff_max_s
+                    )
+                    self.metrics.retries.labels(self.stage.name).inc()
+                    self.log.warning(
+                        "transient failure, retrying in %.2fs: %s",
+                        delay,
+                        exc,
+                        extra={"reason": reason, "attempt": attempt},
+                    )
+                    retry_events.append(
+                        Event(
+                            record.job_id,
+                            "retry",
+                            reason=reason,
+                            detail=str(exc)[:500],
+                            discriminator=f"try{attempt}",
+                        )
+                    )
+                    await asyncio.sleep(delay)
+        finally:
+            current_job_id.reset(token)
+
+    async def _handle_batch(self, records: list[InputRecord]) -> list[Pending]:
+        assert isinstance(self.stage, BatchStage)
+        attempt = 0
+        while True:
+            attempt += 1
+            started = time.perf_counter()
+            try:
+                outcomes = await self.stage.handle_batch(records)
+                break
+            except Exception as exc:
+                if attempt >= self.settings.stage.max_attempts:
+                    # Not dead-lettered: a whole batch failing means a dependency is down, not
+                    # that every record is poison. Crash without committing; a restart resumes.
+                    raise
+                delay = backoff_delay(
+                    attempt, self.settings.stage.backoff_initial_s, self.settings.stage.backoff_max_s
+                )
+                self.metrics.retries.labels(self.stage.name).inc()
+                self.log.warning(
+                    "batch failed, retrying in %.2fs: %s",
+                    delay,
+                    exc,
+                    extra={"reason": type(exc).__name__, "attempt": attempt},
+                )
+                await asyncio.sleep(delay)
+        per_record_ms = (time.perf_counter() - started) * 1000 / max(1, len(records))
+        return [self._encode(r, o, per_record_ms) for r, o in zip(records, outcomes, strict=True)]
+
+    # -- encoding ----------------------------------------------------------------------------
+
+    def _serde(self, schema: str) -> AvroSerde:
+        if schema not in self._serdes:
+            self._serdes[schema] = AvroSerde(schema)
+        return self._serdes[schema]
+
+    def _encode(self, record: InputRecord, outcome: Outcome, duration_ms: float) -> Pending:
+        if outcome.dead_letter is not None:
+            at = now_ms()
+            pending = self._dead_letter_record(record, outcome.dead_letter, outcome.attempts, at, at)
+            pending.messages[:0] = self._encode_events(outcome.events, record, duration_ms)
+            return pending
+        pending = Pending(record)
+        try:
+            for output in outcome.outputs:
+                value = self._serde(SCHEMA_OF[output.topic]).encode(output.value)
+                pending.messages.append((output.topic, output.key, value, None, output.partition))
+        except SerdeError as exc:
+            # The handler built an invalid record: a bug on this input, so it is poison.
+            return self._dead_letter_record(record, exc, 1, now_ms(), now_ms())
+        pending.messages.extend(self._encode_events(outcome.events, record, duration_ms))
+        return pending
+
+    def _encode_events(
+        self, events: list[Event], record: InputRecord | None, duration_ms: float
+    ) -> list[tuple[Topic, str, bytes, None, None]]:
+        serde = self._serde("pipeline_event")
+        encoded = []
+        for event in events:
+            identity = "|".join(
+                [
+                    event.job_id,
+                    self.stage.name,
+                    event.state,
+                    str(event.attempt),
+                    event.reason,
+                    event.discriminator,
+                ]
+            )
+            attributes = dict(event.attributes)
+            if record is not None:
+                attributes.setdefault("source", f"{record.topic.value}/{record.partition}/{record.offset}")
+            value = {
+                "event_id": str(uuid.uuid5(EVENT_NAMESPACE, identity)),
+                "job_id": event.job_id,
+                "stage": self.stage.name,
+                "state": event.state,
+                "at": now_ms(),
+                "duration_ms": float(duration_ms),
+                "reason": event.reason,
+                "detail": event.detail[:2000],
+                "attempt": event.attempt,
+                "attributes": attributes,
+                "submitted_at": to_millis(event.submitted_at),
+                "worker": WORKER,
+            }
+            encoded.append((Topic.PIPELINE_EVENTS, event.job_id, serde.encode(value), None, None))
+        return encoded
+
+    def _dead_letter_record(
+        self, record: InputRecord, exc: BaseException, attempts: int, first: int, last: int
+    ) -> Pending:
+        letter = DeadLetter(
+            original_topic=self.ctx.topics(record.topic),
+            original_partition=record.partition,
+            original_offset=record.offset,
+            original_key=record.key,
+            original_value=record.raw_value,
+            stage=self.stage.name,
+            error_class=type(exc).__name__,
+            error_message=str(exc),
+            attempts=attempts,
+            first_failure_at=first,
+            last_failure_at=last,
+        )
+        return self._dead_letter(letter, record)
+
+    def _dead_letter_raw(
+        self, message: Message, exc: BaseException, attempts: int, first: int, last: int
+    ) -> Pending:
+        letter = DeadLetter(
+            original_topic=message.topic(),
+            original_partition=message.partition(),
+            original_offset=message.offset(),
+            original_key=message.key(),
+            original_value=message.value(),
+            stage=self.stage.name,
+            error_class=type(exc).__name__,
+            error_message=str(exc),
+            attempts=attempts,
+            first_failure_at=first,
+            last_failure_at=last,
+        )
+        self.log.error(
+            "dead-lettering undecodable message: %s",
+            exc,
+            extra={
+                "reason": letter.error_class,
+                "topic": letter.original_topic,
+                "partition": letter.original_partition,
+                "offset": letter.original_offset,
+            },
+        )
+        return self._dead_letter(letter, None)
+
+    def _dead_letter(self, letter: DeadLetter, record: InputRecord | None) -> Pending:
+        self.metrics.dead_lettered.labels(self.stage.name).inc()
+        self.metrics.failures.labels(self.stage.name, letter.error_class).inc()
+        key = (letter.original_key or b"").decode("utf-8", "replace")
+        job_id = (
+            record.job_id
+            if record
+            else key or f"{letter.original_topic}/{letter.original_partition}/{letter.original_offset}"
+        )
+        value = self._serde("dlq_envelope").encode(letter.record())
+        event = Event(
+            job_id,
+            "dead_lettered",
+            reason=letter.error_class,
+            detail=letter.error_message[:500],
+            attributes={
+                "dlq_source": f"{letter.original_topic}/{letter.original_partition}/{letter.original_offset}",
+                "attempts": str(letter.attempts),
+            },
+        )
+        pending = Pending(record, [(Topic.PIPELINE_DLQ, key, value, letter.headers(), None)])
+        pending.messages.extend(self._encode_events([event], record, 0.0))
+        return pending
+
+    # -- produce and commit ------------------------------------------------------------------
+
+    def _on_delivery(self, err: Any, msg: Message) -> None:
+        if err is not None:
+            self._delivery_errors.append(f"{msg.topic()}: {err}")
+
+    def _produce(self, pendings: list[Pending]) -> None:
+        for pending in pendings:
+            for topic, key, value, headers, partition in pending.messages:
+                name = self.ctx.topics(topic)
+                extra = {} if partition is None else {"partition": partition}
+                while True:
+                    try:
+                        self.producer.produce(
+                            name,
+                            value=value,
+                            key=key.encode(),
+                            headers=headers,
+                            on_delivery=self._on_delivery,
+                            **extra,
+                        )
+                        break
+                    except BufferError:
+                        # Local queue full: serve delivery reports to make room, then retry.
+                        self.producer.poll(0.1)
+                self.metrics.produced.labels(self.stage.name, topic.value).inc()
+
+    async def _flush(self) -> None:
+        remaining = await asyncio.to_thread(self.producer.flush, 30)
+        if remaining or self._delivery_errors:
+            errors, self._delivery_errors = self._delivery_errors, []
+            raise DeliveryError(f"{remaining} message(s) undelivered; errors: {'; '.join(errors[:5])}")
+
+    def _commit(self, messages: list[Message]) -> None:
+        offsets: dict[tuple[str, int], int] = {}
+        for m in messages:
+            if m.error():
+                continue
+            key = (m.topic(), m.partition())
+            offsets[key] = max(offsets.get(key, -1), m.offset() + 1)
+        if offsets:
+            self.consumer.commit(
+                offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False
+            )

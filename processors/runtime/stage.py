@@ -1,0 +1,82 @@
+"""A stage: a consumer group with input topics and a handler. Subclass Stage (one record at a time,
+run concurrently within a batch) or BatchStage (the whole batch at once: the GPU worker, the sink)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import ClassVar
+
+from processors.config import Settings
+from processors.metrics import StageMetrics
+from processors.runtime.records import InputRecord, Outcome
+from processors.storage import ObjectStore
+from schemas.topics import Topic, TopicNames
+
+
+@dataclass
+class StageContext:
+    settings: Settings
+    stage_name: str
+    metrics: StageMetrics = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.metrics = StageMetrics(self.stage_name)
+
+    @cached_property
+    def topics(self) -> TopicNames:
+        return TopicNames(self.settings.kafka.topic_prefix)
+
+    @cached_property
+    def store(self) -> ObjectStore:
+        return ObjectStore(self.settings.storage)
+
+    @cached_property
+    def log(self) -> logging.Logger:
+        return logging.getLogger(f"lightbox.{self.stage_name}")
+
+
+class Stage(ABC):
+    name: ClassVar[str]
+    inputs: ClassVar[tuple[Topic, ...]]
+    # How many records of one batch are handled at once (I/O-bound handlers benefit).
+    concurrency: ClassVar[int] = 8
+
+    def __init__(self, ctx: StageContext) -> None:
+        self.ctx = ctx
+        self._semaphore = asyncio.Semaphore(self.concurrency)
+
+    async def start(self) -> None:
+        """Open sessions, load models; called once before the first batch."""
+
+    async def stop(self) -> None:
+        """Release what start() opened; called once after the last batch."""
+
+    def partitions_assigned(self, topic: Topic, partitions: list[int]) -> None:
+        """Rebalance hook, called on the poll thread: note what to restore, do not block."""
+
+    async def before_batch(self) -> None:
+        """Called before each batch is handled: restore state, reload rules."""
+
+    @abstractmethod
+    async def handle(self, record: InputRecord) -> Outcome:
+        """Process one record. Raise to have the runtime retry or dead-letter it."""
+
+    async def run_blocking(self, func, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+        """Run synchronous I/O (MinIO SDK, Pillow) off the event loop, bounded by concurrency."""
+        async with self._semaphore:
+            return await asyncio.to_thread(func, *args, **kwargs)
+
+
+class BatchStage(Stage):
+    """A stage that sees the whole consumed batch at once."""
+
+    @abstractmethod
+    async def handle_batch(self, records: list[InputRecord]) -> list[Outcome]:
+        """One Outcome per record, in order. Raising retries the whole batch."""
+
+    async def handle(self, record: InputRecord) -> Outcome:
+        return (await self.handle_batch([record]))[0]

@@ -1,0 +1,75 @@
+"""postprocess: assets.scored → assets.ready.
+
+Renders the channel's derivatives (size, crop, format, sRGB) with the job's lineage embedded in
+each file, under deterministic names: a replayed message rewrites the same objects.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any, ClassVar
+
+from PIL import Image
+
+from processors.imaging.derivatives import CHANNEL_DERIVATIVES, derivative_name, render_derivative
+from processors.runtime import InputRecord, Outcome, Stage
+from processors.storage import sha256_hex
+from schemas.topics import Topic
+
+MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
+
+
+def lineage_of(job: dict[str, Any]) -> dict[str, str]:
+    """What every file carries about how it was made (and how to make it again)."""
+    generation = job.get("generation") or {}
+    prompt = job.get("prompt") or {}
+    route = job.get("route") or {}
+    return {
+        "lightbox:job_id": job["job_id"],
+        "lightbox:event_id": job["event_id"],
+        "lightbox:sku": job["product"]["sku"],
+        "lightbox:template": f"{prompt.get('template_id')}@{prompt.get('template_version')}",
+        "lightbox:rule": f"{route.get('rule_id')}@{route.get('rules_version')}",
+        "lightbox:model": f"{generation.get('model')}@{generation.get('model_version')}",
+        "lightbox:backend": str(generation.get("backend")),
+        "lightbox:seed": str(generation.get("seed")),
+        "lightbox:params": json.dumps(
+            {k: generation.get(k) for k in ("sampler", "steps", "guidance", "width", "height")},
+            sort_keys=True,
+        ),
+        "lightbox:references": ",".join(r["sha256"] for r in job.get("references", [])),
+        "lightbox:attempt": str(job.get("attempt", 0)),
+    }
+
+
+class PostprocessStage(Stage):
+    name: ClassVar[str] = "postprocess"
+    inputs: ClassVar[tuple[Topic, ...]] = (Topic.ASSETS_SCORED,)
+
+    async def handle(self, record: InputRecord) -> Outcome:
+        job = record.value
+        job["derivatives"] = await self.run_blocking(self._render_all, job)
+        return Outcome.forward(Topic.ASSETS_READY, job, "completed", derivatives=str(len(job["derivatives"])))
+
+    def _render_all(self, job: dict[str, Any]) -> list[dict[str, Any]]:
+        image = Image.open(io.BytesIO(self.ctx.store.get_bytes(job["asset_key"])))
+        image.load()
+        lineage = lineage_of(job)
+        specs = CHANNEL_DERIVATIVES.get(job["spec"]["channel"]) or CHANNEL_DERIVATIVES["default"]
+        derivatives = []
+        for spec in specs:
+            data = render_derivative(image, spec, lineage)
+            key = f"assets/{derivative_name(job['job_id'], spec)}"
+            self.ctx.store.put_bytes(key, data, MIME[spec.format], {"job-id": job["job_id"]})
+            derivatives.append(
+                {
+                    "name": spec.name,
+                    "key": key,
+                    "width": spec.width,
+                    "height": spec.height,
+                    "format": spec.format,
+                    "sha256": sha256_hex(data),
+                }
+            )
+        return derivatives

@@ -1,0 +1,124 @@
+"""review and publish: assets.ready and review.decisions → assets.published.
+
+Generation and publishing are separate states. A ready asset is approved by policy ("auto") or held
+for a person ("hold"; and always when the quality gate flagged it). Held jobs wait in storage
+under review/pending/; a decision on review.decisions approves (then publishes) or rejects with a
+reason. Publishing copies the derivatives and a lineage document to the publish prefix, under
+deterministic names, and notifies a webhook when one is configured.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any, ClassVar
+
+import aiohttp
+
+from processors.runtime import InputRecord, Outcome, Output, PermanentError, Stage, TransientError
+from processors.runtime.records import job_event
+from schemas.serde import AvroSerde
+from schemas.topics import Topic
+
+
+def pending_key(job_id: str) -> str:
+    return f"review/pending/{job_id}.avro"
+
+
+def published_prefix(prefix: str, job: dict[str, Any]) -> str:
+    return f"{prefix.rstrip('/')}/{job['product']['sku']}/{job['job_id']}"
+
+
+class PublishStage(Stage):
+    name: ClassVar[str] = "publish"
+    inputs: ClassVar[tuple[Topic, ...]] = (Topic.ASSETS_READY, Topic.REVIEW_DECISIONS)
+
+    async def start(self) -> None:
+        self.job_serde = AvroSerde("job")
+        self.settings = self.ctx.settings.review
+
+    async def handle(self, record: InputRecord) -> Outcome:
+        if record.topic is Topic.REVIEW_DECISIONS:
+            return await self._decide(record.value)
+        job = record.value
+        flagged = not (job.get("quality") or {}).get("passed", False)
+        if self.settings.policy == "auto" and not flagged:
+            job["review"] = {
+                "decision": "APPROVE",
+                "reviewer": "policy:auto",
+                "reason": "auto-approve policy",
+                "decided_at": dt.datetime.now(dt.UTC),
+            }
+            return await self._publish(job)
+        await self.run_blocking(
+            self.ctx.store.put_bytes, pending_key(job["job_id"]), self.job_serde.encode(job), "avro/binary"
+        )
+        why = "quality gate flagged it" if flagged else "review policy is hold"
+        return Outcome(
+            events=[job_event(job, "in_review", reason="needs_review" if flagged else "", detail=why)]
+        )
+
+    async def _decide(self, decision: dict[str, Any]) -> Outcome:
+        key = pending_key(decision["job_id"])
+        if not await self.run_blocking(self.ctx.store.exists, key):
+            raise PermanentError(f"no job {decision['job_id']} is waiting for review")
+        job = self.job_serde.decode(await self.run_blocking(self.ctx.store.get_bytes, key))
+        job["review"] = {
+            "decision": decision["decision"],
+            "reviewer": decision["reviewer"],
+            "reason": decision["reason"],
+            "decided_at": decision["decided_at"],
+        }
+        if decision["decision"] == "REJECT":
+            return Outcome(
+                events=[
+                    job_event(
+                        job,
+                        "rejected",
+                        reason="reviewer_rejected",
+                        detail=decision["reason"],
+                        attributes={"reviewer": decision["reviewer"]},
+                    )
+                ]
+            )
+        return await self._publish(job)
+
+    async def _publish(self, job: dict[str, Any]) -> Outcome:
+        prefix = published_prefix(self.settings.publish_prefix, job)
+        keys = await self.run_blocking(self._copy_all, job, prefix)
+        job["published_keys"] = keys
+        if self.settings.webhook_url:
+            await self._notify(job)
+        reviewer = job["review"]["reviewer"]
+        approved = job_event(job, "approved", attributes={"reviewer": reviewer})
+        published = job_event(job, "published", attributes={"prefix": prefix, "files": str(len(keys))})
+        return Outcome(
+            outputs=[Output(Topic.ASSETS_PUBLISHED, job["job_id"], job)], events=[approved, published]
+        )
+
+    def _copy_all(self, job: dict[str, Any], prefix: str) -> list[str]:
+        store = self.ctx.store
+        keys = []
+        for derivative in job["derivatives"]:
+            dest = f"{prefix}/{derivative['key'].rsplit('/', 1)[-1]}"
+            store.copy(derivative["key"], dest)
+            keys.append(dest)
+        lineage_key = f"{prefix}/lineage.json"
+        document = {k: v for k, v in job.items() if k != "source_references"}
+        store.put_bytes(lineage_key, json.dumps(document, default=str, indent=2).encode(), "application/json")
+        keys.append(lineage_key)
+        return keys
+
+    async def _notify(self, job: dict[str, Any]) -> None:
+        body = {"job_id": job["job_id"], "sku": job["product"]["sku"], "files": job["published_keys"]}
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+                session.post(self.settings.webhook_url, json=body) as response,
+            ):
+                if response.status >= 500:
+                    raise TransientError(f"webhook answered {response.status}")
+                if response.status >= 400:
+                    raise PermanentError(f"webhook refused the notification: {response.status}")
+        except aiohttp.ClientError as exc:
+            raise TransientError(f"webhook unreachable: {exc}") from exc

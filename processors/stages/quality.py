@@ -1,0 +1,102 @@
+"""quality: generation.results → assets.scored, or back to generation.requests.
+
+Scores every variant (decodes, asked size, not blank, product preserved against the stored
+reference and its mask), keeps the best, and records every score on the job. Below threshold the
+job is sent back for another attempt with a new seed, up to a limit; then it is routed to human
+review or failed, as configured.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any, ClassVar
+
+from PIL import Image
+
+from processors.imaging.checks import ImageCheckError, check_output, decode_image, product_preservation
+from processors.runtime import InputRecord, Outcome, Output, Stage
+from processors.runtime.records import job_event
+from schemas.topics import Topic
+
+
+class QualityStage(Stage):
+    name: ClassVar[str] = "quality"
+    inputs: ClassVar[tuple[Topic, ...]] = (Topic.GENERATION_RESULTS,)
+
+    async def handle(self, record: InputRecord) -> Outcome:
+        job = record.value
+        verdicts = await self.run_blocking(self._score_all, job)
+        best_index = max(
+            range(len(verdicts)), key=lambda i: (not verdicts[i][1], verdicts[i][0].get("overall", 0))
+        )
+        scores, reasons = verdicts[best_index]
+        passed = not reasons
+        job["quality"] = {"passed": passed, "scores": scores, "reasons": reasons, "chosen_index": best_index}
+        job["asset_key"] = job["generation"]["output_keys"][best_index]
+        attributes = {f"score.{k}": f"{v:.4f}" for k, v in scores.items()}
+        attributes["variants"] = str(len(verdicts))
+        if passed:
+            return Outcome.forward(Topic.ASSETS_SCORED, job, "completed", **attributes)
+
+        settings = self.ctx.settings.quality
+        reason = reasons[0]
+        if int(job.get("attempt") or 0) + 1 < settings.max_attempts:
+            retry = dict(job)
+            retry["attempt"] = int(job.get("attempt") or 0) + 1
+            retry["route"] = {**job["route"], "params": _adjusted(job["route"]["params"], reason)}
+            retry["route"]["params"].pop("seed", None)  # a new attempt gets a new seed
+            retry["generation"] = None
+            retry["quality"] = None
+            retry["asset_key"] = None
+            event = job_event(job, "retry", reason=reason, detail="; ".join(reasons), attributes=attributes)
+            return Outcome(outputs=[Output(Topic.GENERATION_REQUESTS, job["job_id"], retry)], events=[event])
+        if settings.on_exhausted == "review":
+            # Scored output goes on, flagged; the review stage holds a failed verdict whatever its policy.
+            attributes["needs_review"] = "true"
+            return Outcome.forward(Topic.ASSETS_SCORED, job, "completed", **attributes)
+        return Outcome.fail(job, "quality_rejection", "; ".join(reasons), **attributes)
+
+    def _score_all(self, job: dict[str, Any]) -> list[tuple[dict[str, float], list[str]]]:
+        product, mask = self._reference(job)
+        return [self._score(key, job, product, mask) for key in job["generation"]["output_keys"]]
+
+    def _reference(self, job: dict[str, Any]) -> tuple[Image.Image | None, Image.Image | None]:
+        ref = next((r for r in job["references"] if r["role"] == "PRODUCT"), None)
+        if ref is None or not ref.get("mask_key"):
+            return None, None
+        store = self.ctx.store
+        product = Image.open(io.BytesIO(store.get_bytes(ref["key"])))
+        mask = Image.open(io.BytesIO(store.get_bytes(ref["mask_key"]))).convert("L")
+        return product, mask
+
+    def _score(
+        self, key: str, job: dict[str, Any], product: Image.Image | None, mask: Image.Image | None
+    ) -> tuple[dict[str, float], list[str]]:
+        settings = self.ctx.settings.quality
+        spec = job["spec"]
+        try:
+            image = decode_image(self.ctx.store.get_bytes(key), settings.max_pixels)
+        except ImageCheckError as exc:
+            return {"decodes": 0.0, "overall": 0.0}, [exc.reason]
+        scores = {"decodes": 1.0, **check_output(image, spec["width"], spec["height"])}
+        reasons = []
+        if scores.get("size_ok", 1.0) < 1.0:
+            reasons.append("wrong_size")
+        if scores.get("blank_score", 0.0) > settings.max_blank_score:
+            reasons.append("blank_output")
+        if product is not None and mask is not None:
+            scores["preservation"] = product_preservation(image, product, mask)
+            if scores["preservation"] < settings.min_preservation:
+                reasons.append("product_not_preserved")
+        scores["overall"] = scores.get("preservation", 1.0) * (1.0 - scores.get("blank_score", 0.0))
+        return {k: float(v) for k, v in scores.items()}, reasons
+
+
+def _adjusted(params: dict[str, str], reason: str) -> dict[str, str]:
+    """A retry's parameters: more steps for a weak result, stronger guidance if the product was lost."""
+    adjusted = dict(params)
+    if "steps" in adjusted:
+        adjusted["steps"] = str(min(60, int(adjusted["steps"]) + 5))
+    if reason == "product_not_preserved" and "guidance" in adjusted:
+        adjusted["guidance"] = f"{min(12.0, float(adjusted['guidance']) + 1.0):.1f}"
+    return adjusted

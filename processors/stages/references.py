@@ -1,0 +1,121 @@
+"""references (persist first): jobs.accepted → jobs.referenced.
+
+Every reference is downloaded, proven by decoding, and stored content-addressed before anything
+else happens; the job leaves with storage keys only and its source URLs removed. Product references
+also get a foreground mask, stored beside them. A dropped optional reference is recorded on the job
+and as an event; a failed required one fails the job loudly.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any, ClassVar
+
+from PIL import Image
+
+from processors.imaging.masks import compute_mask
+from processors.references.fetcher import ReferenceFetcher
+from processors.references.persist import PersistedReference, ReferencePersister
+from processors.references.url_policy import FetchPolicy
+from processors.runtime import Event, InputRecord, Outcome, Stage
+from processors.runtime.records import job_event
+from schemas.topics import Topic
+
+
+class ReferencesStage(Stage):
+    name: ClassVar[str] = "references"
+    inputs: ClassVar[tuple[Topic, ...]] = (Topic.JOBS_ACCEPTED,)
+    concurrency: ClassVar[int] = 16
+
+    async def start(self) -> None:
+        settings = self.ctx.settings
+        self.policy = FetchPolicy(allow_hosts=tuple(settings.references.allow_hosts))
+        self.fetcher = ReferenceFetcher(self.policy)
+        await self.fetcher.__aenter__()
+        self.persister = ReferencePersister(self.ctx.store, self.fetcher, self.policy)
+
+    async def stop(self) -> None:
+        await self.fetcher.__aexit__(None, None, None)
+
+    async def handle(self, record: InputRecord) -> Outcome:
+        job = record.value
+        sources = [(r["url"], r["role"], bool(r["required"])) for r in job["source_references"]]
+        stored, dropped = await self.persister.persist_all(sources)
+        outcome = Outcome()
+        job["dropped_references"] = []
+        for drop in dropped:
+            job["dropped_references"].append(
+                {
+                    "role": drop.role,
+                    "required": drop.required,
+                    "url_sha256": drop.url_sha256,
+                    "reason": drop.reason,
+                    "detail": drop.detail[:500],
+                }
+            )
+            # The URL goes to the event log (for SREs), never onto the job.
+            outcome.events.append(
+                Event(
+                    job["job_id"],
+                    "dropped_reference",
+                    reason=drop.reason,
+                    detail=drop.detail[:500],
+                    attempt=int(job.get("attempt") or 0),
+                    discriminator=drop.url_sha256,
+                    attributes={"url": drop.url[:2048], "role": drop.role, "required": str(drop.required)},
+                )
+            )
+        required_failures = [d for d in dropped if d.required]
+        if required_failures:
+            failure = required_failures[0]
+            failed = Outcome.fail(
+                job,
+                "missing_source_file",
+                f"required {failure.role} reference: {failure.reason}: {failure.detail}"[:1000],
+            )
+            outcome.events.extend(failed.events)
+            return outcome
+        if not any(ref.role == "PRODUCT" for ref in stored):
+            outcome.events.extend(
+                Outcome.fail(job, "missing_source_file", "no product reference stored").events
+            )
+            return outcome
+        job["references"] = [await self._with_mask(ref) for ref in stored]
+        job["source_references"] = []  # nothing downstream may see an external URL
+        cached = sum(1 for ref in stored if ref.from_cache)
+        outcome.outputs.extend(Outcome.forward(Topic.JOBS_REFERENCED, job, "running").outputs)
+        outcome.events.append(
+            job_event(
+                job,
+                "running",
+                attributes={"stored": str(len(stored)), "cached": str(cached), "dropped": str(len(dropped))},
+            )
+        )
+        return outcome
+
+    async def _with_mask(self, ref: PersistedReference) -> dict[str, Any]:
+        record = {
+            "role": ref.role,
+            "key": ref.key,
+            "sha256": ref.sha256,
+            "content_type": ref.content_type,
+            "width": ref.width,
+            "height": ref.height,
+            "size_bytes": ref.size_bytes,
+            "mask_key": None,
+        }
+        if ref.role == "PRODUCT":
+            record["mask_key"] = await self.run_blocking(self._store_mask, ref.key, ref.sha256)
+        return record
+
+    def _store_mask(self, key: str, digest: str) -> str:
+        # Masks are keyed by the image's digest: one mask per distinct product image, ever.
+        mask_key = f"masks/sha256/{digest[:2]}/{digest}.png"
+        if self.ctx.store.exists(mask_key):
+            return mask_key
+        image = Image.open(io.BytesIO(self.ctx.store.get_bytes(key)))
+        mask = compute_mask(image)
+        buf = io.BytesIO()
+        mask.save(buf, format="PNG")
+        self.ctx.store.put_bytes(mask_key, buf.getvalue(), "image/png", {"source-sha256": digest})
+        return mask_key

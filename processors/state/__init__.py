@@ -1,0 +1,1 @@
+"""Stage state that survives restarts and rebalances, kept in compacted Kafka topics."""

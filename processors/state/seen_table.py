@@ -1,0 +1,82 @@
+"""A set of seen keys backed by a compacted changelog topic.
+
+The changelog is partitioned like the input topic and keyed the same way, so the consumer that owns
+input partition P owns changelog partition P. On every assignment the table re-reads the assigned
+changelog partitions to their end, so a consumer that takes over a partition also takes over
+what its previous owner had seen. In-memory alone would forget on restart; this does not.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from processors.config import Settings
+from schemas.serde import AvroSerde, SerdeError
+
+
+class SeenTable:
+    def __init__(self, settings: Settings, changelog_topic: str) -> None:
+        self.settings = settings
+        self.topic = changelog_topic
+        self.serde = AvroSerde("seen_event")
+        self._seen: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._pending_partitions: set[int] | None = None
+
+    def on_assign(self, partitions: list[int]) -> None:
+        """Called from the consumer's rebalance callback: restore before the next batch."""
+        with self._lock:
+            self._pending_partitions = set(partitions) | (self._pending_partitions or set())
+
+    def restore_if_needed(self) -> int:
+        with self._lock:
+            partitions, self._pending_partitions = self._pending_partitions, None
+        if not partitions:
+            return 0
+        return self._restore(sorted(partitions))
+
+    def _restore(self, partitions: list[int]) -> int:
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.settings.kafka.bootstrap,
+                "group.id": f"{self.topic}.restore",  # never committed: assign(), not subscribe()
+                "enable.auto.commit": False,
+            }
+        )
+        try:
+            ends: dict[int, int] = {}
+            for p in partitions:
+                low, high = consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)
+                if high > low:
+                    ends[p] = high
+            if not ends:
+                return 0
+            consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in ends])
+            restored = 0
+            while ends:
+                for message in consumer.consume(500, 1.0):
+                    if message.error():
+                        continue
+                    try:
+                        value = self.serde.decode(message.value())
+                    except SerdeError:
+                        continue
+                    self._seen[value["key"]] = value
+                    restored += 1
+                    if message.offset() + 1 >= ends.get(message.partition(), 0):
+                        ends.pop(message.partition(), None)
+            return restored
+        finally:
+            consumer.close()
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self._seen.get(key)
+
+    def add(self, record: dict[str, Any]) -> None:
+        self._seen[record["key"]] = record
+
+    def __len__(self) -> int:
+        return len(self._seen)
