@@ -32,7 +32,7 @@ class ReferencesStage(Stage):
         self.policy = FetchPolicy(allow_hosts=tuple(settings.references.allow_hosts))
         self.fetcher = ReferenceFetcher(self.policy)
         await self.fetcher.__aenter__()
-        self.persister = ReferencePersister(self.ctx.store, self.fetcher, self.policy)
+        self.persister = ReferencePersister(self.ctx.store, self.fetcher)
 
     async def stop(self) -> None:
         await self.fetcher.__aexit__(None, None, None)

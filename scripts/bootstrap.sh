@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what a fresh machine needs: system packages (Java 17, Maven, Go, Tesseract), a Python
+# virtual environment with Lightbox and its extras. Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+EXTRAS="${LIGHTBOX_EXTRAS:-dev,ml}"
+PYTHON="${PYTHON:-python3}"
+
+need_apt=()
+command -v java >/dev/null 2>&1 || need_apt+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null 2>&1 || need_apt+=(maven)
+command -v go >/dev/null 2>&1 || need_apt+=(golang)
+command -v tesseract >/dev/null 2>&1 || need_apt+=(tesseract-ocr)
+if ((${#need_apt[@]})); then
+  echo "==> installing system packages: ${need_apt[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "==> creating .venv"
+  "$PYTHON" -m venv .venv
+fi
+stamp=".venv/.lightbox-installed-$(sha256sum pyproject.toml | cut -c1-12)-${EXTRAS//,/-}"
+if [ ! -f "$stamp" ]; then
+  echo "==> installing lightbox[$EXTRAS] into .venv (torch from PyPI is large: the first run takes minutes)"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e ".[$EXTRAS]"
+  rm -f .venv/.lightbox-installed-*
+  touch "$stamp"
+fi
+echo "==> ready: .venv/bin/lightbox"

@@ -1,0 +1,172 @@
+"""check_url: what a reference URL may point at. No network: IP literals and localhost resolve
+locally; the mixed-answer cases pass the DNS answer in as data through the resolver argument."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from processors.references.url_policy import (
+    AddressResolver,
+    FetchPolicy,
+    Reason,
+    ReferenceFetchError,
+    address_refusal,
+    check_url,
+)
+
+POLICY = FetchPolicy()
+PUBLIC_V4 = "93.184.215.14"
+PUBLIC_V6 = "2606:2800:21f:cb07:6820:80da:af6b:8b2c"
+
+
+def answers(*addresses: str) -> AddressResolver:
+    """A DNS answer given as data: the host resolves to exactly these addresses."""
+
+    async def resolve(host: str, port: int) -> Sequence[str]:
+        return addresses
+
+    return resolve
+
+
+async def refused(url: str, policy: FetchPolicy = POLICY, **kw: AddressResolver) -> str:
+    with pytest.raises(ReferenceFetchError) as info:
+        await check_url(url, policy, kw.get("resolver"))
+    assert info.value.retryable is False
+    return info.value.reason
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "file:///etc/passwd",
+        "ftp://example.com/a.png",
+        "data:image/png;base64,iVBORw0KGgo=",
+        "gopher://example.com/",
+        "javascript:alert(1)",
+        "example.com/a.png",
+    ],
+)
+async def test_non_http_schemes_are_refused(url: str) -> None:
+    assert await refused(url) == Reason.SCHEME_NOT_ALLOWED
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"http://user:password@{PUBLIC_V4}/a.png",
+        f"http://user@{PUBLIC_V4}/a.png",
+        f"http://@{PUBLIC_V4}/a.png",
+    ],
+)
+async def test_credentials_in_url_are_refused(url: str) -> None:
+    assert await refused(url) == Reason.CREDENTIALS_IN_URL
+
+
+async def test_overlong_url_is_refused() -> None:
+    url = f"http://{PUBLIC_V4}/" + "a" * POLICY.max_url_length
+    assert await refused(url) == Reason.URL_TOO_LONG
+
+
+async def test_missing_host_is_refused() -> None:
+    assert await refused("http:///a.png") == Reason.MISSING_HOST
+
+
+@pytest.mark.parametrize(
+    "url", [f"http://{PUBLIC_V4}/a b.png", f"http://{PUBLIC_V4}/a\r\nX: y", "http://h:99999/"]
+)
+async def test_malformed_urls_are_refused(url: str) -> None:
+    assert await refused(url) == Reason.INVALID_URL
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.0.0.1",
+        "127.8.9.10",
+        "10.1.2.3",
+        "172.16.0.1",
+        "192.168.1.1",
+        "169.254.169.254",
+        "169.254.1.1",
+        "0.0.0.0",
+        "100.64.0.1",  # carrier-grade NAT
+        "224.0.0.1",
+        "240.0.0.1",
+        "[::1]",
+        "[::]",
+        "[fe80::1]",
+        "[fc00::1]",
+        "[fd00:ec2::254]",
+        "[ff02::1]",
+        "[::ffff:127.0.0.1]",  # IPv4-mapped loopback
+        "[64:ff9b::a00:1]",  # NAT64 of 10.0.0.1
+        "[2002:7f00:1::]",  # 6to4 of 127.0.0.1
+        "localhost",
+        "2130706433",  # 127.0.0.1 in decimal: getaddrinfo maps it
+        "0x7f.1",
+    ],
+)
+async def test_private_and_special_addresses_are_refused(host: str) -> None:
+    assert await refused(f"http://{host}/a.png") == Reason.PRIVATE_ADDRESS
+
+
+async def test_every_resolved_address_must_be_public() -> None:
+    resolver = answers(PUBLIC_V4, "10.0.0.7")
+    assert await refused("http://cdn.example/a.png", resolver=resolver) == Reason.PRIVATE_ADDRESS
+
+
+async def test_public_addresses_are_admitted() -> None:
+    target = await check_url("https://cdn.example/a.png", POLICY, answers(PUBLIC_V4, PUBLIC_V6))
+    assert target.host == "cdn.example"
+    assert target.port == 443
+    assert set(target.addresses) == {PUBLIC_V4, PUBLIC_V6}
+    assert not target.host_allowlisted
+    literal = await check_url(f"http://{PUBLIC_V4}:8080/x.jpg?v=1", POLICY)
+    assert literal.port == 8080
+    assert str(literal.url) == f"http://{PUBLIC_V4}:8080/x.jpg?v=1"
+
+
+async def test_allowlisted_host_name_is_admitted_whatever_it_resolves_to() -> None:
+    policy = FetchPolicy(allow_hosts=("localhost",))
+    target = await check_url("http://LOCALHOST:8000/a.png", policy)
+    assert target.host_allowlisted
+    # The name is allowlisted, not its address: the loopback literal is still refused.
+    assert await refused("http://127.0.0.1:8000/a.png", policy) == Reason.PRIVATE_ADDRESS
+
+
+async def test_allowlisted_address_and_network_are_admitted() -> None:
+    by_ip = FetchPolicy(allow_hosts=("127.0.0.1",))
+    await check_url("http://127.0.0.1:9000/a.png", by_ip)
+    assert await refused("http://127.0.0.2/a.png", by_ip) == Reason.PRIVATE_ADDRESS
+    by_net = FetchPolicy(allow_hosts=("10.0.0.0/8",))
+    await check_url("http://images.internal/a.png", by_net, answers("10.20.30.40"))
+    assert await refused("http://192.168.0.1/", by_net) == Reason.PRIVATE_ADDRESS
+
+
+def test_metadata_address_needs_an_exact_allowlist_entry() -> None:
+    broad = FetchPolicy(allow_hosts=("169.254.0.0/16",))
+    assert address_refusal("169.254.1.1", broad) is None
+    assert "metadata" in (address_refusal("169.254.169.254", broad) or "")
+    assert "metadata" in (address_refusal("fd00:ec2::254", FetchPolicy()) or "")
+    exact = FetchPolicy(allow_hosts=("169.254.169.254",))
+    assert address_refusal("169.254.169.254", exact) is None
+
+
+async def test_unresolvable_host_is_refused() -> None:
+    async def nxdomain(host: str, port: int) -> Sequence[str]:
+        import socket
+
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    with pytest.raises(ReferenceFetchError) as info:
+        await check_url("http://no-such-host.invalid/a.png", POLICY, nxdomain)
+    assert info.value.reason == Reason.UNRESOLVABLE_HOST
+    assert not info.value.retryable
+
+
+def test_http_status_reasons() -> None:
+    assert Reason.http_status(404) == "http_404"
+    assert Reason.http_status(403) == "http_403"
+    assert Reason.http_status(503) == Reason.HTTP_5XX == "http_5xx"
