@@ -1,0 +1,1 @@
+"""Deployment: docker compose, Kubernetes manifests and the Docker-free local stack."""
