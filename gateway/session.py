@@ -21,6 +21,7 @@ from deploy.local.stack import LocalStack
 from gateway.submit import parse_lines, publish
 from gateway.supervisor import Supervisor, all_stages
 from processors.config import Settings
+from processors.eventlog.queries import CURRENT_STATE_SQL, LIFECYCLE_SQL
 from processors.eventlog.reader import EventLogReader
 from processors.intake.fanout import fan_out
 from processors.prompting.templates import TemplateStore
@@ -143,11 +144,11 @@ class PipelineSession:
             return {}
         reader = EventLogReader(self.settings)
         ids = ",".join(f"'{j}'" for j in job_ids if all(c.isalnum() or c == "-" for c in j))
+        table = f"{self.settings.clickhouse.database}.pipeline_events"
         result = asyncio.run(
             reader.sql(
-                f"""SELECT job_id, argMax(state, at) FROM {self.settings.clickhouse.database}.pipeline_events
-                    WHERE job_id IN ({ids}) AND state IN
-                    ('pending','running','failed','completed','in_review','approved','rejected','published')
+                f"""SELECT job_id, {CURRENT_STATE_SQL} FROM {table}
+                    WHERE job_id IN ({ids}) AND has({LIFECYCLE_SQL}, state)
                     GROUP BY job_id"""
             )
         )

@@ -10,6 +10,13 @@ from clickhouse_connect.driver.client import Client
 from processors.eventlog.clickhouse import EVENTS_TABLE
 
 TERMINAL_STATES = ("failed", "published", "rejected", "in_review")
+# Lifecycle states in the order a job moves through them. One handler may emit two states in the
+# same millisecond (approved, then published): the rank breaks such ties.
+LIFECYCLE = ("pending", "running", "completed", "in_review", "approved", "rejected", "failed", "published")
+LIFECYCLE_SQL = "[" + ",".join(f"'{s}'" for s in LIFECYCLE) + "]"
+STATE_RANK_SQL = f"indexOf({LIFECYCLE_SQL}, state)"
+# The state a job is in now: latest by time, then by lifecycle rank.
+CURRENT_STATE_SQL = f"argMax(state, tuple(at, {STATE_RANK_SQL}))"
 
 
 def _iso(value: Any) -> Any:
@@ -20,7 +27,7 @@ def job_timeline(client: Client, database: str, job_id: str) -> dict[str, Any]:
     rows = client.query(
         f"""SELECT stage, state, at, duration_ms, reason, detail, attempt, attributes
             FROM {database}.{EVENTS_TABLE} FINAL
-            WHERE job_id = {{job_id:String}} ORDER BY at, stage""",
+            WHERE job_id = {{job_id:String}} ORDER BY at, {STATE_RANK_SQL}, stage""",
         parameters={"job_id": job_id},
     ).named_results()
     events = [{k: _iso(v) for k, v in row.items()} for row in rows]
@@ -54,9 +61,8 @@ def summary(client: Client, database: str, since_ms: int = 0) -> dict[str, Any]:
     params = {"since": since_ms}
     by_state = client.query(
         f"""SELECT state, count() FROM (
-              SELECT job_id, argMax(state, at) AS state FROM {database}.{EVENTS_TABLE} FINAL {where}
-              AND state IN ('pending','running','failed','completed',
-                            'in_review','approved','rejected','published')
+              SELECT job_id, {CURRENT_STATE_SQL} AS state FROM {database}.{EVENTS_TABLE} FINAL {where}
+              AND has({LIFECYCLE_SQL}, state)
               GROUP BY job_id) GROUP BY state ORDER BY state""",
         parameters=params,
     ).result_rows
