@@ -20,9 +20,10 @@ from processors.storage import ObjectStore
 def download_published(settings: Settings, out_dir: Path) -> int:
     """Copy what was published to a folder a person can open."""
     store = ObjectStore(settings.storage)
+    prefix = settings.review.publish_prefix
     count = 0
-    for key in store.list_keys(settings.review.publish_prefix):
-        target = out_dir / key
+    for key in store.list_keys(prefix):
+        target = out_dir / key[len(prefix) :]
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(store.get_bytes(key))
         count += 1
@@ -52,6 +53,9 @@ def run_demo(
     try:
         session.start()
         events = catalog_events(samples, server.url, channels=("web", "marketplace"), salt=run_id)
+        for event in events:
+            # Each run is new work: the same SKUs again would (rightly) be de-duplicated by intake.
+            event["product"]["sku"] = f"{event['product']['sku']}-{run_id}"
         (run_dir / "catalog.jsonl").write_text("\n".join(json.dumps(e) for e in events) + "\n")
         job_ids = expected_job_ids(events)
         started_ms = int(time.time() * 1000)
@@ -73,7 +77,7 @@ def run_demo(
         out_dir = run_dir / "published"
         written = download_published(session.settings, out_dir)
         print(f"assets written: {written} files (derivatives and lineage) under {publish_prefix} in MinIO")
-        print(f"look at the published images in: {out_dir / publish_prefix.rstrip('/')}")
+        print(f"look at the published images in: {out_dir}")
         print(f"one job's trail: lightbox status {job_ids[0]}")
         if unfinished:
             print(

@@ -60,10 +60,10 @@ def summary(client: Client, database: str, since_ms: int = 0) -> dict[str, Any]:
     where = "WHERE at >= fromUnixTimestamp64Milli({since:Int64})"
     params = {"since": since_ms}
     by_state = client.query(
-        f"""SELECT state, count() FROM (
-              SELECT job_id, {CURRENT_STATE_SQL} AS state FROM {database}.{EVENTS_TABLE} FINAL {where}
+        f"""SELECT current, count() FROM (
+              SELECT job_id, {CURRENT_STATE_SQL} AS current FROM {database}.{EVENTS_TABLE} FINAL {where}
               AND has({LIFECYCLE_SQL}, state)
-              GROUP BY job_id) GROUP BY state ORDER BY state""",
+              GROUP BY job_id) GROUP BY current ORDER BY current""",
         parameters=params,
     ).result_rows
     latency = client.query(

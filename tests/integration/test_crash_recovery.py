@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from gateway.sample_catalog import catalog_events
 from gateway.session import expected_job_ids
 from processors.storage import ObjectStore
+from tests.integration.catalog import events_for
 
 pytestmark = pytest.mark.integration
 
@@ -25,8 +25,7 @@ def _kill_repeatedly(pipeline, stages: set[str], kills: int, interval_s: float, 
 
 
 def test_sigkill_mid_batch_loses_nothing_and_duplicates_nothing(pipeline, catalog_server) -> None:
-    products = catalog_server.products[:4]
-    events = catalog_events(products, catalog_server.url, channels=("web", "social"), salt="crash")
+    events = events_for(catalog_server, [0, 1, 2, 3], "crash", channels=("web", "social"))
     job_ids = expected_job_ids(events)
     assert len(job_ids) == 8
 

@@ -8,10 +8,10 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from gateway.dlq import read as read_dlq
-from gateway.sample_catalog import catalog_events
 from gateway.session import expected_job_ids
 from processors.runtime.dlq import parse_headers
 from schemas.topics import Topic
+from tests.integration.catalog import events_for
 
 pytestmark = pytest.mark.integration
 
@@ -46,8 +46,8 @@ def _dlq_headers_for(
 def test_poison_message_is_dead_lettered_and_partition_keeps_flowing(pipeline, catalog_server) -> None:
     settings = pipeline.settings
     topic = settings.kafka.topic_prefix + Topic.CATALOG_EVENTS.value
-    product = catalog_server.products[2]
-    events = catalog_events([product], catalog_server.url, salt="after-poison")
+    events = events_for(catalog_server, [2], "dlq")
+    sku = events[0]["product"]["sku"]
     (job_id,) = expected_job_ids(events)
 
     producer = Producer({"bootstrap.servers": settings.kafka.bootstrap})
@@ -55,7 +55,7 @@ def test_poison_message_is_dead_lettered_and_partition_keeps_flowing(pipeline, c
     # Same key (the SKU) as the good event behind it: same partition, so it would block it.
     producer.produce(
         topic,
-        key=product.sku.encode(),
+        key=sku.encode(),
         value=b"\x00not avro at all",
         on_delivery=lambda err, msg: delivered.update(p=msg.partition(), o=msg.offset()),
     )
@@ -66,7 +66,7 @@ def test_poison_message_is_dead_lettered_and_partition_keeps_flowing(pipeline, c
     assert headers["stage"] == "intake"
     assert headers["error.class"] == "SerdeError"
     assert "single-object" in headers["error.message"]
-    assert headers["original.key"] == product.sku
+    assert headers["original.key"] == sku
     assert int(headers["attempts"]) >= 1
     assert int(headers["first.failure.ms"]) <= int(headers["last.failure.ms"])
 

@@ -8,18 +8,18 @@ import json
 import pytest
 from PIL import Image
 
-from gateway.sample_catalog import catalog_events
 from gateway.session import expected_job_ids
 from processors.eventlog.reader import EventLogReader
 from processors.imaging.derivatives import read_lineage
 from processors.storage import ObjectStore
+from tests.integration.catalog import events_for
 
 pytestmark = pytest.mark.integration
 
 
 def test_one_event_becomes_a_published_asset_with_full_trail(pipeline, catalog_server) -> None:
-    product = catalog_server.products[0]
-    events = catalog_events([product], catalog_server.url, salt="e2e")
+    events = events_for(catalog_server, [0], "e2e")
+    sku = events[0]["product"]["sku"]
     (job_id,) = expected_job_ids(events)
 
     pipeline.submit(events)
@@ -42,7 +42,7 @@ def test_one_event_becomes_a_published_asset_with_full_trail(pipeline, catalog_s
     assert all(e["duration_ms"] >= 0 for e in timeline["events"])
 
     store = ObjectStore(pipeline.settings.storage)
-    prefix = f"{pipeline.settings.review.publish_prefix.rstrip('/')}/{product.sku}/{job_id}/"
+    prefix = f"{pipeline.settings.review.publish_prefix.rstrip('/')}/{sku}/{job_id}/"
     keys = sorted(store.list_keys(prefix))
     assert any(k.endswith("lineage.json") for k in keys), keys
     lineage = json.loads(store.get_bytes(f"{prefix}lineage.json"))
@@ -67,8 +67,7 @@ def test_one_event_becomes_a_published_asset_with_full_trail(pipeline, catalog_s
 
 
 def test_invalid_event_is_rejected_with_reason_and_field(pipeline, catalog_server) -> None:
-    product = catalog_server.products[1]
-    (event,) = catalog_events([product], catalog_server.url, salt="reject", template_id="no-such-template")
+    (event,) = events_for(catalog_server, [1], "reject", template_id="no-such-template")
     pipeline.submit([event])
     reader = EventLogReader(pipeline.settings)
     for _ in range(120):

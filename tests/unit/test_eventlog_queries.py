@@ -1,0 +1,83 @@
+"""The event-log queries on a real embedded ClickHouse (chDB), as the sink runs them."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from processors.config import load_settings
+from processors.eventlog import queries
+from processors.eventlog.clickhouse import EVENT_COLUMNS, EVENTS_TABLE, connect
+
+T0 = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
+
+
+def _event(job: str, stage: str, state: str, ms: int, reason: str = "", duration: float = 10.0) -> list:
+    at = T0 + dt.timedelta(milliseconds=ms)
+    values = {
+        "event_id": f"{job}-{stage}-{state}-{ms}",
+        "job_id": job,
+        "stage": stage,
+        "state": state,
+        "at": at,
+        "duration_ms": duration,
+        "reason": reason,
+        "detail": "",
+        "attempt": 0,
+        "attributes": {"k": "v"},
+        "submitted_at": T0,
+        "worker": "test",
+    }
+    return [values[c] for c in EVENT_COLUMNS]
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    # chDB allows one engine per process: this module's is the only one in the test process.
+    settings = load_settings()
+    settings.clickhouse.embedded_path = str(tmp_path_factory.mktemp("chdb"))
+    client = connect(settings)
+    rows = [
+        _event("a", "intake", "pending", 0),
+        _event("a", "quality", "completed", 400),
+        _event("a", "publish", "approved", 1000),
+        _event("a", "publish", "published", 1000),  # same millisecond: rank decides
+        _event("b", "intake", "pending", 0),
+        _event("b", "quality", "retry", 300, reason="blank_output"),
+        _event("b", "quality", "completed", 900),
+        _event("b", "publish", "published", 3000),
+        _event("c", "intake", "pending", 0),
+        _event("c", "references", "failed", 50, reason="missing_source_file"),
+        _event("c", "references", "failed", 50, reason="missing_source_file"),  # replayed duplicate
+    ]
+    rows.append(rows[-1])
+    client.insert(f"lightbox.{EVENTS_TABLE}", rows, column_names=EVENT_COLUMNS)
+    return client
+
+
+def test_timeline_orders_events_and_picks_the_current_state(client) -> None:
+    timeline = queries.job_timeline(client, "lightbox", "a")
+    assert [e["state"] for e in timeline["events"]] == ["pending", "completed", "approved", "published"]
+    assert timeline["state"] == "published"
+    assert queries.job_timeline(client, "lightbox", "zzz")["state"] == "unknown"
+
+
+def test_summary_counts_states_latency_artifacts_and_reasons(client) -> None:
+    summary = queries.summary(client, "lightbox")
+    assert summary["jobs_by_state"] == {"failed": 1, "published": 2}
+    assert summary["published"] == 2
+    assert summary["latency_ms"]["max"] == 3000
+    assert 1000 <= summary["latency_ms"]["p50"] <= 3000
+    # b's first verdict was rejected (retry), then two verdicts passed: 1 of 3.
+    assert summary["artifact_rate"] == pytest.approx(1 / 3)
+    reasons = {(r["stage"], r["reason"]): r["count"] for r in summary["reasons"]}
+    assert reasons[("references", "missing_source_file")] == 1  # de-duplicated by event id
+    assert reasons[("quality", "blank_output")] == 1
+
+
+def test_latencies_per_job(client) -> None:
+    latencies = queries.job_latencies(client, "lightbox", ["a", "b"])
+    assert latencies["a"]["end_to_end_ms"] == 1000
+    assert latencies["b"]["end_to_end_ms"] == 3000
+    assert latencies["a"]["handler_ms"] == pytest.approx(40.0)
