@@ -108,6 +108,35 @@ class PipelineSession:
         self.progress(f"started {len(self.supervisor.children)} stage processes; logs in {self.log_dir}")
         if "eventlog" in self.stages:
             self._wait_for_eventlog(health_timeout_s)
+        self._wait_for_groups(health_timeout_s)
+
+    def _wait_for_groups(self, timeout_s: float) -> None:
+        """Wait until every stage has joined its consumer group, so the first jobs do not pay for
+        the group joins (which would make the latency figures lie)."""
+        from confluent_kafka import ConsumerGroupState
+        from confluent_kafka.admin import AdminClient
+
+        from processors.kafka_clients import group_id_for
+
+        admin = AdminClient({"bootstrap.servers": self.settings.kafka.bootstrap})
+        groups = [group_id_for(self.settings, stage) for stage in self.stages]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            described = admin.describe_consumer_groups(groups)
+            stable = 0
+            for future in described.values():
+                try:
+                    group = future.result(timeout=10)
+                except Exception:
+                    continue
+                stable += group.state == ConsumerGroupState.STABLE and len(group.members) > 0
+            if stable == len(groups):
+                return
+            assert self.supervisor is not None
+            for note in self.supervisor.check():
+                self.progress(note)
+            time.sleep(0.5)
+        self.progress("warning: not every stage joined its consumer group in time; carrying on")
 
     def _wait_for_eventlog(self, timeout_s: float) -> None:
         reader = EventLogReader(self.settings)
