@@ -17,12 +17,30 @@ from processors.config import Settings
 from processors.eventlog.reader import EventLogReader
 
 
+def _single_job_events(events: list[dict]) -> list[dict]:
+    """The same jobs, one event per job (one locale each), so they can go one at a time."""
+    single = []
+    for event in events:
+        for n, locale in enumerate(event["request"]["locales"]):
+            copy = {
+                **event,
+                "event_id": f"{event['event_id']}-{n}",
+                "request": {**event["request"], "locales": [locale]},
+            }
+            single.append(copy)
+    return single
+
+
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-def run_pipeline_bench(settings: Settings, jobs: int = 40, timeout_s: float = 600) -> int:
+def run_pipeline_bench(
+    settings: Settings, jobs: int = 40, timeout_s: float = 600, mode: str = "burst"
+) -> int:
+    """burst: every job submitted at once (throughput; latency includes queueing).
+    sequential: one job in flight at a time (latency is the pipeline's own, without queueing)."""
     run_id = time.strftime("%Y%m%d-%H%M%S")
     catalog_dir = settings.home / "bench" / run_id
     catalog_dir.mkdir(parents=True, exist_ok=True)
@@ -38,11 +56,17 @@ def run_pipeline_bench(settings: Settings, jobs: int = 40, timeout_s: float = 60
         for i, product in enumerate(products):
             events += catalog_events([product], server.url, locales=locales, salt=f"{run_id}-{i}")
             # Distinct SKUs so every job is new work, not a de-duplicated repeat.
-            events[-1]["product"]["sku"] = f"{product.sku}-{i}"
+            events[-1]["product"]["sku"] = f"{product.sku}-{run_id}-{i}"
         job_ids = expected_job_ids(events)
         started = time.monotonic()
-        session.submit(events)
-        states = session.wait_for(job_ids, timeout_s)
+        if mode == "sequential":
+            states = {}
+            for event in _single_job_events(events):
+                session.submit([event])
+                states.update(session.wait_for(expected_job_ids([event]), timeout_s))
+        else:
+            session.submit(events)
+            states = session.wait_for(job_ids, timeout_s)
         elapsed = time.monotonic() - started
         published = [j for j in job_ids if states.get(j) == "published"]
         latencies = asyncio.run(EventLogReader(session.settings).latencies(published))
@@ -52,6 +76,7 @@ def run_pipeline_bench(settings: Settings, jobs: int = 40, timeout_s: float = 60
             print("no job was published; see the stage logs in", session.log_dir)
             return 1
         overhead = 1 - sum(handler) / sum(e2e)
+        print(f"mode: {mode}")
         print(f"jobs: {len(job_ids)} submitted, {len(published)} published in {elapsed:.1f} s")
         print(f"throughput: {len(published) / elapsed:.2f} jobs/s")
         print(

@@ -221,7 +221,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from gateway.bench import run_pipeline_bench
 
-    return run_pipeline_bench(_settings(args), jobs=args.jobs, timeout_s=args.timeout)
+    return run_pipeline_bench(_settings(args), jobs=args.jobs, timeout_s=args.timeout, mode=args.mode)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -309,7 +309,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks that print figures")
     p.add_argument("what", choices=["pipeline"], help="pipeline: N jobs through every stage (compositor)")
-    p.add_argument("--jobs", type=int, default=40)
+    p.add_argument("--jobs", type=int, default=40, help="jobs to run (default 40)")
+    p.add_argument(
+        "--mode",
+        choices=["burst", "sequential"],
+        default="burst",
+        help="burst: all at once (throughput); sequential: one at a time (pipeline overhead)",
+    )
     p.add_argument("--timeout", type=float, default=600)
     p.set_defaults(func=cmd_bench)
     return parser

@@ -118,8 +118,19 @@ class StageRunner:
         loop = asyncio.get_running_loop()
         cfg = self.settings.stage
         return await loop.run_in_executor(
-            self._poll_thread, lambda: self.consumer.consume(cfg.batch_size, cfg.batch_timeout_s)
+            self._poll_thread, lambda: self._consume_batch(cfg.batch_size, cfg.batch_timeout_s)
         )
+
+    def _consume_batch(self, size: int, timeout_s: float) -> list[Message]:
+        """Wait for the first message only, then take whatever else is already fetched.
+
+        consume(n, timeout) alone waits the full timeout unless n messages are ready, adding that
+        wait to every hop of a lightly loaded pipeline; under load batches still fill up.
+        """
+        first = self.consumer.consume(1, timeout_s)
+        if not first or size <= 1:
+            return first
+        return first + self.consumer.consume(size - 1, 0)
 
     # -- one batch ---------------------------------------------------------------------------
 
