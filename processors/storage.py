@@ -58,8 +58,12 @@ class ObjectStore:
         metadata: dict[str, str] | None = None,
     ) -> StoredObject:
         self.client.put_object(
-            self.bucket, key, io.BytesIO(data), len(data),
-            content_type=content_type, metadata=metadata or None,
+            self.bucket,
+            key,
+            io.BytesIO(data),
+            len(data),
+            content_type=content_type,
+            metadata=metadata or None,
         )
         return StoredObject(key, sha256_hex(data), len(data), content_type)
 
@@ -78,8 +82,12 @@ class ObjectStore:
         if self.exists(key):
             return StoredObject(key, digest, len(data), content_type), False
         self.client.put_object(
-            self.bucket, key, io.BytesIO(data), len(data),
-            content_type=content_type, metadata=metadata or None,
+            self.bucket,
+            key,
+            io.BytesIO(data),
+            len(data),
+            content_type=content_type,
+            metadata=metadata or None,
         )
         return StoredObject(key, digest, len(data), content_type), True
 
