@@ -105,9 +105,7 @@ def catalog_events(
                     "category": product.category,
                     "attributes": dict(product.attributes),
                 },
-                "references": [
-                    {"url": f"{base}/{product.filename}", "role": "PRODUCT", "required": True}
-                ],
+                "references": [{"url": f"{base}/{product.filename}", "role": "PRODUCT", "required": True}],
                 # Own lists per event: callers mutate events (tests, demos) independently.
                 "request": {k: list(v) if isinstance(v, list) else v for k, v in request.items()},
                 "campaign": None,
@@ -143,9 +141,7 @@ def _shape(draw: Callable[[ImageDraw.ImageDraw], object], soften: float = 0.0) -
     mask = Image.new("L", (SIZE * _SUPER, SIZE * _SUPER), 0)
     draw(ImageDraw.Draw(mask))
     if soften > 0:
-        mask = mask.filter(ImageFilter.GaussianBlur(soften * _SUPER)).point(
-            lambda v: 255 if v >= 128 else 0
-        )
+        mask = mask.filter(ImageFilter.GaussianBlur(soften * _SUPER)).point(lambda v: 255 if v >= 128 else 0)
     return mask
 
 
@@ -156,9 +152,7 @@ def _paint(canvas: Image.Image, mask: Image.Image, fill: RGB | Image.Image) -> N
         canvas.paste((*fill, 255), (0, 0, *canvas.size), mask)
 
 
-def _cylinder(
-    base: RGB, x0: float, x1: float, highlight: float = 0.3, shine: float = 0.45
-) -> Image.Image:
+def _cylinder(base: RGB, x0: float, x1: float, highlight: float = 0.3, shine: float = 0.45) -> Image.Image:
     """A horizontally shaded fill: dark edges, lit body, a specular strip; reads as round."""
     width = SIZE * _SUPER
     row = Image.new("RGBA", (width, 1))
@@ -176,9 +170,7 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.load_default(size=size * _SUPER)
 
 
-def _text(
-    canvas: Image.Image, centre: tuple[float, float], text: str, size: int, fill: RGB
-) -> None:
+def _text(canvas: Image.Image, centre: tuple[float, float], text: str, size: int, fill: RGB) -> None:
     draw = ImageDraw.Draw(canvas)
     draw.text(tuple(_s(*centre)), text, font=_font(size), fill=fill, anchor="mm")
 
@@ -193,9 +185,7 @@ def _draw_mug() -> Image.Image:
     hole = _shape(lambda d: d.ellipse(_s(336, 236, 404, 324), fill=255))
     handle.paste(0, (0, 0), hole)
     _paint(canvas, handle, (24, 104, 114))
-    body = _shape(
-        lambda d: d.rounded_rectangle(_s(128, 150, 360, 430), radius=36 * _SUPER, fill=255)
-    )
+    body = _shape(lambda d: d.rounded_rectangle(_s(128, 150, 360, 430), radius=36 * _SUPER, fill=255))
     _paint(canvas, body, _cylinder(teal, 128, 360))
     rim = _shape(lambda d: d.ellipse(_s(128, 132, 360, 168), fill=255))
     _paint(canvas, rim, (40, 150, 162))
@@ -237,17 +227,11 @@ def _draw_sneaker() -> Image.Image:
         _shape(lambda d: d.polygon(_s(*[c for p in stripe for c in p]), fill=255), 4),
         (248, 244, 236),
     )
-    heel = _shape(
-        lambda d: d.rounded_rectangle(_s(74, 230, 112, 330), radius=12 * _SUPER, fill=255)
-    )
+    heel = _shape(lambda d: d.rounded_rectangle(_s(74, 230, 112, 330), radius=12 * _SUPER, fill=255))
     _paint(canvas, heel, (52, 52, 60))
-    sole_mask = _shape(
-        lambda d: d.rounded_rectangle(_s(62, 326, 470, 372), radius=20 * _SUPER, fill=255)
-    )
+    sole_mask = _shape(lambda d: d.rounded_rectangle(_s(62, 326, 470, 372), radius=20 * _SUPER, fill=255))
     _paint(canvas, sole_mask, sole)
-    tread = _shape(
-        lambda d: d.rounded_rectangle(_s(66, 360, 466, 378), radius=9 * _SUPER, fill=255)
-    )
+    tread = _shape(lambda d: d.rounded_rectangle(_s(66, 360, 466, 378), radius=9 * _SUPER, fill=255))
     _paint(canvas, tread, gum)
     draw = ImageDraw.Draw(canvas)
     for i in range(5):
@@ -310,28 +294,18 @@ def _draw_backpack() -> Image.Image:
         )
     )
     _paint(canvas, straps, dark)
-    body = _shape(
-        lambda d: d.rounded_rectangle(_s(150, 110, 362, 470), radius=46 * _SUPER, fill=255)
-    )
+    body = _shape(lambda d: d.rounded_rectangle(_s(150, 110, 362, 470), radius=46 * _SUPER, fill=255))
     _paint(canvas, body, _cylinder(olive, 150, 362, highlight=0.32))
-    roll = _shape(
-        lambda d: d.rounded_rectangle(_s(156, 80, 356, 140), radius=24 * _SUPER, fill=255)
-    )
+    roll = _shape(lambda d: d.rounded_rectangle(_s(156, 80, 356, 140), radius=24 * _SUPER, fill=255))
     _paint(canvas, roll, _cylinder((84, 96, 56), 156, 356))
-    buckle = _shape(
-        lambda d: d.rounded_rectangle(_s(236, 120, 276, 190), radius=6 * _SUPER, fill=255)
-    )
+    buckle = _shape(lambda d: d.rounded_rectangle(_s(236, 120, 276, 190), radius=6 * _SUPER, fill=255))
     _paint(canvas, buckle, (30, 30, 34))
-    pocket = _shape(
-        lambda d: d.rounded_rectangle(_s(180, 300, 332, 446), radius=28 * _SUPER, fill=255)
-    )
+    pocket = _shape(lambda d: d.rounded_rectangle(_s(180, 300, 332, 446), radius=28 * _SUPER, fill=255))
     _paint(canvas, pocket, _cylinder((82, 94, 54), 180, 332))
     draw = ImageDraw.Draw(canvas)
     draw.line(_s(196, 322, 316, 322), fill=(30, 30, 34), width=4 * _SUPER)
     draw.rectangle(_s(312, 316, 326, 334), fill=(190, 190, 196))
-    patch = _shape(
-        lambda d: d.rounded_rectangle(_s(222, 226, 290, 262), radius=6 * _SUPER, fill=255)
-    )
+    patch = _shape(lambda d: d.rounded_rectangle(_s(222, 226, 290, 262), radius=6 * _SUPER, fill=255))
     _paint(canvas, patch, (196, 160, 112))
     _text(canvas, (256, 244), "TH", 20, (70, 50, 30))
     return _finish(canvas)
@@ -350,9 +324,7 @@ def _draw_watch() -> Image.Image:
     draw = ImageDraw.Draw(canvas)
     for y in (60, 100, 412, 452):
         draw.line(_s(222, y, 290, y), fill=(150, 104, 66), width=2 * _SUPER)
-    crown = _shape(
-        lambda d: d.rounded_rectangle(_s(360, 240, 386, 272), radius=4 * _SUPER, fill=255)
-    )
+    crown = _shape(lambda d: d.rounded_rectangle(_s(360, 240, 386, 272), radius=4 * _SUPER, fill=255))
     _paint(canvas, crown, (170, 170, 176))
     case = _shape(lambda d: d.ellipse(_s(146, 146, 366, 366), fill=255))
     _paint(canvas, case, _cylinder((206, 206, 212), 146, 366))

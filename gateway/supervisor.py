@@ -16,6 +16,13 @@ from pathlib import Path
 
 from gateway.stages import STAGES
 
+CRASH_LOOP_EXITS = 3  # consecutive quick failures before the supervisor gives up on a stage
+QUICK_S = 10.0  # an exit this soon after a start counts as a failure to start
+
+
+class StageCrashLoop(RuntimeError):
+    """A stage keeps failing right after it starts: a bug or bad configuration, not a hiccup."""
+
 
 @dataclass
 class Child:
@@ -23,7 +30,15 @@ class Child:
     log_file: Path
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
+    quick_failures: int = 0
     started_at: float = field(default=0.0)
+
+
+def log_tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
 
 
 class Supervisor:
@@ -72,15 +87,26 @@ class Supervisor:
                 child.process.kill()
 
     def check(self) -> list[str]:
-        """Restart children that died; returns what happened, for the caller to report."""
+        """Restart children that died; returns what happened, for the caller to report.
+
+        Raises StageCrashLoop when a stage failed on its own (exit code > 0; a kill by signal does
+        not count) right after starting several times in a row.
+        """
         notes = []
         for child in self.children:
             if self._stopping or child.process is None or child.process.poll() is None:
                 continue
             code = child.process.returncode
             child.restarts += 1
+            quick = time.monotonic() - child.started_at < QUICK_S
+            child.quick_failures = child.quick_failures + 1 if quick and code > 0 else 0
+            if child.quick_failures >= CRASH_LOOP_EXITS:
+                raise StageCrashLoop(
+                    f"stage {child.stage} failed {child.quick_failures} times right after starting "
+                    f"(exit {code}); last lines of {child.log_file}:\n{log_tail(child.log_file)}"
+                )
             # Back off a child that dies right after starting, so a broken config does not spin.
-            if time.monotonic() - child.started_at < 5:
+            if quick:
                 time.sleep(min(10, child.restarts))
             notes.append(f"{child.stage} exited with {code}; restarting (see {child.log_file})")
             self._spawn(child)
@@ -94,6 +120,10 @@ class Supervisor:
                 for note in self.check():
                     print(note, file=sys.stderr, flush=True)
                 time.sleep(1)
+        except StageCrashLoop as exc:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            self.stop()
+            raise SystemExit(1) from None
         except KeyboardInterrupt:
             self.stop()
 

@@ -48,6 +48,15 @@ class Request:
     queue_wait_ms: float
 
 
+def _free_accelerator_memory(exc: BaseException) -> None:
+    """Before the halves of a failed batch are retried: an out-of-memory error leaves cached
+    blocks behind that the smaller batches need."""
+    if type(exc).__name__ == "OutOfMemoryError":
+        import torch
+
+        torch.cuda.empty_cache()
+
+
 def assert_no_external_urls(job: dict[str, Any]) -> None:
     if job.get("source_references"):
         raise ExternalUrlError("job still carries source URLs; references must be persisted first")
@@ -85,6 +94,7 @@ class GenerateStage(BatchStage):
     async def start(self) -> None:
         self.backends: dict[str, Backend] = {"compositor": CompositorBackend()}
         settings = self.ctx.settings.generation
+        self.prefetch_batches = settings.queue_batches
         if settings.models_file:
             from gpu_workers.backends.diffusers_backend import DiffusersBackend
             from gpu_workers.registry import ModelRegistry
@@ -98,6 +108,14 @@ class GenerateStage(BatchStage):
             self.backends["remote"] = RemoteBackend(settings.remote_endpoint, settings.remote_api_key)
         self.failover = FailoverGenerator(self.backends)
         self.ctx.log.info("generation backends: %s", ", ".join(self.backends))
+
+    async def stop(self) -> None:
+        for backend in self.backends.values():
+            close = getattr(backend, "close", None)
+            if close is not None:
+                result = close()
+                if asyncio.iscoroutine(result):
+                    await result
 
     async def handle_batch(self, records: list[InputRecord]) -> list[Outcome]:
         outcomes: dict[int, Outcome] = {}
@@ -125,7 +143,7 @@ class GenerateStage(BatchStage):
             choices = group[0][0]
             items = [item for _, item in group]
             results, failures = await run_with_split(
-                items, lambda batch, c=choices: self._generate(batch, c), fail_whole=()
+                items, lambda batch, c=choices: self._generate(batch, c), on_error=_free_accelerator_memory
             )
             for image, outcome in results:
                 generated[image.request_id] = (image, outcome, len(items))

@@ -53,9 +53,22 @@ class ClickHouseSettings(BaseModel):
 
 
 class ReferenceSettings(BaseModel):
+    """The reference downloader's limits (processors/references/url_policy.py FetchPolicy)."""
+
     # Hosts admitted even though they resolve to private or loopback addresses. Empty in
     # production; the demo and tests serve their images on loopback and name it here.
     allow_hosts: list[str] = []
+    connect_timeout_s: float = 5.0
+    total_timeout_s: float = 20.0
+    max_bytes: int = 20 * 1024 * 1024
+    max_redirects: int = 3
+    max_pixels: int = 40_000_000
+    per_host_concurrency: int = 4
+    retries: int = 3
+    # A URL fetched within this long is answered from storage, with no network call.
+    cache_ttl_s: float = 86400.0
+    # Local path of a segmentation model for product masks; empty: the classical segmenter.
+    segmenter_path: str = ""
 
 
 class RoutingSettings(BaseModel):
@@ -81,6 +94,14 @@ class QualitySettings(BaseModel):
     max_pixels: int = 40_000_000
     # What happens to a job still below threshold after its last attempt.
     on_exhausted: Literal["review", "fail"] = "review"
+    # Prompt adherence with open_clip, from a local checkpoint; empty: not scored. CLIP cosines
+    # are model-specific (matching pairs often score only 0.25-0.35): calibrate per model.
+    clip_model: str = ""
+    clip_checkpoint: str = ""
+    min_clip_score: float = 0.2
+    # OCR (Tesseract) for jobs that carry a text overlay.
+    ocr_for_text: bool = True
+    min_ocr_score: float = 0.6
 
 
 class ReviewSettings(BaseModel):
@@ -95,6 +116,8 @@ class GenerationSettings(BaseModel):
     remote_endpoint: str = ""
     remote_api_key: str = ""
     max_batch: int = 8
+    # Batches the worker fetches ahead; when that many wait, it pauses its partitions.
+    queue_batches: int = 2
 
 
 class Settings(BaseSettings):

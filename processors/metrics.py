@@ -40,6 +40,12 @@ class StageMetrics:
             registry=self.registry,
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
         )
+        self.paused = Counter(
+            "lightbox_partitions_paused",
+            "Times the worker queue filled and partitions were paused",
+            labels,
+            registry=self.registry,
+        )
         self.lag = Gauge(
             "lightbox_consumer_lag",
             "High watermark minus position",

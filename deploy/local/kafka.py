@@ -224,8 +224,7 @@ class KafkaService(ManagedService):
 
     @property
     def ports(self) -> dict[int, str]:
-        return {self.port: "kafka.bootstrap", self.settings.kafka.controller_port:
-                "kafka.controller_port"}
+        return {self.port: "kafka.bootstrap", self.settings.kafka.controller_port: "kafka.controller_port"}
 
     @property
     def marker(self) -> str:
@@ -256,10 +255,22 @@ class KafkaService(ManagedService):
         staging = self.home / "libs.partial"
         shutil.rmtree(staging, ignore_errors=True)
         run_logged(
-            [mvn, "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
-             "-DincludeScope=runtime", f"-DoutputDirectory={staging}"],
-            self.install_log, "resolving jars with Maven", self.name, self.progress,
-            cwd=self.home, timeout_s=900,
+            [
+                mvn,
+                "-q",
+                "-B",
+                "-f",
+                str(pom),
+                "dependency:copy-dependencies",
+                "-DincludeScope=runtime",
+                f"-DoutputDirectory={staging}",
+            ],
+            self.install_log,
+            "resolving jars with Maven",
+            self.name,
+            self.progress,
+            cwd=self.home,
+            timeout_s=900,
         )
         shutil.rmtree(self.libs, ignore_errors=True)
         staging.rename(self.libs)
@@ -271,12 +282,8 @@ class KafkaService(ManagedService):
     def java(self) -> str:
         if self._java is not None:
             return self._java
-        java = require_tool(
-            "java", "openjdk-17-jre-headless", f"to run the Kafka broker (Java {MIN_JAVA}+)"
-        )
-        out = subprocess.run(
-            [java, "-version"], capture_output=True, text=True, timeout=60, check=False
-        )
+        java = require_tool("java", "openjdk-17-jre-headless", f"to run the Kafka broker (Java {MIN_JAVA}+)")
+        out = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=60, check=False)
         major = java_major_version(out.stderr + out.stdout)
         if major is not None and major < MIN_JAVA:
             raise StackError(
@@ -316,19 +323,32 @@ class KafkaService(ManagedService):
             return
         self.progress(f"kafka: formatting {self.log_dirs} (cluster id {cluster_id})")
         run_logged(
-            [java, *self._jvm_base(), "kafka.tools.StorageTool", "format",
-             f"--cluster-id={cluster_id}", "--config", str(self.config_file)],
-            self.log_file, "formatting storage", self.name, self.progress,
-            cwd=self.data_dir, timeout_s=300,
+            [
+                java,
+                *self._jvm_base(),
+                "kafka.tools.StorageTool",
+                "format",
+                f"--cluster-id={cluster_id}",
+                "--config",
+                str(self.config_file),
+            ],
+            self.log_file,
+            "formatting storage",
+            self.name,
+            self.progress,
+            cwd=self.data_dir,
+            timeout_s=300,
         )
 
     # Run and probe.
 
     def _jvm_base(self) -> list[str]:
         return [
-            *HEAP, *JVM_FLAGS,
+            *HEAP,
+            *JVM_FLAGS,
             f"-Dlog4j.configuration=file:{self.log4j_file}",
-            "-cp", f"{self.libs}/*",
+            "-cp",
+            f"{self.libs}/*",
         ]
 
     def command(self) -> list[str]:

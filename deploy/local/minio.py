@@ -85,8 +85,7 @@ class MinioService(ManagedService):
 
     @property
     def ports(self) -> dict[int, str]:
-        return {self.port: "storage.endpoint",
-                self.settings.storage.console_port: "storage.console_port"}
+        return {self.port: "storage.endpoint", self.settings.storage.console_port: "storage.console_port"}
 
     @property
     def marker(self) -> str:
@@ -117,8 +116,12 @@ class MinioService(ManagedService):
         # tags are not semver, so the proxy refuses them; the pin is a pseudo-version of a commit.
         run_logged(
             [go, "install", f"{MODULE}@{self.version}"],
-            self.install_log, "building MinIO", self.name, self.progress,
-            env=env, timeout_s=3600,
+            self.install_log,
+            "building MinIO",
+            self.name,
+            self.progress,
+            env=env,
+            timeout_s=3600,
         )
         if not self.installed():
             raise StackError(f"minio: go install succeeded but {self.binary} is missing")
@@ -136,8 +139,13 @@ class MinioService(ManagedService):
 
     def command(self) -> list[str]:
         return [
-            str(self.binary), "server", str(self.data_dir),
-            "--address", self.address, "--console-address", self.console_address,
+            str(self.binary),
+            "server",
+            str(self.data_dir),
+            "--address",
+            self.address,
+            "--console-address",
+            self.console_address,
         ]
 
     def env(self) -> dict[str, str]:

@@ -64,9 +64,7 @@ def tail(path: Path, lines: int = TAIL_LINES, since: int = 0) -> str:
 
 def failure(service: str, reason: str, log_file: Path, since: int = 0) -> StackError:
     return StackError(
-        f"{service}: {reason}\n"
-        f"--- last {TAIL_LINES} lines of {log_file} ---\n"
-        f"{tail(log_file, since=since)}"
+        f"{service}: {reason}\n--- last {TAIL_LINES} lines of {log_file} ---\n{tail(log_file, since=since)}"
     )
 
 
@@ -118,9 +116,7 @@ _LAUNCHER = (
 )
 
 
-def spawn_detached(
-    argv: Sequence[str], log_file: Path, cwd: Path, env: Mapping[str, str]
-) -> int:
+def spawn_detached(argv: Sequence[str], log_file: Path, cwd: Path, env: Mapping[str, str]) -> int:
     """Start argv in its own session with output appended to log_file; return its pid."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     out = subprocess.run(
@@ -201,8 +197,12 @@ def run_logged(
         log.write(f"\n=== {time.strftime('%F %T')} {' '.join(argv)}\n".encode())
         log.flush()
         proc = subprocess.Popen(
-            list(argv), cwd=cwd, env=dict(env) if env is not None else None,
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            list(argv),
+            cwd=cwd,
+            env=dict(env) if env is not None else None,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         while True:
             try:
@@ -315,8 +315,13 @@ class ManagedService(ABC):
         else:
             detail = "stopped"
         return ServiceStatus(
-            self.name, answering or pid is not None, pid, self.address,
-            self.log_file, self.data_dir, detail,
+            self.name,
+            answering or pid is not None,
+            pid,
+            self.address,
+            self.log_file,
+            self.data_dir,
+            detail,
         )
 
     @property
@@ -355,9 +360,7 @@ class ManagedService(ABC):
         pid = spawn_detached(self.command(), self.log_file, self.data_dir, self.env())
         self.pid_file.parent.mkdir(parents=True, exist_ok=True)
         self.pid_file.write_text(f"{pid}\n")
-        self.progress(
-            f"{self.name}: started (pid {pid}); log: {self.log_file}; data: {self.data_dir}"
-        )
+        self.progress(f"{self.name}: started (pid {pid}); log: {self.log_file}; data: {self.data_dir}")
         return since
 
     def wait_ready(self, deadline: float, since: int = 0) -> None:
@@ -379,8 +382,10 @@ class ManagedService(ABC):
         if time.monotonic() > deadline:
             still = f"; still running as pid {pid}, `down` stops it" if pid else ""
             raise failure(
-                self.name, f"not healthy on {self.address} before the timeout{still}",
-                self.log_file, since,
+                self.name,
+                f"not healthy on {self.address} before the timeout{still}",
+                self.log_file,
+                since,
             )
         return False
 

@@ -182,9 +182,7 @@ class LocalStack:
         try:
             metadata = admin.list_topics(timeout=10)
         except KafkaException as exc:
-            raise StackError(
-                f"kafka: cannot reach {self.settings.kafka.bootstrap}: {exc}"
-            ) from exc
+            raise StackError(f"kafka: cannot reach {self.settings.kafka.bootstrap}: {exc}") from exc
         return {name: len(topic.partitions) for name, topic in metadata.topics.items()}
 
     def _align_configs(self, admin: AdminClient, topics: list[Topic], names: TopicNames) -> None:
@@ -192,7 +190,8 @@ class LocalStack:
         and other settings of the topic are left as they are)."""
         resources = [
             ConfigResource(
-                ResourceType.TOPIC, names(topic),
+                ResourceType.TOPIC,
+                names(topic),
                 incremental_configs=[
                     ConfigEntry(key, value, incremental_operation=AlterConfigOpType.SET)
                     for key, value in topic_configs(topic).items()
@@ -207,9 +206,7 @@ class LocalStack:
             try:
                 future.result()
             except KafkaException as exc:
-                raise StackError(
-                    f"kafka: could not set the config of topic {resource.name}: {exc}"
-                ) from exc
+                raise StackError(f"kafka: could not set the config of topic {resource.name}: {exc}") from exc
 
     def _created(self, name: str, future: Future[None]) -> None:
         try:
@@ -227,7 +224,8 @@ class LocalStack:
         while True:
             metadata = admin.list_topics(timeout=10)
             pending = [
-                name for name in topics
+                name
+                for name in topics
                 if name not in metadata.topics
                 or metadata.topics[name].error is not None
                 or any(p.leader < 0 for p in metadata.topics[name].partitions.values())
@@ -235,6 +233,7 @@ class LocalStack:
             if not pending:
                 return
             if time.monotonic() > deadline:
-                raise StackError(f"kafka: topics without a leader after {timeout_s:.0f} s: "
-                                 f"{', '.join(pending)}")
+                raise StackError(
+                    f"kafka: topics without a leader after {timeout_s:.0f} s: {', '.join(pending)}"
+                )
             time.sleep(0.2)

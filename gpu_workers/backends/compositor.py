@@ -212,9 +212,7 @@ def _shadow_alpha(alpha: Image.Image, placement: Placement, width: int, height: 
     return np.clip(strength / 255.0, 0.0, 1.0)
 
 
-def _apply_shadow(
-    background: np.ndarray, shadow: np.ndarray, colour: RGB, opacity: float
-) -> np.ndarray:
+def _apply_shadow(background: np.ndarray, shadow: np.ndarray, colour: RGB, opacity: float) -> np.ndarray:
     weight = (shadow * opacity)[..., None]
     return background * (1.0 - weight) + np.asarray(colour, np.float32) * weight
 
@@ -254,9 +252,7 @@ def _draw_studio(width: int, height: int, rng: np.random.Generator) -> np.ndarra
     # A seamless paper sweep: darker wall at the top curving into a bright floor.
     t = np.clip(ys / 0.75, 0.0, 1.0) ** 0.8 * np.ones_like(xs)
     image = _lerp(top, bottom, t)
-    light = _glow(
-        ys, xs, 0.5 + rng.uniform(-0.12, 0.12), 0.45 + rng.uniform(-0.08, 0.08), 0.45, 0.4
-    )
+    light = _glow(ys, xs, 0.5 + rng.uniform(-0.12, 0.12), 0.45 + rng.uniform(-0.08, 0.08), 0.45, 0.4)
     image += (16.0 + rng.uniform(-4.0, 4.0)) * light[..., None]
     vignette = 1.0 - 0.10 * ((xs - 0.5) ** 2 + (ys - 0.5) ** 2) / 0.5
     return np.clip(image * vignette[..., None], 0, 255)
@@ -312,9 +308,7 @@ def _draw_outdoor(width: int, height: int, rng: np.random.Generator) -> np.ndarr
     # Distant hills: a soft blue-green ridge just above the horizon.
     ridge = horizon - 0.06 - 0.03 * np.sin(xs * rng.uniform(4, 8) + rng.uniform(0, 6.3))
     hills = (ys > ridge) & (ys < horizon)
-    sky = np.where(
-        hills[..., None], _lerp((120, 150, 140), (104, 140, 110), (ys - ridge) / 0.1), sky
-    )
+    sky = np.where(hills[..., None], _lerp((120, 150, 140), (104, 140, 110), (ys - ridge) / 0.1), sky)
 
     grass_far = np.array((118, 160, 84), np.float32)
     grass_near = np.array((72, 122, 50), np.float32)
@@ -352,9 +346,7 @@ def _draw_holiday(width: int, height: int, rng: np.random.Generator) -> np.ndarr
     wall = _lerp(top, low, np.clip(ys / table_y, 0, 1) ** 0.9 * np.ones_like(xs))
     wall = _add_bokeh(wall, width, height, table_y, rng)
     # A snowy white tabletop with a cool shade towards the back.
-    snow = _lerp(
-        (214, 220, 232), (246, 247, 250), np.clip((ys - table_y) / 0.3, 0, 1) * np.ones_like(xs)
-    )
+    snow = _lerp((214, 220, 232), (246, 247, 250), np.clip((ys - table_y) / 0.3, 0, 1) * np.ones_like(xs))
     image = np.where((ys < table_y)[..., None], wall, snow)
     edge = np.abs(ys - table_y) * height
     image *= (1.0 - 0.2 * np.exp(-((edge / 2.0) ** 2)))[..., None]

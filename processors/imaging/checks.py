@@ -86,9 +86,7 @@ def _verify(data: bytes, max_pixels: int) -> None:
         if width <= 0 or height <= 0:
             raise ImageCheckError(REASON_CORRUPT, f"invalid dimensions {width}x{height}")
         if width * height > max_pixels:
-            raise ImageCheckError(
-                REASON_OVERSIZED, f"{width}x{height} exceeds the {max_pixels} pixel limit"
-            )
+            raise ImageCheckError(REASON_OVERSIZED, f"{width}x{height} exceeds the {max_pixels} pixel limit")
         probe.verify()
 
 
@@ -139,9 +137,7 @@ def _edge_energy(luminance: np.ndarray) -> float:
     return float(dx + dy)
 
 
-def failed_reasons(
-    scores: Mapping[str, float], thresholds: Mapping[str, float] | None = None
-) -> list[str]:
+def failed_reasons(scores: Mapping[str, float], thresholds: Mapping[str, float] | None = None) -> list[str]:
     """Reason codes for every failed check; only checks whose score is present are applied.
 
     ``thresholds`` overrides DEFAULT_THRESHOLDS key by key. Known keys: max_blank_score,
@@ -216,16 +212,12 @@ class PreservationMatch:
     rank: float = 0.0
 
 
-def product_preservation(
-    output: Image.Image, product: Image.Image, mask: Image.Image | None
-) -> float:
+def product_preservation(output: Image.Image, product: Image.Image, mask: Image.Image | None) -> float:
     """How well the product's masked pixels appear in ``output``, in [0, 1]."""
     return find_product(output, product, mask).score
 
 
-def find_product(
-    output: Image.Image, product: Image.Image, mask: Image.Image | None
-) -> PreservationMatch:
+def find_product(output: Image.Image, product: Image.Image, mask: Image.Image | None) -> PreservationMatch:
     """The best match of the product in ``output`` (score 0 and fit 0 when none is possible)."""
     cutout = _cutout(product, mask)
     none = PreservationMatch(0.0, 0.0, 0, 0, 0, 0)

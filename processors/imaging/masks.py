@@ -71,9 +71,7 @@ def mask_coverage(mask: Image.Image) -> float:
 def alpha_channel(image: Image.Image) -> Image.Image | None:
     """The alpha channel as "L", or None when the image has no transparency at all."""
     if image.mode in ("RGBA", "LA", "La", "RGBa", "PA"):
-        return (
-            image.getchannel("A") if image.mode != "PA" else image.convert("RGBA").getchannel("A")
-        )
+        return image.getchannel("A") if image.mode != "PA" else image.convert("RGBA").getchannel("A")
     if "transparency" in image.info:
         return image.convert("RGBA").getchannel("A")
     return None
@@ -270,9 +268,7 @@ def _paint(shape: tuple[int, int], runs: _Runs, selected: np.ndarray) -> np.ndar
     return out
 
 
-def keep_largest_components(
-    binary: np.ndarray, keep_ratio: float, max_components: int
-) -> np.ndarray:
+def keep_largest_components(binary: np.ndarray, keep_ratio: float, max_components: int) -> np.ndarray:
     """Only the components at least ``keep_ratio`` of the largest one (8-connected), at most N."""
     runs = _find_runs(binary)
     if len(runs) == 0:
@@ -292,9 +288,7 @@ def fill_holes(binary: np.ndarray) -> np.ndarray:
         return binary.copy()
     height, width = binary.shape
     ids = _component_ids(runs, height, connectivity=4)
-    touches = (
-        (runs.rows == 0) | (runs.rows == height - 1) | (runs.starts == 0) | (runs.ends == width)
-    )
+    touches = (runs.rows == 0) | (runs.rows == height - 1) | (runs.starts == 0) | (runs.ends == width)
     open_ids = np.unique(ids[touches])
     holes = ~np.isin(ids, open_ids)
     return binary | _paint(binary.shape, runs, holes)

@@ -112,9 +112,7 @@ def _require_strict_truncation() -> None:
     # Pillow's switch is process-global and cannot be overridden per call; if anything in the
     # process turned it on, truncated downloads would decode "successfully". Fail loudly.
     if ImageFile.LOAD_TRUNCATED_IMAGES:
-        raise RuntimeError(
-            "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True; reference validation requires False"
-        )
+        raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True; reference validation requires False")
 
 
 def inspect_image(data: bytes, policy: FetchPolicy) -> ImageInfo:
@@ -174,9 +172,7 @@ class _Progress:
 class ReferenceFetcher:
     """Async context manager owning one aiohttp session; fetch() is safe to call concurrently."""
 
-    def __init__(
-        self, policy: FetchPolicy | None = None, *, resolver: AddressResolver | None = None
-    ) -> None:
+    def __init__(self, policy: FetchPolicy | None = None, *, resolver: AddressResolver | None = None) -> None:
         self.policy = policy or FetchPolicy()
         self._resolver = resolver
         self._session: aiohttp.ClientSession | None = None
@@ -235,7 +231,9 @@ class ReferenceFetcher:
                 delay = self._backoff(attempt)
                 log.info(
                     "reference fetch attempt %d failed (%s), retrying in %.2fs",
-                    attempt + 1, exc.reason, delay,
+                    attempt + 1,
+                    exc.reason,
+                    delay,
                 )
                 attempt += 1
                 await asyncio.sleep(delay)
@@ -294,9 +292,7 @@ class ReferenceFetcher:
         if declared is not None and declared > limit:
             # Refused on the header: not one byte of the body is read.
             response.close()
-            raise ReferenceFetchError(
-                Reason.TOO_LARGE, f"declared Content-Length {declared} > {limit}"
-            )
+            raise ReferenceFetchError(Reason.TOO_LARGE, f"declared Content-Length {declared} > {limit}")
         progress.in_body = True
         body = bytearray()
         started = time.monotonic()
@@ -312,9 +308,7 @@ class ReferenceFetcher:
             self._check_throughput(len(body), time.monotonic() - started, response)
         return bytes(body)
 
-    def _check_throughput(
-        self, received: int, elapsed: float, response: aiohttp.ClientResponse
-    ) -> None:
+    def _check_throughput(self, received: int, elapsed: float, response: aiohttp.ClientResponse) -> None:
         policy = self.policy
         if elapsed <= policy.slow_body_grace_s:
             return
@@ -345,28 +339,23 @@ def _check_status(response: aiohttp.ClientResponse) -> None:
         raise ReferenceFetchError(Reason.EMPTY_BODY, f"HTTP {status}")
     # 5xx are the server's transient trouble; a 4xx will answer the same next time.
     raise ReferenceFetchError(
-        Reason.http_status(status), f"HTTP {status} {response.reason or ''}".rstrip(),
+        Reason.http_status(status),
+        f"HTTP {status} {response.reason or ''}".rstrip(),
         retryable=status >= 500,
     )
 
 
 def _client_error(exc: aiohttp.ClientError) -> ReferenceFetchError:
     """aiohttp's exception zoo mapped onto reason codes; order matters (subclasses first)."""
-    if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(
-        exc.os_error, BlockedAddressError
-    ):
+    if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(exc.os_error, BlockedAddressError):
         return ReferenceFetchError(Reason.PRIVATE_ADDRESS, str(exc.os_error))
     if isinstance(exc, aiohttp.InvalidURL):
         return ReferenceFetchError(Reason.INVALID_URL, str(exc))
     if isinstance(exc, aiohttp.ClientSSLError):
         return ReferenceFetchError(Reason.TLS_ERROR, str(exc))
     if isinstance(exc, aiohttp.ClientPayloadError):
-        return ReferenceFetchError(
-            Reason.CONNECTION_ERROR, f"incomplete body: {exc}", retryable=True
-        )
+        return ReferenceFetchError(Reason.CONNECTION_ERROR, f"incomplete body: {exc}", retryable=True)
     if isinstance(exc, aiohttp.ClientResponseError):
         # Unparseable status line or headers: the server will not improve on retry.
         return ReferenceFetchError(Reason.BAD_RESPONSE, f"{exc.status} {exc.message}")
-    return ReferenceFetchError(
-        Reason.CONNECTION_ERROR, f"{type(exc).__name__}: {exc}", retryable=True
-    )
+    return ReferenceFetchError(Reason.CONNECTION_ERROR, f"{type(exc).__name__}: {exc}", retryable=True)

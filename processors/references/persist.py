@@ -128,15 +128,18 @@ class _CacheEntry:
     fetched_at: datetime
 
     def to_json(self) -> bytes:
-        return json.dumps({
-            "sha256": self.sha256,
-            "key": self.key,
-            "content_type": self.content_type,
-            "width": self.width,
-            "height": self.height,
-            "size_bytes": self.size_bytes,
-            "fetched_at": self.fetched_at.isoformat(),
-        }, sort_keys=True).encode("utf-8")
+        return json.dumps(
+            {
+                "sha256": self.sha256,
+                "key": self.key,
+                "content_type": self.content_type,
+                "width": self.width,
+                "height": self.height,
+                "size_bytes": self.size_bytes,
+                "fetched_at": self.fetched_at.isoformat(),
+            },
+            sort_keys=True,
+        ).encode("utf-8")
 
     @classmethod
     def from_json(cls, raw: bytes) -> _CacheEntry:
@@ -158,20 +161,14 @@ class _CacheEntry:
 class ReferencePersister:
     """Turns reference URLs into stored objects. One per event loop; share it across jobs."""
 
-    def __init__(
-        self, store: ReferenceStorage, fetcher: ReferenceFetcher, *, prefix: str = "refs"
-    ) -> None:
+    def __init__(self, store: ReferenceStorage, fetcher: ReferenceFetcher, *, prefix: str = "refs") -> None:
         self._store = store
         self._fetcher = fetcher
         self._prefix = prefix.rstrip("/")
         # Same URL twice at once: the second waits and is answered from the cache. Same bytes
         # twice at once: one upload, and stored_new is true for exactly one of them.
-        self._url_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
-            weakref.WeakValueDictionary()
-        )
-        self._digest_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
-            weakref.WeakValueDictionary()
-        )
+        self._url_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._digest_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     def cache_key(self, url: str) -> str:
         return f"{self._prefix}/{CACHE_DIR}/{url_sha256(url)}.json"
@@ -208,8 +205,7 @@ class ReferencePersister:
         decoded becomes a DroppedReference (the caller fails the job when a required one drops);
         storage failures are not the reference's fault and propagate."""
         tasks = [
-            asyncio.create_task(self._persist_or_drop(url, role, required))
-            for url, role, required in refs
+            asyncio.create_task(self._persist_or_drop(url, role, required)) for url, role, required in refs
         ]
         try:
             outcomes = await asyncio.gather(*tasks)
@@ -228,11 +224,14 @@ class ReferencePersister:
         try:
             return await self.persist(url, role)
         except ReferenceFetchError as exc:
-            log.info("reference dropped: role=%s required=%s reason=%s", role, required,
-                     exc.reason)
+            log.info("reference dropped: role=%s required=%s reason=%s", role, required, exc.reason)
             return DroppedReference(
-                role=role, required=required, url=url, url_sha256=url_sha256(url),
-                reason=exc.reason, detail=exc.detail,
+                role=role,
+                required=required,
+                url=url,
+                url_sha256=url_sha256(url),
+                reason=exc.reason,
+                detail=exc.detail,
             )
 
     async def _from_cache(self, url: str, role: str) -> PersistedReference | None:
@@ -283,9 +282,16 @@ def _persisted(
     entry: _CacheEntry, role: str, url: str, *, from_cache: bool, stored_new: bool
 ) -> PersistedReference:
     return PersistedReference(
-        key=entry.key, sha256=entry.sha256, content_type=entry.content_type,
-        width=entry.width, height=entry.height, size_bytes=entry.size_bytes,
-        from_cache=from_cache, stored_new=stored_new, role=role, url=url,
+        key=entry.key,
+        sha256=entry.sha256,
+        content_type=entry.content_type,
+        width=entry.width,
+        height=entry.height,
+        size_bytes=entry.size_bytes,
+        from_cache=from_cache,
+        stored_new=stored_new,
+        role=role,
+        url=url,
     )
 
 

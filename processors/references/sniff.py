@@ -25,8 +25,14 @@ TEXT_TYPES = frozenset({SVG, HTML, XML})
 
 # Conventional file extension per raster type, for human-readable content-addressed keys.
 EXTENSIONS: dict[str, str] = {
-    JPEG: "jpg", PNG: "png", GIF: "gif", WEBP: "webp",
-    BMP: "bmp", TIFF: "tiff", AVIF: "avif", HEIC: "heic",
+    JPEG: "jpg",
+    PNG: "png",
+    GIF: "gif",
+    WEBP: "webp",
+    BMP: "bmp",
+    TIFF: "tiff",
+    AVIF: "avif",
+    HEIC: "heic",
 }
 
 # Valid BITMAPINFOHEADER family sizes; "BM" alone is too weak a signature.
@@ -118,7 +124,7 @@ def _decode_head(head: bytes) -> str | None:
         (b"\xfe\xff", "utf-16-be"),
     ):
         if head.startswith(bom):
-            return head[len(bom):].decode(codec, errors="ignore")
+            return head[len(bom) :].decode(codec, errors="ignore")
     if b"\x00" in head:
         return None
     return head.decode("utf-8", errors="ignore")

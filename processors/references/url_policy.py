@@ -207,9 +207,7 @@ async def system_resolve(host: str, port: int) -> list[str]:
 def parse_url(url: str, policy: FetchPolicy) -> URL:
     """Syntax-level checks that need no network."""
     if len(url) > policy.max_url_length:
-        raise ReferenceFetchError(
-            Reason.URL_TOO_LONG, f"{len(url)} characters > {policy.max_url_length}"
-        )
+        raise ReferenceFetchError(Reason.URL_TOO_LONG, f"{len(url)} characters > {policy.max_url_length}")
     # Whitespace and control characters are how parser differentials start; no valid
     # reference URL needs them unencoded.
     if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
@@ -256,27 +254,22 @@ async def check_url(
     return ResolvedTarget(parsed, host, port, addresses, host_allowlisted=False)
 
 
-async def _resolve(
-    host: str, port: int, policy: FetchPolicy, resolver: AddressResolver
-) -> tuple[str, ...]:
+async def _resolve(host: str, port: int, policy: FetchPolicy, resolver: AddressResolver) -> tuple[str, ...]:
     try:
         async with asyncio.timeout(policy.connect_timeout_s):
             addresses = tuple(await resolver(host, port))
     except TimeoutError as exc:
         raise ReferenceFetchError(
-            Reason.TIMEOUT, f"resolving {host} took over {policy.connect_timeout_s}s",
+            Reason.TIMEOUT,
+            f"resolving {host} took over {policy.connect_timeout_s}s",
             retryable=True,
         ) from exc
     except socket.gaierror as exc:
         # A temporary DNS failure may heal; a name that does not exist will not.
         retryable = exc.errno in (socket.EAI_AGAIN, getattr(socket, "EAI_SYSTEM", None))
-        raise ReferenceFetchError(
-            Reason.UNRESOLVABLE_HOST, f"{host}: {exc}", retryable=retryable
-        ) from exc
+        raise ReferenceFetchError(Reason.UNRESOLVABLE_HOST, f"{host}: {exc}", retryable=retryable) from exc
     except OSError as exc:
-        raise ReferenceFetchError(
-            Reason.UNRESOLVABLE_HOST, f"{host}: {exc}", retryable=True
-        ) from exc
+        raise ReferenceFetchError(Reason.UNRESOLVABLE_HOST, f"{host}: {exc}", retryable=True) from exc
     if not addresses:
         raise ReferenceFetchError(Reason.UNRESOLVABLE_HOST, f"{host}: no addresses")
     return addresses

@@ -10,18 +10,21 @@ deterministic keys and ids. SIGTERM finishes the batch in hand, commits, and lea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import os
 import signal
 import socket
+import threading
 import time
 import uuid
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from processors.kafka_clients import group_id_for, make_consumer, make_producer
 from processors.logs import current_job_id, current_stage
@@ -70,6 +73,10 @@ class StageRunner:
         # One dedicated thread for the blocking poll, so handlers' to_thread calls never wait on it.
         self._poll_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"poll-{stage.name}")
         self._delivery_errors: list[str] = []
+        self._queue: deque[list[Message]] = deque()
+        self._paused = False
+        self._revoked: set[tuple[str, int]] = set()
+        self._revoked_lock = threading.Lock()
         self.consumer = make_consumer(self.settings, group_id_for(self.settings, stage.name))
         self.producer = make_producer(self.settings)
 
@@ -87,18 +94,14 @@ class StageRunner:
         current_stage.set(self.stage.name)
         self.metrics.serve(self.settings.stage.metrics_port)
         topics = [self.ctx.topics(t) for t in self.stage.inputs]
-        self.consumer.subscribe(topics, on_assign=self._on_assign)
+        self.consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
         await self.stage.start()
         self.log.info("stage started", extra={"topic": ",".join(topics)})
-        batches = 0
         try:
-            while not self._stopping.is_set():
-                if max_batches is not None and batches >= max_batches:
-                    break
-                messages = await self._poll()
-                if messages:
-                    await self.process(messages)
-                    batches += 1
+            if self.stage.prefetch_batches > 0:
+                await self._run_prefetching(max_batches)
+            else:
+                await self._run_in_turn(max_batches)
         finally:
             await self.stage.stop()
             self.producer.flush(10)
@@ -107,7 +110,95 @@ class StageRunner:
             self._poll_thread.shutdown(wait=False)
             self.log.info("stage stopped")
 
+    async def _run_in_turn(self, max_batches: int | None) -> None:
+        """Poll, process, commit, repeat: the simplest loop, for CPU stages."""
+        batches = 0
+        while not self._stopping.is_set():
+            if max_batches is not None and batches >= max_batches:
+                break
+            messages = await self._poll()
+            if messages:
+                await self.process(messages)
+                batches += 1
+
+    async def _run_prefetching(self, max_batches: int | None) -> None:
+        """Fetch the next batches while this one is processed (the GPU never waits on the broker),
+        and apply backpressure: past `prefetch_batches` queued batches, pause every assigned
+        partition (polling goes on, so the group keeps us); resume once the queue drains to half.
+        Commits stay in batch order, after each batch's outputs are delivered."""
+        high = self.stage.prefetch_batches
+        low = max(0, high // 2)
+        ready = asyncio.Event()
+
+        async def fetch() -> None:
+            while not self._stopping.is_set():
+                messages = await self._poll()
+                if messages:
+                    self._queue.append(messages)
+                    ready.set()
+                queued = len(self._queue)
+                if queued >= high and not self._paused:
+                    await self._on_poll_thread(self._pause)
+                elif queued <= low and self._paused:
+                    await self._on_poll_thread(self._resume)
+
+        fetcher = asyncio.create_task(fetch())
+        batches = 0
+        try:
+            while not self._stopping.is_set():
+                if max_batches is not None and batches >= max_batches:
+                    break
+                if not self._queue:
+                    ready.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(ready.wait(), timeout=0.5)
+                    if fetcher.done():
+                        fetcher.result()  # surface a poller crash
+                    continue
+                batch = self._still_owned(self._queue.popleft())
+                if batch:
+                    await self.process(batch)
+                    batches += 1
+        finally:
+            self._stopping.set()
+            await fetcher
+
+    async def _on_poll_thread(self, func: Any) -> Any:
+        # Every consumer call goes through the one poll thread: the client is not shared across threads.
+        return await asyncio.get_running_loop().run_in_executor(self._poll_thread, func)
+
+    def _pause(self) -> None:
+        assignment = self.consumer.assignment()
+        if assignment:
+            self.consumer.pause(assignment)
+        self._paused = True
+        self.metrics.paused.labels(self.stage.name).inc()
+        self.log.info("queue full (%d batches): paused %d partition(s)", len(self._queue), len(assignment))
+
+    def _resume(self) -> None:
+        assignment = self.consumer.assignment()
+        if assignment:
+            self.consumer.resume(assignment)
+        self._paused = False
+        self.log.info("queue drained: resumed %d partition(s)", len(assignment))
+
+    def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        # Runs on the poll thread, inside consume(): only note what was revoked. The event loop
+        # drops queued messages of those partitions before processing (uncommitted, so the new
+        # owner reads them again: nothing is lost).
+        with self._revoked_lock:
+            self._revoked |= {(tp.topic, tp.partition) for tp in partitions}
+
+    def _still_owned(self, batch: list[Message]) -> list[Message]:
+        with self._revoked_lock:
+            revoked = set(self._revoked)
+        if not revoked:
+            return batch
+        return [m for m in batch if (m.topic(), m.partition()) not in revoked]
+
     def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        with self._revoked_lock:
+            self._revoked -= {(tp.topic, tp.partition) for tp in partitions}
         by_topic: dict[str, list[int]] = {}
         for tp in partitions:
             by_topic.setdefault(tp.topic, []).append(tp.partition)
@@ -163,7 +254,7 @@ class StageRunner:
 
         self._produce(pendings)
         await self._flush()
-        self._commit(messages)
+        await self._on_poll_thread(lambda: self._commit(messages))
 
     def _decode(self, message: Message) -> InputRecord:
         topic = self.ctx.topics.logical(message.topic())
@@ -430,7 +521,13 @@ class StageRunner:
                 continue
             key = (m.topic(), m.partition())
             offsets[key] = max(offsets.get(key, -1), m.offset() + 1)
-        if offsets:
+        if not offsets:
+            return
+        try:
             self.consumer.commit(
                 offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False
             )
+        except KafkaException as exc:
+            # A rebalance took a partition away mid-batch: its new owner re-reads from the last
+            # commit and, keys being deterministic, redoes the same effects. Nothing is lost.
+            self.log.warning("commit after a rebalance failed; the new owner will redo: %s", exc)

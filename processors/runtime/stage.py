@@ -44,6 +44,9 @@ class Stage(ABC):
     inputs: ClassVar[tuple[Topic, ...]]
     # How many records of one batch are handled at once (I/O-bound handlers benefit).
     concurrency: ClassVar[int] = 8
+    # Batches fetched ahead while one is processed; 0: poll, process, commit in turn. Past this
+    # many queued batches the runner pauses the partitions (backpressure).
+    prefetch_batches: int = 0
 
     def __init__(self, ctx: StageContext) -> None:
         self.ctx = ctx

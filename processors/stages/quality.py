@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 from PIL import Image
 
 from processors.imaging.checks import ImageCheckError, check_output, decode_image, product_preservation
+from processors.imaging.ocr import OcrUnavailable, text_match_score
 from processors.runtime import InputRecord, Outcome, Output, Stage
 from processors.runtime.records import job_event
 from schemas.topics import Topic
@@ -22,6 +23,14 @@ from schemas.topics import Topic
 class QualityStage(Stage):
     name: ClassVar[str] = "quality"
     inputs: ClassVar[tuple[Topic, ...]] = (Topic.GENERATION_RESULTS,)
+
+    async def start(self) -> None:
+        settings = self.ctx.settings.quality
+        self.clip = None
+        if settings.clip_model:
+            from processors.imaging.clip_score import ClipScorer
+
+            self.clip = ClipScorer.from_local(settings.clip_model, settings.clip_checkpoint)
 
     async def handle(self, record: InputRecord) -> Outcome:
         job = record.value
@@ -88,6 +97,19 @@ class QualityStage(Stage):
             scores["preservation"] = product_preservation(image, product, mask)
             if scores["preservation"] < settings.min_preservation:
                 reasons.append("product_not_preserved")
+        if self.clip is not None:
+            scores["clip_score"] = self.clip.score(image, job["prompt"]["positive"])
+            if scores["clip_score"] < settings.min_clip_score:
+                reasons.append("low_prompt_adherence")
+        text = spec.get("text_overlay")
+        if text and settings.ocr_for_text:
+            try:
+                scores["ocr_score"] = text_match_score(text, image)
+                if scores["ocr_score"] < settings.min_ocr_score:
+                    reasons.append("text_mismatch")
+            except OcrUnavailable:
+                # The text cannot be verified here: a person must look, never a silent pass.
+                reasons.append("ocr_unavailable")
         scores["overall"] = scores.get("preservation", 1.0) * (1.0 - scores.get("blank_score", 0.0))
         return {k: float(v) for k, v in scores.items()}, reasons
 

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from PIL import Image
 
-from processors.imaging.masks import compute_mask
+from processors.imaging.segmenter import ModelSegmenter, segment_product
 from processors.references.fetcher import ReferenceFetcher
 from processors.references.persist import PersistedReference, ReferencePersister
 from processors.references.url_policy import FetchPolicy
@@ -29,10 +29,23 @@ class ReferencesStage(Stage):
 
     async def start(self) -> None:
         settings = self.ctx.settings
-        self.policy = FetchPolicy(allow_hosts=tuple(settings.references.allow_hosts))
+        refs = settings.references
+        self.policy = FetchPolicy(
+            allow_hosts=tuple(refs.allow_hosts),
+            connect_timeout_s=refs.connect_timeout_s,
+            total_timeout_s=refs.total_timeout_s,
+            max_bytes=refs.max_bytes,
+            max_redirects=refs.max_redirects,
+            max_pixels=refs.max_pixels,
+            per_host_concurrency=refs.per_host_concurrency,
+            retries=refs.retries,
+            cache_ttl_s=refs.cache_ttl_s,
+        )
         self.fetcher = ReferenceFetcher(self.policy)
         await self.fetcher.__aenter__()
         self.persister = ReferencePersister(self.ctx.store, self.fetcher)
+        # A configured model segmenter is loaded once; without one, masks are classical.
+        self.segmenter = ModelSegmenter.from_path(refs.segmenter_path) if refs.segmenter_path else None
 
     async def stop(self) -> None:
         await self.fetcher.__aexit__(None, None, None)
@@ -114,8 +127,10 @@ class ReferencesStage(Stage):
         if self.ctx.store.exists(mask_key):
             return mask_key
         image = Image.open(io.BytesIO(self.ctx.store.get_bytes(key)))
-        mask = compute_mask(image)
+        product_mask = segment_product(image, self.segmenter)
         buf = io.BytesIO()
-        mask.save(buf, format="PNG")
-        self.ctx.store.put_bytes(mask_key, buf.getvalue(), "image/png", {"source-sha256": digest})
+        product_mask.image.save(buf, format="PNG")
+        # How the mask was made (alpha, model, classical) travels with it, for lineage.
+        metadata = {"source-sha256": digest, "mask-source": product_mask.source}
+        self.ctx.store.put_bytes(mask_key, buf.getvalue(), "image/png", metadata)
         return mask_key

@@ -60,7 +60,9 @@ def png_declaring(width: int, height: int) -> bytes:
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return (
-            struct.pack(">I", len(data)) + kind + data
+            struct.pack(">I", len(data))
+            + kind
+            + data
             + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
         )
 
@@ -68,9 +70,7 @@ def png_declaring(width: int, height: int) -> bytes:
     packer = zlib.compressobj(9)
     idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
     ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-    )
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 PNG = png_bytes()
@@ -196,9 +196,7 @@ def build_app(state: Hostile) -> web.Application:
     app.router.add_get("/r1", redirect_to(lambda _: "/r2"))
     app.router.add_get("/r2", redirect_to(lambda r: f"http://127.0.0.1:{state.port}/png"))
     app.router.add_get("/to-loopback", redirect_to(lambda _: f"http://127.0.0.1:{state.port}/png"))
-    app.router.add_get(
-        "/to-metadata", redirect_to(lambda _: "http://169.254.169.254/latest/meta-data/")
-    )
+    app.router.add_get("/to-metadata", redirect_to(lambda _: "http://169.254.169.254/latest/meta-data/"))
     return app
 
 
@@ -268,7 +266,10 @@ async def test_valid_png_and_jpeg_are_sniffed_not_trusted(server: Hostile) -> No
     assert png.data == PNG and png.sha256 == hashlib.sha256(PNG).hexdigest()
     assert png.final_url == server.url("/png")
     assert (jpeg.content_type, jpeg.format, jpeg.width, jpeg.height) == (
-        "image/jpeg", "JPEG", 64, 48,
+        "image/jpeg",
+        "JPEG",
+        64,
+        48,
     )
     assert jpeg.size_bytes == len(JPEG)
 

@@ -26,8 +26,12 @@ from processors.storage import ObjectStore
 pytestmark = pytest.mark.integration
 
 POLICY = FetchPolicy(
-    total_timeout_s=2.0, connect_timeout_s=1.0, read_timeout_s=1.0,
-    retries=1, backoff_initial_s=0.01, allow_hosts=("127.0.0.1",),
+    total_timeout_s=2.0,
+    connect_timeout_s=1.0,
+    read_timeout_s=1.0,
+    retries=1,
+    backoff_initial_s=0.01,
+    allow_hosts=("127.0.0.1",),
 )
 
 
@@ -152,9 +156,7 @@ async def test_same_url_twice_in_one_batch_fetches_once(
     assert sorted(p.from_cache for p in persisted) == [False, True]
 
 
-async def test_expired_cache_entry_is_refetched(
-    origin: Origin, store: ObjectStore, prefix: str
-) -> None:
+async def test_expired_cache_entry_is_refetched(origin: Origin, store: ObjectStore, prefix: str) -> None:
     url = origin.url("/img/ttl")
     async with ReferenceFetcher(replace(POLICY, cache_ttl_s=0.3)) as fetcher:
         persister = ReferencePersister(store, fetcher, prefix=prefix)
@@ -181,18 +183,14 @@ async def test_cache_entry_for_a_deleted_object_is_refetched(
     assert store.exists(again.key)
 
 
-async def test_failures_become_dropped_references(
-    origin: Origin, store: ObjectStore, prefix: str
-) -> None:
+async def test_failures_become_dropped_references(origin: Origin, store: ObjectStore, prefix: str) -> None:
     refs = [
         (origin.url("/img/product"), "product", True),
         (origin.url("/missing"), "mood_board", False),
         ("file:///etc/passwd", "influencer", True),
     ]
     async with ReferenceFetcher(POLICY) as fetcher:
-        persisted, dropped = await ReferencePersister(store, fetcher, prefix=prefix).persist_all(
-            refs
-        )
+        persisted, dropped = await ReferencePersister(store, fetcher, prefix=prefix).persist_all(refs)
     assert [p.role for p in persisted] == ["product"]
     assert [(d.role, d.required, d.reason) for d in dropped] == [
         ("mood_board", False, "http_404"),

@@ -91,9 +91,7 @@ def test_flat_output_is_blank() -> None:
 
 
 def test_nearly_flat_jpeg_is_still_blank() -> None:
-    noisy = np.full((64, 64, 3), 30, dtype=np.int16) + np.random.default_rng(1).integers(
-        -1, 2, (64, 64, 3)
-    )
+    noisy = np.full((64, 64, 3), 30, dtype=np.int16) + np.random.default_rng(1).integers(-1, 2, (64, 64, 3))
     decoded = decode_image(_encode(Image.fromarray(noisy.astype(np.uint8)), "JPEG"), 10_000)
     assert REASON_BLANK in failed_reasons(check_output(decoded, 64, 64), {})
 

@@ -115,9 +115,7 @@ def test_jpeg_flattens_alpha_on_white_and_png_keeps_it() -> None:
     top = Image.open(io.BytesIO(jpeg)).getpixel((20, 5))
     assert min(top) > 240  # transparent area became white, not black
 
-    png = Image.open(
-        io.BytesIO(render_derivative(image, DerivativeSpec("t", 40, 40, "cover", "PNG"), {}))
-    )
+    png = Image.open(io.BytesIO(render_derivative(image, DerivativeSpec("t", 40, 40, "cover", "PNG"), {})))
     assert png.mode == "RGBA"
     assert png.getpixel((20, 5))[3] == 0 and png.getpixel((20, 35))[3] == 255
 

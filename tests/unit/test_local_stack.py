@@ -54,9 +54,7 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
 
 
 def props(text: str) -> dict[str, str]:
-    return dict(
-        line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#")
-    )
+    return dict(line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#"))
 
 
 # --- Kafka config ----------------------------------------------------------------------------
@@ -460,9 +458,7 @@ def test_status_of_a_stopped_stack(settings: Settings) -> None:
     assert statuses[1].address == settings.storage.endpoint
 
 
-def test_up_fails_fast_when_a_port_is_taken(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_up_fails_fast_when_a_port_is_taken(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(kafka_mod.KafkaService, "install", lambda self: pytest.fail("installed"))
     port = settings.kafka.controller_port
     with socket.socket() as stranger:

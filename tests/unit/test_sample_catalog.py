@@ -71,16 +71,12 @@ def test_segmenting_a_flattened_cutout_recovers_its_alpha(
         assert (segmented & truth).sum() / (segmented | truth).sum() > 0.9, product.filename
 
 
-def test_drawing_is_deterministic(
-    catalog: tuple[Path, list[SampleProduct]], tmp_path: Path
-) -> None:
+def test_drawing_is_deterministic(catalog: tuple[Path, list[SampleProduct]], tmp_path: Path) -> None:
     out_dir, products = catalog
     again = make_sample_products(tmp_path)
     assert again == products
     for product in products[:2]:
-        assert (tmp_path / product.filename).read_bytes() == (
-            out_dir / product.filename
-        ).read_bytes()
+        assert (tmp_path / product.filename).read_bytes() == (out_dir / product.filename).read_bytes()
 
 
 def test_catalog_events_match_the_avro_schema(
@@ -88,9 +84,7 @@ def test_catalog_events_match_the_avro_schema(
 ) -> None:
     _, products = catalog
     schema = fastavro.parse_schema(json.loads(SCHEMA.read_text()))
-    events = catalog_events(
-        products, "http://127.0.0.1:8099/samples/", occurred_at_ms=1_700_000_000_000
-    )
+    events = catalog_events(products, "http://127.0.0.1:8099/samples/", occurred_at_ms=1_700_000_000_000)
     assert len(events) == len(products)
     for event, product in zip(events, products, strict=True):
         assert fastavro.validation.validate(event, schema)

@@ -96,7 +96,7 @@ def test_other_xml() -> None:
         b"%PDF-1.7\n",
         b"\x1f\x8b\x08\x00",  # gzip
         b"hello, world",
-        b"{\"error\": \"not found\"}",
+        b'{"error": "not found"}',
     ],
 )
 def test_unrecognised(data: bytes) -> None:

@@ -1,0 +1,79 @@
+"""The prefetching runner (the GPU worker's mode) pauses its partitions when its queue is full,
+resumes when it drains, and still processes and commits every message exactly in order."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import ClassVar
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from deploy.local.stack import LocalStack
+from processors.kafka_clients import group_id_for
+from processors.runtime import Event, InputRecord, Outcome, Stage
+from processors.runtime.runner import StageRunner
+from processors.runtime.stage import StageContext
+from schemas.serde import AvroSerde
+from schemas.topics import Topic, TopicNames
+
+pytestmark = pytest.mark.integration
+
+
+class SlowStage(Stage):
+    """Stands in for a GPU: each record takes a while, so the fetcher outruns it."""
+
+    name: ClassVar[str] = "slowtest"
+    inputs: ClassVar[tuple[Topic, ...]] = (Topic.REVIEW_DECISIONS,)
+    seen: list[str]
+
+    async def start(self) -> None:
+        self.prefetch_batches = 1
+        self.seen = []
+
+    async def handle(self, record: InputRecord) -> Outcome:
+        await asyncio.sleep(0.05)
+        self.seen.append(record.value["job_id"])
+        return Outcome(events=[Event(record.value["job_id"], "approved")])
+
+
+async def test_queue_full_pauses_then_everything_is_processed_in_order(stack_settings) -> None:
+    prefix = f"bp-{uuid.uuid4().hex[:6]}."
+    settings = stack_settings.model_copy(
+        update={
+            "kafka": stack_settings.kafka.model_copy(update={"topic_prefix": prefix, "partitions": 1}),
+            "stage": stack_settings.stage.model_copy(update={"batch_size": 2}),
+        }
+    )
+    LocalStack(settings, progress=lambda _: None).ensure_topics()
+    topic = TopicNames(prefix)(Topic.REVIEW_DECISIONS)
+    serde = AvroSerde("review_decision")
+    producer = Producer({"bootstrap.servers": settings.kafka.bootstrap})
+    ids = [f"job-{n:03d}" for n in range(40)]
+    for job_id in ids:
+        record = {"job_id": job_id, "decision": "APPROVE", "reviewer": "t", "reason": "", "decided_at": 0}
+        producer.produce(topic, key=b"same-key", value=serde.encode(record))
+    producer.flush(10)
+
+    stage = SlowStage(StageContext(settings, "slowtest"))
+    runner = StageRunner(stage)
+    task = asyncio.create_task(runner.run())
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(getattr(stage, "seen", [])) < len(ids):
+        await asyncio.sleep(0.1)
+    runner.request_stop()
+    await task
+
+    assert stage.seen == ids, "every message, once, in partition order"
+    assert stage.ctx.metrics.paused.labels("slowtest")._value.get() >= 1, (
+        "the full queue paused the partition"
+    )
+
+    consumer = Consumer(
+        {"bootstrap.servers": settings.kafka.bootstrap, "group.id": group_id_for(settings, "slowtest")}
+    )
+    (committed,) = consumer.committed([TopicPartition(topic, 0)], timeout=10)
+    consumer.close()
+    assert committed.offset == len(ids)

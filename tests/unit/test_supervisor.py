@@ -1,0 +1,38 @@
+"""`run all`'s supervisor restarts a stage that dies, and gives up loudly on one that cannot start."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from gateway.supervisor import StageCrashLoop, Supervisor
+
+
+def test_a_stage_that_cannot_start_is_reported_with_its_log(tmp_path) -> None:
+    # An unknown stage name makes `lightbox run` exit non-zero at once: a stand-in for a bad config.
+    supervisor = Supervisor(["no-such-stage"], tmp_path, env={"LIGHTBOX_HOME": str(tmp_path)})
+    supervisor.start()
+    try:
+        with pytest.raises(StageCrashLoop, match=r"(?s)no-such-stage failed 3 times.*invalid choice"):
+            for _ in range(300):
+                supervisor.check()
+                time.sleep(0.2)
+    finally:
+        supervisor.stop()
+
+
+def test_a_killed_stage_is_restarted_not_given_up_on(tmp_path) -> None:
+    supervisor = Supervisor(["no-such-stage"], tmp_path, env={"LIGHTBOX_HOME": str(tmp_path)})
+    child = supervisor.children[0]
+    child.process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    child.started_at = time.monotonic()
+    child.process.send_signal(signal.SIGKILL)
+    child.process.wait()
+    notes = supervisor.check()
+    assert child.quick_failures == 0, "a kill by signal is not a failure to start"
+    assert notes and "restarting" in notes[0]
+    supervisor.stop()
