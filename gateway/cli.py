@@ -122,13 +122,21 @@ def _print_timeline(timeline: dict[str, Any]) -> None:
         )
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+def _event_log(args: argparse.Namespace, query: str, *query_args: Any) -> Any:
+    """One event-log query; None (after saying why) when the event log cannot be reached."""
     from processors.eventlog.reader import EventLogReader, EventLogUnavailable
 
+    reader = EventLogReader(_settings(args))
     try:
-        timeline = asyncio.run(EventLogReader(_settings(args)).timeline(args.job))
+        return asyncio.run(getattr(reader, query)(*query_args))
     except EventLogUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    timeline = _event_log(args, "timeline", args.job)
+    if timeline is None:
         return 1
     if args.json:
         print(json.dumps(timeline, indent=2, default=str))
@@ -141,12 +149,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from processors.eventlog.reader import EventLogReader, EventLogUnavailable
-
-    try:
-        summary = asyncio.run(EventLogReader(_settings(args)).summary())
-    except EventLogUnavailable as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    summary = _event_log(args, "summary")
+    if summary is None:
         return 1
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
@@ -158,12 +162,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
-    from processors.eventlog.reader import EventLogReader, EventLogUnavailable
-
-    try:
-        result = asyncio.run(EventLogReader(_settings(args)).sql(args.query))
-    except EventLogUnavailable as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    result = _event_log(args, "sql", args.query)
+    if result is None:
         return 1
     print("\t".join(result["columns"]))
     for row in result["rows"]:

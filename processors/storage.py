@@ -57,6 +57,12 @@ class ObjectStore:
         content_type: str = "application/octet-stream",
         metadata: dict[str, str] | None = None,
     ) -> StoredObject:
+        self._upload(key, data, content_type, metadata)
+        return StoredObject(key, sha256_hex(data), len(data), content_type)
+
+    def _upload(self, key: str, data: bytes, content_type: str, metadata: dict[str, str] | None) -> None:
+        # Never put "content-type" in metadata: the SDK would send the header twice and MinIO
+        # rejects the signature.
         self.client.put_object(
             self.bucket,
             key,
@@ -65,7 +71,6 @@ class ObjectStore:
             content_type=content_type,
             metadata=metadata or None,
         )
-        return StoredObject(key, sha256_hex(data), len(data), content_type)
 
     def put_content_addressed(
         self,
@@ -81,14 +86,7 @@ class ObjectStore:
         key = content_key(prefix, digest, extension)
         if self.exists(key):
             return StoredObject(key, digest, len(data), content_type), False
-        self.client.put_object(
-            self.bucket,
-            key,
-            io.BytesIO(data),
-            len(data),
-            content_type=content_type,
-            metadata=metadata or None,
-        )
+        self._upload(key, data, content_type, metadata)
         return StoredObject(key, digest, len(data), content_type), True
 
     def get_bytes(self, key: str) -> bytes:

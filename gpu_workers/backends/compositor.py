@@ -81,7 +81,7 @@ def composite_with_placement(
         raise ValueError(f"canvas size must be positive, got {width}x{height}")
     chosen = resolve_scene(scene)
     cutout = _cutout(product, mask)
-    placement = _place(cutout.size, width, height, fill)
+    placement = place(cutout.size, width, height, fill)
     cutout = cutout.resize((placement.width, placement.height), Image.Resampling.LANCZOS)
 
     rng = np.random.default_rng(np.random.SeedSequence(seed % 2**64))
@@ -177,7 +177,8 @@ def _neighbour_sum(values: np.ndarray, present: np.ndarray) -> tuple[np.ndarray,
     return total, count
 
 
-def _place(size: tuple[int, int], width: int, height: int, fill: float) -> Placement:
+def place(size: tuple[int, int], width: int, height: int, fill: float) -> Placement:
+    """Where a product of `size` goes on a width x height canvas: every backend frames it so."""
     fill = min(max(fill, 0.05), 1.0)
     scale = min(fill * width / size[0], fill * height / size[1])
     w = max(1, min(width, round(size[0] * scale)))

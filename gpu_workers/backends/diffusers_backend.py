@@ -36,8 +36,8 @@ from gpu_workers.backends.base import (
 )
 from gpu_workers.backends.compositor import (
     DEFAULT_FILL,
-    PRODUCT_CENTRE_Y,
     Placement,
+    place,
     resolve_scene,
 )
 from gpu_workers.registry import ModelRegistry, ModelRegistryError, ModelSpec
@@ -468,12 +468,7 @@ def place_product(
 
 
 def _placement(size: tuple[int, int], width: int, height: int, fill: float) -> Placement:
-    # Same framing rule as the compositor, so every backend puts the product in the same place.
+    # The compositor's framing rule, so every backend puts the product in the same place.
     if not 0.0 < fill <= 1.0:
         raise ValueError(f"fill must be in (0, 1], got {fill}")
-    scale = min(fill * width / size[0], fill * height / size[1])
-    w = max(1, min(width, round(size[0] * scale)))
-    h = max(1, min(height, round(size[1] * scale)))
-    x = (width - w) // 2
-    y = min(max(0, round(PRODUCT_CENTRE_Y * height - h / 2)), height - h)
-    return Placement(x, y, w, h)
+    return place(size, width, height, fill)

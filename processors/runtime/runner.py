@@ -414,37 +414,20 @@ class StageRunner:
     def _dead_letter_record(
         self, record: InputRecord, exc: BaseException, attempts: int, first: int, last: int
     ) -> Pending:
-        letter = DeadLetter(
-            original_topic=self.ctx.topics(record.topic),
-            original_partition=record.partition,
-            original_offset=record.offset,
-            original_key=record.key,
-            original_value=record.raw_value,
-            stage=self.stage.name,
-            error_class=type(exc).__name__,
-            error_message=str(exc),
-            attempts=attempts,
-            first_failure_at=first,
-            last_failure_at=last,
+        source = (
+            self.ctx.topics(record.topic),
+            record.partition,
+            record.offset,
+            record.key,
+            record.raw_value,
         )
-        return self._dead_letter(letter, record)
+        return self._dead_letter(self._letter(source, exc, attempts, first, last), record)
 
     def _dead_letter_raw(
         self, message: Message, exc: BaseException, attempts: int, first: int, last: int
     ) -> Pending:
-        letter = DeadLetter(
-            original_topic=message.topic(),
-            original_partition=message.partition(),
-            original_offset=message.offset(),
-            original_key=message.key(),
-            original_value=message.value(),
-            stage=self.stage.name,
-            error_class=type(exc).__name__,
-            error_message=str(exc),
-            attempts=attempts,
-            first_failure_at=first,
-            last_failure_at=last,
-        )
+        source = (message.topic(), message.partition(), message.offset(), message.key(), message.value())
+        letter = self._letter(source, exc, attempts, first, last)
         self.log.error(
             "dead-lettering undecodable message: %s",
             exc,
@@ -456,6 +439,29 @@ class StageRunner:
             },
         )
         return self._dead_letter(letter, None)
+
+    def _letter(
+        self,
+        source: tuple[str, int, int, bytes | None, bytes | None],
+        exc: BaseException,
+        attempts: int,
+        first: int,
+        last: int,
+    ) -> DeadLetter:
+        topic, partition, offset, key, value = source
+        return DeadLetter(
+            original_topic=topic,
+            original_partition=partition,
+            original_offset=offset,
+            original_key=key,
+            original_value=value,
+            stage=self.stage.name,
+            error_class=type(exc).__name__,
+            error_message=str(exc),
+            attempts=attempts,
+            first_failure_at=first,
+            last_failure_at=last,
+        )
 
     def _dead_letter(self, letter: DeadLetter, record: InputRecord | None) -> Pending:
         self.metrics.dead_lettered.labels(self.stage.name).inc()
