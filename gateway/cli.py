@@ -26,6 +26,7 @@ Day to day:
   lightbox review approve|reject JOB   decide on a held asset
   lightbox dlq list|replay   inspect and replay dead letters
   lightbox replay JOB        run a job again from a stage, optionally with another model
+  lightbox serve             HTTP gateway for systems without Kafka, and the review page
 
 Configuration: LIGHTBOX_* environment variables or a YAML file (--config / LIGHTBOX_CONFIG);
 see README.md, "Configuration".
@@ -210,6 +211,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from gateway.api import serve
+
+    serve(_settings(args), host=args.host, port=args.port)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
@@ -300,6 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="with --from-stage generate: the model to use instead")
     p.add_argument("--backend", default=None, help="with --model: its backend (default: keep the route's)")
     p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("serve", help="the HTTP gateway: POST /v1/events, GET /v1/jobs/ID, the /review page")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="start everything, run a sample catalog end to end, print a summary")
     p.add_argument("--products", type=int, default=6, help="sample products to submit (default 6)")

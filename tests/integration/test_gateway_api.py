@@ -1,0 +1,196 @@
+"""The gateway's HTTP API and review page against the real stack: an event POSTed over HTTP is
+published by the pipeline, an invalid batch publishes nothing, and a reviewer's decision made on
+the review page reaches the running publish stage."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import io
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from PIL import Image
+
+from gateway.api import MAX_BODY_BYTES, build_app
+from gateway.session import expected_job_ids
+from processors.config import Settings
+from processors.eventlog.reader import EventLogReader
+from processors.stages.publish import pending_key
+from processors.storage import ObjectStore
+from schemas.serde import AvroSerde
+from tests.fixtures.avro_samples import JOB_V1
+from tests.integration.catalog import events_for
+
+pytestmark = pytest.mark.integration
+
+HOSTILE_TITLE = "Mug <script>alert('x')</script> & co"
+
+
+@pytest.fixture
+async def client(pipeline: Any) -> AsyncIterator[TestClient]:
+    async with TestClient(TestServer(build_app(pipeline.settings))) as client:
+        yield client
+
+
+def _png(colour: tuple[int, int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), colour).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _hold_job(settings: Settings, tag: str) -> tuple[dict[str, Any], bytes]:
+    """Park a job whose quality gate failed under review/pending/, exactly as the publish stage
+    does, with its generated image in storage. The session runs review policy "auto", so this is
+    the direct way to get a held job without steering the generator into a bad image."""
+    store = ObjectStore(settings.storage)
+    image = _png((200, 40, 40))
+    job = copy.deepcopy(JOB_V1)
+    job["job_id"] = f"api-{tag}-{uuid.uuid4().hex[:8]}"
+    job["product"].update(sku=f"SKU-API-{tag}-{uuid.uuid4().hex[:6]}", title=HOSTILE_TITLE)
+    job["asset_key"] = f"generated/tests/{job['job_id']}/0.png"
+    job["quality"] = {
+        "passed": False,
+        "scores": {"preservation": 0.41, "blank": 0.12},
+        "reasons": ["product preservation 0.41 is below 0.60"],
+        "chosen_index": 0,
+    }
+    job["derivatives"] = []
+    store.put_bytes(job["asset_key"], image, "image/png")
+    store.put_bytes(pending_key(job["job_id"]), AvroSerde("job").encode(job), "avro/binary")
+    return job, image
+
+
+async def _wait_for_state(settings: Settings, job_id: str, state: str, timeout_s: float = 60) -> dict:
+    reader = EventLogReader(settings)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        timeline = await reader.timeline(job_id)
+        if any(event["state"] == state for event in timeline["events"]):
+            return timeline
+        assert time.monotonic() < deadline, f"no {state!r} event for {job_id} in {timeout_s}s: {timeline}"
+        await asyncio.sleep(0.5)
+
+
+async def test_posted_event_is_published(client: TestClient, pipeline: Any, catalog_server: Any) -> None:
+    (event,) = events_for(catalog_server, [0], "api-post")
+    (job_id,) = expected_job_ids([event])
+
+    response = await client.post("/v1/events", json=event)
+    assert response.status == 202, await response.text()
+    assert await response.json() == {"accepted": 1, "event_ids": [event["event_id"]]}
+
+    states = await asyncio.to_thread(pipeline.wait_for, [job_id], 120)
+    assert states.get(job_id) == "published", states
+    response = await client.get(f"/v1/jobs/{job_id}")
+    assert response.status == 200
+    timeline = await response.json()
+    assert timeline["state"] == "published"
+    assert ("publish", "published") in [(e["stage"], e["state"]) for e in timeline["events"]]
+
+    response = await client.get("/v1/summary")
+    assert response.status == 200
+    assert isinstance(await response.json(), dict)
+
+
+async def test_invalid_batch_publishes_nothing(
+    client: TestClient, pipeline: Any, catalog_server: Any
+) -> None:
+    valid, invalid = events_for(catalog_server, [2, 3], "api-batch")
+    invalid["request"]["width"] = "wide"
+    (valid_job,) = expected_job_ids([valid])
+
+    response = await client.post("/v1/events", json={"events": [valid, invalid]})
+    assert response.status == 400
+    (error,) = (await response.json())["errors"]
+    assert error["index"] == 1
+    assert "width" in error["message"]
+
+    # Other tests' jobs finish in a few seconds on this pipeline: had the valid event gone out,
+    # intake would have recorded its job by now.
+    for _ in range(8):
+        assert await asyncio.to_thread(pipeline.states, [valid_job]) == {}
+        await asyncio.sleep(1)
+
+
+async def test_bad_bodies_are_refused_with_a_reason(client: TestClient) -> None:
+    response = await client.post("/v1/events", data=b"sku=1&title=mug")
+    assert response.status == 400
+    assert "not JSON" in (await response.json())["error"]
+
+    response = await client.post("/v1/events", json=[1, 2])
+    assert response.status == 400
+
+    response = await client.post("/v1/events", data=b" " * (MAX_BODY_BYTES + 1))
+    assert response.status == 413
+
+
+async def test_unknown_job_is_404(client: TestClient) -> None:
+    assert (await client.get("/healthz")).status == 200
+    response = await client.get(f"/v1/jobs/no-such-job-{uuid.uuid4().hex}")
+    assert response.status == 404
+
+
+async def test_reviewer_rejects_a_held_job(client: TestClient, pipeline: Any) -> None:
+    job, image = await asyncio.to_thread(_hold_job, pipeline.settings, "reject")
+    job_id = job["job_id"]
+
+    response = await client.get("/review")
+    assert response.status == 200
+    assert response.content_type == "text/html"
+    page = await response.text()
+    assert job["product"]["sku"] in page
+    assert "Mug &lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; co" in page
+    assert "<script" not in page
+    assert "product preservation 0.41 is below 0.60" in page
+
+    response = await client.get(f"/review/{job_id}/image")
+    assert response.status == 200
+    assert response.content_type == "image/png"
+    assert await response.read() == image
+    assert (await client.get("/review/no-such-job/image")).status == 404
+
+    url = f"/review/{job_id}"
+    form = {"decision": "reject", "reviewer": "ana"}
+    assert (await client.post(url, data=form)).status == 400
+    assert (await client.post(url, data={**form, "reason": "x", "decision": "maybe"})).status == 400
+    cross_site = await client.post(url, data=form, headers={"Origin": "https://elsewhere.example"})
+    assert cross_site.status == 403
+    assert (await client.post("/review/no-such-job", data={**form, "reason": "x"})).status == 404
+
+    reason = "label text is cut off"
+    response = await client.post(url, data={**form, "reason": reason}, allow_redirects=False)
+    assert response.status == 303
+    assert response.headers["Location"].startswith("/review")
+
+    timeline = await _wait_for_state(pipeline.settings, job_id, "rejected")
+    (rejected,) = [e for e in timeline["events"] if e["state"] == "rejected"]
+    assert rejected["stage"] == "publish"
+    assert rejected["detail"] == reason
+    assert rejected["attributes"]["reviewer"] == "ana"
+
+
+async def test_json_approval_publishes_a_held_job(client: TestClient, pipeline: Any) -> None:
+    job, _ = await asyncio.to_thread(_hold_job, pipeline.settings, "approve")
+    response = await client.post(f"/review/{job['job_id']}", json={"decision": "approve", "reviewer": "bo"})
+    assert response.status == 202
+    assert (await response.json())["decision"] == "approve"
+    await _wait_for_state(pipeline.settings, job["job_id"], "published")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="the publish stage keeps review/pending/<job>.avro after a decision, so a decided job "
+    "stays on the review page and can be decided again",
+)
+async def test_decided_job_leaves_the_review_queue(client: TestClient, pipeline: Any) -> None:
+    job, _ = await asyncio.to_thread(_hold_job, pipeline.settings, "decided")
+    decision = {"decision": "reject", "reviewer": "ana", "reason": "off-brand"}
+    assert (await client.post(f"/review/{job['job_id']}", json=decision)).status == 202
+    await _wait_for_state(pipeline.settings, job["job_id"], "rejected")
+    assert job["product"]["sku"] not in await (await client.get("/review")).text()
