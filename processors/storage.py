@@ -110,6 +110,9 @@ class ObjectStore:
         stat = self.client.stat_object(self.bucket, key)
         return {k.lower(): v for k, v in (stat.metadata or {}).items()}
 
+    def delete(self, key: str) -> None:
+        self.client.remove_object(self.bucket, key)
+
     def copy(self, source_key: str, dest_key: str) -> None:
         self.client.copy_object(self.bucket, dest_key, CopySource(self.bucket, source_key))
 

@@ -25,6 +25,22 @@ def pending_key(job_id: str) -> str:
     return f"review/pending/{job_id}.avro"
 
 
+def decided_key(job_id: str) -> str:
+    return f"review/decided/{job_id}.avro"
+
+
+def _same_review(stored: dict[str, Any], incoming: dict[str, Any]) -> bool:
+    """Equal decisions, whatever form decided_at took (a datetime after decoding, epoch ms before)."""
+
+    def millis(value: Any) -> int:
+        return int(value.timestamp() * 1000) if hasattr(value, "timestamp") else int(value)
+
+    keys = ("decision", "reviewer", "reason")
+    return all(stored[k] == incoming[k] for k in keys) and millis(stored["decided_at"]) == millis(
+        incoming["decided_at"]
+    )
+
+
 def published_prefix(prefix: str, job: dict[str, Any]) -> str:
     return f"{prefix.rstrip('/')}/{job['product']['sku']}/{job['job_id']}"
 
@@ -59,16 +75,31 @@ class PublishStage(Stage):
         )
 
     async def _decide(self, decision: dict[str, Any]) -> Outcome:
-        key = pending_key(decision["job_id"])
-        if not await self.run_blocking(self.ctx.store.exists, key):
-            raise PermanentError(f"no job {decision['job_id']} is waiting for review")
-        job = self.job_serde.decode(await self.run_blocking(self.ctx.store.get_bytes, key))
-        job["review"] = {
+        """Apply a reviewer's decision once. The job moves from review/pending/ to review/decided/
+        with the decision on it; a redelivery of the same decision (at-least-once) redoes the same
+        idempotent effects; a different, later decision is recorded and ignored: the first wins,
+        so an approval can never publish an asset someone already rejected."""
+        job_id = decision["job_id"]
+        review = {
             "decision": decision["decision"],
             "reviewer": decision["reviewer"],
             "reason": decision["reason"],
             "decided_at": decision["decided_at"],
         }
+        job = await self.run_blocking(self._take_for_decision, job_id, review)
+        if not _same_review(job["review"], review):
+            first = job["review"]
+            return Outcome(
+                events=[
+                    job_event(
+                        job,
+                        "decision_ignored",
+                        reason="already_decided",
+                        detail=f"{first['decision'].lower()} by {first['reviewer']} came first",
+                        attributes={"reviewer": decision["reviewer"], "decision": decision["decision"]},
+                    )
+                ]
+            )
         if decision["decision"] == "REJECT":
             return Outcome(
                 events=[
@@ -82,6 +113,24 @@ class PublishStage(Stage):
                 ]
             )
         return await self._publish(job)
+
+    def _take_for_decision(self, job_id: str, review: dict[str, Any]) -> dict[str, Any]:
+        """The job as decided: the first decision recorded under review/decided/, made now if the
+        job is still pending."""
+        store = self.ctx.store
+        decided = decided_key(job_id)
+        if store.exists(decided):
+            return self.job_serde.decode(store.get_bytes(decided))
+        pending = pending_key(job_id)
+        if not store.exists(pending):
+            raise PermanentError(f"no job {job_id} is waiting for review")
+        job = self.job_serde.decode(store.get_bytes(pending))
+        job["review"] = review
+        # Decided first, then no longer pending: a crash in between leaves it decided, and the
+        # redelivered decision finds it there.
+        store.put_bytes(decided, self.job_serde.encode(job), "avro/binary")
+        store.delete(pending)
+        return job
 
     async def _publish(self, job: dict[str, Any]) -> Outcome:
         prefix = published_prefix(self.settings.publish_prefix, job)

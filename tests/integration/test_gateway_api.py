@@ -9,7 +9,7 @@ import copy
 import io
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from PIL import Image
 
 from gateway.api import MAX_BODY_BYTES, build_app
+from gateway.review import submit_decision
 from gateway.session import expected_job_ids
 from processors.config import Settings
 from processors.eventlog.reader import EventLogReader
@@ -43,11 +44,10 @@ def _png(colour: tuple[int, int, int]) -> bytes:
     return buf.getvalue()
 
 
-def _hold_job(settings: Settings, tag: str) -> tuple[dict[str, Any], bytes]:
+def _park_held_job(store: ObjectStore, tag: str) -> tuple[dict[str, Any], bytes]:
     """Park a job whose quality gate failed under review/pending/, exactly as the publish stage
     does, with its generated image in storage. The session runs review policy "auto", so this is
     the direct way to get a held job without steering the generator into a bad image."""
-    store = ObjectStore(settings.storage)
     image = _png((200, 40, 40))
     job = copy.deepcopy(JOB_V1)
     job["job_id"] = f"api-{tag}-{uuid.uuid4().hex[:8]}"
@@ -63,6 +63,24 @@ def _hold_job(settings: Settings, tag: str) -> tuple[dict[str, Any], bytes]:
     store.put_bytes(job["asset_key"], image, "image/png")
     store.put_bytes(pending_key(job["job_id"]), AvroSerde("job").encode(job), "avro/binary")
     return job, image
+
+
+@pytest.fixture
+def hold_job(pipeline: Any) -> Iterator[Callable[[str], tuple[dict[str, Any], bytes]]]:
+    """Held jobs for one test, removed afterwards: review/pending/ is not per-session, so a
+    leftover would sit on every later review page of this machine's stack."""
+    store = ObjectStore(pipeline.settings.storage)
+    parked: list[dict[str, Any]] = []
+
+    def hold(tag: str) -> tuple[dict[str, Any], bytes]:
+        job, image = _park_held_job(store, tag)
+        parked.append(job)
+        return job, image
+
+    yield hold
+    for job in parked:
+        for key in (pending_key(job["job_id"]), job["asset_key"]):
+            store.client.remove_object(store.bucket, key)
 
 
 async def _wait_for_state(settings: Settings, job_id: str, state: str, timeout_s: float = 60) -> dict:
@@ -135,8 +153,8 @@ async def test_unknown_job_is_404(client: TestClient) -> None:
     assert response.status == 404
 
 
-async def test_reviewer_rejects_a_held_job(client: TestClient, pipeline: Any) -> None:
-    job, image = await asyncio.to_thread(_hold_job, pipeline.settings, "reject")
+async def test_reviewer_rejects_a_held_job(client: TestClient, pipeline: Any, hold_job: Any) -> None:
+    job, image = await asyncio.to_thread(hold_job, "reject")
     job_id = job["job_id"]
 
     response = await client.get("/review")
@@ -174,23 +192,23 @@ async def test_reviewer_rejects_a_held_job(client: TestClient, pipeline: Any) ->
     assert rejected["attributes"]["reviewer"] == "ana"
 
 
-async def test_json_approval_publishes_a_held_job(client: TestClient, pipeline: Any) -> None:
-    job, _ = await asyncio.to_thread(_hold_job, pipeline.settings, "approve")
+async def test_json_approval_publishes_a_held_job(client: TestClient, pipeline: Any, hold_job: Any) -> None:
+    job, _ = await asyncio.to_thread(hold_job, "approve")
     response = await client.post(f"/review/{job['job_id']}", json={"decision": "approve", "reviewer": "bo"})
     assert response.status == 202
     assert (await response.json())["decision"] == "approve"
     await _wait_for_state(pipeline.settings, job["job_id"], "published")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="the publish stage keeps review/pending/<job>.avro after a decision, so a decided job "
-    "stays on the review page and can be decided again",
-)
-async def test_decided_job_leaves_the_review_queue(client: TestClient, pipeline: Any) -> None:
-    job, _ = await asyncio.to_thread(_hold_job, pipeline.settings, "decided")
+async def test_decided_job_leaves_the_review_queue(client: TestClient, pipeline: Any, hold_job: Any) -> None:
+    job, _ = await asyncio.to_thread(hold_job, "decided")
     decision = {"decision": "reject", "reviewer": "ana", "reason": "off-brand"}
     assert (await client.post(f"/review/{job['job_id']}", json=decision)).status == 202
     await _wait_for_state(pipeline.settings, job["job_id"], "rejected")
     assert job["product"]["sku"] not in await (await client.get("/review")).text()
+    # A later, different decision cannot overturn the first: it is recorded and ignored.
+    await asyncio.to_thread(submit_decision, pipeline.settings, job["job_id"], "APPROVE", "bob", "")
+    await _wait_for_state(pipeline.settings, job["job_id"], "decision_ignored")
+    timeline = await EventLogReader(pipeline.settings).timeline(job["job_id"])
+    assert "published" not in [e["state"] for e in timeline["events"]]
+    assert timeline["state"] == "rejected"
