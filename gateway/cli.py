@@ -24,6 +24,7 @@ Day to day:
   lightbox status JOB        a job's state and timeline from the event log
   lightbox summary           jobs by state, p50/p95 latency, artifact rate, failure reasons
   lightbox review approve|reject JOB   decide on a held asset
+  lightbox lag               consumer lag per stage
   lightbox dlq list|replay   inspect and replay dead letters
   lightbox replay JOB        run a job again from a stage, optionally with another model
   lightbox serve             HTTP gateway for systems without Kafka, and the review page
@@ -184,6 +185,19 @@ def cmd_review(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lag(args: argparse.Namespace) -> int:
+    from gateway.lag import stage_lags
+
+    lags = stage_lags(_settings(args))
+    if args.json:
+        print(json.dumps([lag.__dict__ for lag in lags], indent=2))
+        return 0
+    print(f"{'stage':<12} {'topic':<40} {'done':>8} {'end':>8} {'lag':>6}")
+    for lag in lags:
+        print(f"{lag.stage:<12} {lag.topic:<40} {lag.committed:>8} {lag.end:>8} {lag.lag:>6}")
+    return 0
+
+
 def cmd_dlq(args: argparse.Namespace) -> int:
     from gateway import dlq
 
@@ -289,6 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reviewer", default="cli", help="who decides (recorded in the lineage)")
     p.add_argument("--reason", default="", help="why (required to reject)")
     p.set_defaults(func=cmd_review)
+
+    p = sub.add_parser("lag", help="how far behind each stage's consumer group is")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_lag)
 
     p = sub.add_parser("dlq", help="inspect or replay the dead-letter topic")
     p.add_argument("action", choices=["list", "replay"])

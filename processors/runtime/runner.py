@@ -255,6 +255,7 @@ class StageRunner:
         self._produce(pendings)
         await self._flush()
         await self._on_poll_thread(lambda: self._commit(messages))
+        await self._on_poll_thread(self._record_lag)
 
     def _decode(self, message: Message) -> InputRecord:
         topic = self.ctx.topics.logical(message.topic())
@@ -519,6 +520,19 @@ class StageRunner:
         if remaining or self._delivery_errors:
             errors, self._delivery_errors = self._delivery_errors, []
             raise DeliveryError(f"{remaining} message(s) undelivered; errors: {'; '.join(errors[:5])}")
+
+    def _record_lag(self) -> None:
+        """Consumer lag per assigned partition, from the watermarks the fetcher already has."""
+        assignment = self.consumer.assignment()
+        if not assignment:
+            return
+        for tp in self.consumer.position(assignment):
+            if tp.offset < 0:
+                continue
+            _, high = self.consumer.get_watermark_offsets(tp, cached=True)
+            if high >= 0:
+                label = f"{tp.topic}/{tp.partition}"
+                self.metrics.lag.labels(self.stage.name, label).set(max(0, high - tp.offset))
 
     def _commit(self, messages: list[Message]) -> None:
         offsets: dict[tuple[str, int], int] = {}

@@ -78,3 +78,17 @@ def test_invalid_event_is_rejected_with_reason_and_field(pipeline, catalog_serve
     (rejection,) = [e for e in timeline["events"] if e["state"] == "rejected_event"]
     assert rejection["reason"] == "unknown_template"
     assert rejection["attributes"]["field"] == "request.template_id"
+
+
+def test_lag_reports_every_stage_and_a_caught_up_intake(pipeline, catalog_server) -> None:
+    from gateway.lag import stage_lags
+
+    events = events_for(catalog_server, [5], "lag")
+    (job_id,) = expected_job_ids(events)
+    pipeline.submit(events)
+    assert pipeline.wait_for([job_id], timeout_s=120).get(job_id) == "published"
+    lags = {lag.stage: lag for lag in stage_lags(pipeline.settings)}
+    assert {"intake", "references", "prompt", "generate", "quality", "postprocess", "publish"} <= set(lags)
+    intake = lags["intake"]
+    assert intake.topic.endswith("catalog.events")
+    assert intake.end >= 1 and intake.lag == 0
