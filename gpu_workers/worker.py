@@ -138,7 +138,7 @@ class GenerateStage(BatchStage):
 
         generated: dict[str, tuple[GeneratedImage, FailoverOutcome, int]] = {}
         failed: dict[int, BaseException] = {}
-        uploads: list[asyncio.Task[None]] = []
+        uploads: dict[int, list[asyncio.Task[None]]] = {}
         for group in groups:
             choices = group[0][0]
             items = [item for _, item in group]
@@ -147,14 +147,16 @@ class GenerateStage(BatchStage):
             )
             for image, outcome in results:
                 generated[image.request_id] = (image, outcome, len(items))
-                job = requests[owner[image.request_id]].job
-                # Upload this group's images while the next group generates.
-                uploads.append(asyncio.create_task(self._upload(job, image)))
+                index = owner[image.request_id]
+                # Uploads run while the next group (and, with prefetch, the next batch) generates;
+                # the runtime waits for them before producing this job's result.
+                uploads.setdefault(index, []).append(
+                    asyncio.create_task(self._upload(requests[index].job, image))
+                )
             for item, exc in failures:
                 if isinstance(exc, BackendUnavailable):
                     raise exc  # every backend is down: retry the batch, commit nothing
                 failed.setdefault(owner[item.request_id], exc)
-        await asyncio.gather(*uploads)
 
         for index, request in requests.items():
             if index in failed:
@@ -165,9 +167,11 @@ class GenerateStage(BatchStage):
                         )
                     ],
                     dead_letter=failed[index],
+                    effects=list(uploads.get(index, [])),
                 )
                 continue
             outcomes[index] = self._result(request, generated)
+            outcomes[index].effects = list(uploads.get(index, []))
         return [outcomes[i] for i in range(len(records))]
 
     def _group_key(self, pair: tuple[tuple[Choice, ...], GenerationItem]) -> tuple[object, ...]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +63,9 @@ class Outcome:
     # the runtime dead-letters that record and the rest of the batch carries on.
     dead_letter: BaseException | None = None
     attempts: int = 1
+    # Side effects still running (e.g. image uploads) that must finish before the outputs are
+    # produced. A prefetching runner lets them run while the next batch is handled.
+    effects: list[Awaitable[Any]] = field(default_factory=list)
 
     @classmethod
     def forward(

@@ -20,6 +20,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,6 +57,7 @@ class Pending:
     """Everything one input record leads to, encoded and ready to produce."""
 
     record: InputRecord | None
+    effects: list[Awaitable[Any]] = field(default_factory=list)
     messages: list[tuple[Topic, str, bytes, list[tuple[str, bytes]] | None, int | None]] = field(
         default_factory=list
     )
@@ -143,6 +145,7 @@ class StageRunner:
                     await self._on_poll_thread(self._resume)
 
         fetcher = asyncio.create_task(fetch())
+        finishing: asyncio.Task[None] | None = None
         batches = 0
         try:
             while not self._stopping.is_set():
@@ -157,10 +160,17 @@ class StageRunner:
                     continue
                 batch = self._still_owned(self._queue.popleft())
                 if batch:
-                    await self.process(batch)
+                    pendings = await self.prepare(batch)
+                    # Batch N finishes (uploads, produce, commit) while batch N+1 is handled;
+                    # one batch finishing at a time keeps commits in order.
+                    if finishing is not None:
+                        await finishing
+                    finishing = asyncio.create_task(self.finish(batch, pendings))
                     batches += 1
         finally:
             self._stopping.set()
+            if finishing is not None:
+                await finishing
             await fetcher
 
     async def _on_poll_thread(self, func: Any) -> Any:
@@ -226,6 +236,10 @@ class StageRunner:
     # -- one batch ---------------------------------------------------------------------------
 
     async def process(self, messages: list[Message]) -> None:
+        await self.finish(messages, await self.prepare(messages))
+
+    async def prepare(self, messages: list[Message]) -> list[Pending]:
+        """Decode and handle a batch: everything up to producing its outputs."""
         self.metrics.batch_size.labels(self.stage.name).observe(len(messages))
         pendings: list[Pending] = []
         records: list[InputRecord] = []
@@ -251,7 +265,14 @@ class StageRunner:
                 results = await asyncio.gather(*(self._handle_one(r) for r in records))
             for slot, pending in zip(slots, results, strict=True):
                 pendings[slot] = pending
+        return pendings
 
+    async def finish(self, messages: list[Message], pendings: list[Pending]) -> None:
+        """Wait for the batch's side effects, produce its outputs, wait for delivery, commit.
+        A failed effect raises before anything is produced or committed: the batch is redone."""
+        effects = [effect for pending in pendings for effect in pending.effects]
+        if effects:
+            await asyncio.gather(*effects)
         self._produce(pendings)
         await self._flush()
         await self._on_poll_thread(lambda: self._commit(messages))
@@ -364,8 +385,9 @@ class StageRunner:
             at = now_ms()
             pending = self._dead_letter_record(record, outcome.dead_letter, outcome.attempts, at, at)
             pending.messages[:0] = self._encode_events(outcome.events, record, duration_ms)
+            pending.effects = list(outcome.effects)
             return pending
-        pending = Pending(record)
+        pending = Pending(record, effects=list(outcome.effects))
         try:
             for output in outcome.outputs:
                 value = self._serde(SCHEMA_OF[output.topic]).encode(output.value)
@@ -484,7 +506,7 @@ class StageRunner:
                 "attempts": str(letter.attempts),
             },
         )
-        pending = Pending(record, [(Topic.PIPELINE_DLQ, key, value, letter.headers(), None)])
+        pending = Pending(record, messages=[(Topic.PIPELINE_DLQ, key, value, letter.headers(), None)])
         pending.messages.extend(self._encode_events([event], record, 0.0))
         return pending
 

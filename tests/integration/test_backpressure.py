@@ -77,3 +77,65 @@ async def test_queue_full_pauses_then_everything_is_processed_in_order(stack_set
     (committed,) = consumer.committed([TopicPartition(topic, 0)], timeout=10)
     consumer.close()
     assert committed.offset == len(ids)
+
+
+class UploadingStage(Stage):
+    """Each record leaves a slow side effect (an upload) behind, like the GPU worker."""
+
+    name: ClassVar[str] = "uploadtest"
+    inputs: ClassVar[tuple[Topic, ...]] = (Topic.REVIEW_DECISIONS,)
+
+    async def start(self) -> None:
+        self.prefetch_batches = 2
+        self.handled_at: dict[str, float] = {}
+        self.uploaded_at: dict[str, float] = {}
+
+    async def handle(self, record: InputRecord) -> Outcome:
+        job_id = record.value["job_id"]
+        self.handled_at[job_id] = time.monotonic()
+
+        async def upload() -> None:
+            await asyncio.sleep(0.3)
+            self.uploaded_at[job_id] = time.monotonic()
+
+        return Outcome(events=[Event(job_id, "approved")], effects=[asyncio.create_task(upload())])
+
+
+async def test_next_batch_is_handled_while_the_last_ones_uploads_run(stack_settings) -> None:
+    prefix = f"ov-{uuid.uuid4().hex[:6]}."
+    settings = stack_settings.model_copy(
+        update={
+            "kafka": stack_settings.kafka.model_copy(update={"topic_prefix": prefix, "partitions": 1}),
+            "stage": stack_settings.stage.model_copy(update={"batch_size": 1}),
+        }
+    )
+    LocalStack(settings, progress=lambda _: None).ensure_topics()
+    topic = TopicNames(prefix)(Topic.REVIEW_DECISIONS)
+    serde = AvroSerde("review_decision")
+    producer = Producer({"bootstrap.servers": settings.kafka.bootstrap})
+    ids = [f"job-{n:02d}" for n in range(8)]
+    for job_id in ids:
+        record = {"job_id": job_id, "decision": "APPROVE", "reviewer": "t", "reason": "", "decided_at": 0}
+        producer.produce(topic, key=b"k", value=serde.encode(record))
+    producer.flush(10)
+
+    stage = UploadingStage(StageContext(settings, "uploadtest"))
+    runner = StageRunner(stage)
+    task = asyncio.create_task(runner.run())
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(getattr(stage, "uploaded_at", {})) < len(ids):
+        await asyncio.sleep(0.05)
+    runner.request_stop()
+    await task
+
+    assert list(stage.handled_at) == ids
+    overlapped = [
+        ids[n] for n in range(len(ids) - 1) if stage.handled_at[ids[n + 1]] < stage.uploaded_at[ids[n]]
+    ]
+    assert overlapped, "the next batch must be handled while the previous batch's uploads run"
+    consumer = Consumer(
+        {"bootstrap.servers": settings.kafka.bootstrap, "group.id": group_id_for(settings, "uploadtest")}
+    )
+    (committed,) = consumer.committed([TopicPartition(topic, 0)], timeout=10)
+    consumer.close()
+    assert committed.offset == len(ids), "every batch committed, in order, after its uploads"
