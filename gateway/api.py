@@ -25,12 +25,11 @@ from gateway.review import submit_decision
 from gateway.submit import parse_lines, publish
 from processors.config import Settings
 from processors.eventlog.reader import EventLogReader, EventLogUnavailable
-from processors.stages.publish import pending_key
+from processors.stages.publish import pending_key, pending_prefix
 from processors.storage import ObjectStore
 from schemas.serde import AvroSerde, SerdeError
 
 MAX_BODY_BYTES = 5 * 1024 * 1024
-PENDING_PREFIX = "review/pending/"
 DECISIONS = ("approve", "reject")
 MISSING_OBJECT = ("NoSuchKey", "NoSuchObject", "NotFound")
 
@@ -82,19 +81,21 @@ def _error(status: int, message: str, as_json: bool = True) -> web.Response:
     return web.Response(status=status, text=message)
 
 
-def _read_pending(store: ObjectStore, serde: AvroSerde, job_id: str) -> dict[str, Any] | None:
+def _read_pending(store: ObjectStore, serde: AvroSerde, job_id: str, prefix: str) -> dict[str, Any] | None:
     try:
-        return serde.decode(store.get_bytes(pending_key(job_id)))
+        return serde.decode(store.get_bytes(pending_key(job_id, prefix)))
     except S3Error as exc:
         if exc.code in MISSING_OBJECT:
             return None
         raise
 
 
-def _load_pending(store: ObjectStore, serde: AvroSerde) -> tuple[list[dict[str, Any]], list[str]]:
+def _load_pending(
+    store: ObjectStore, serde: AvroSerde, prefix: str
+) -> tuple[list[dict[str, Any]], list[str]]:
     """Held jobs, oldest first, and the keys that could not be read (shown, never hidden)."""
     jobs, unreadable = [], []
-    for key in store.list_keys(PENDING_PREFIX):
+    for key in store.list_keys(pending_prefix(prefix)):
         try:
             jobs.append(serde.decode(store.get_bytes(key)))
         except SerdeError:
@@ -241,7 +242,10 @@ async def get_summary(request: web.Request) -> web.Response:
 
 @routes.get("/review")
 async def review_page(request: web.Request) -> web.Response:
-    jobs, unreadable = await asyncio.to_thread(_load_pending, request.app[STORE], request.app[JOB_SERDE])
+    prefix = request.app[SETTINGS].kafka.topic_prefix
+    jobs, unreadable = await asyncio.to_thread(
+        _load_pending, request.app[STORE], request.app[JOB_SERDE], prefix
+    )
     html = (
         request.app[PAGES]
         .get_template("review.html")
@@ -257,7 +261,8 @@ async def review_page(request: web.Request) -> web.Response:
 @routes.get("/review/{job_id}/image")
 async def review_image(request: web.Request) -> web.Response:
     store, job_id = request.app[STORE], request.match_info["job_id"]
-    job = await asyncio.to_thread(_read_pending, store, request.app[JOB_SERDE], job_id)
+    prefix = request.app[SETTINGS].kafka.topic_prefix
+    job = await asyncio.to_thread(_read_pending, store, request.app[JOB_SERDE], job_id, prefix)
     if job is None or not job.get("asset_key"):
         return _error(404, f"job {job_id} has no image waiting for review")
     try:
@@ -286,7 +291,8 @@ async def post_decision(request: web.Request) -> web.Response:
     if problem:
         return _error(400, problem, as_json)
     store = request.app[STORE]
-    if not await asyncio.to_thread(store.exists, pending_key(job_id)):
+    prefix = request.app[SETTINGS].kafka.topic_prefix
+    if not await asyncio.to_thread(store.exists, pending_key(job_id, prefix)):
         return _error(404, f"job {job_id} is not waiting for review", as_json)
     decision, reviewer, reason = fields["decision"], fields["reviewer"], fields["reason"]
     try:

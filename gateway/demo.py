@@ -78,7 +78,12 @@ def run_demo(
         written = download_published(session.settings, out_dir)
         print(f"assets written: {written} files (derivatives and lineage) under {publish_prefix} in MinIO")
         print(f"look at the published images in: {out_dir}")
-        print(f"one job's trail: lightbox status {job_ids[0]}")
+        hint = (
+            ""
+            if keep_running
+            else " (needs the event log: `lightbox run eventlog`, or rerun with --keep-running)"
+        )
+        print(f"one job's trail: lightbox status {job_ids[0]}{hint}")
         if unfinished:
             print(
                 f"warning: {len(unfinished)} job(s) did not finish within {timeout_s:.0f}s; "

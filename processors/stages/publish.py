@@ -2,9 +2,9 @@
 
 Generation and publishing are separate states. A ready asset is approved by policy ("auto") or held
 for a person ("hold"; and always when the quality gate flagged it). Held jobs wait in storage
-under review/pending/; a decision on review.decisions approves (then publishes) or rejects with a
-reason. Publishing copies the derivatives and a lineage document to the publish prefix, under
-deterministic names, and notifies a webhook when one is configured.
+under review/[<topic prefix>/]pending/; a decision on review.decisions approves (then
+publishes) or rejects with a reason. Publishing copies the derivatives and a lineage document to
+the publish prefix, under deterministic names, and notifies a webhook when one is configured.
 """
 
 from __future__ import annotations
@@ -21,12 +21,21 @@ from schemas.serde import AvroSerde
 from schemas.topics import Topic
 
 
-def pending_key(job_id: str) -> str:
-    return f"review/pending/{job_id}.avro"
+def review_root(topic_prefix: str = "") -> str:
+    """Held jobs are kept per topic prefix: pipelines sharing a bucket keep separate queues."""
+    return f"review/{topic_prefix.rstrip('.')}/" if topic_prefix else "review/"
 
 
-def decided_key(job_id: str) -> str:
-    return f"review/decided/{job_id}.avro"
+def pending_prefix(topic_prefix: str = "") -> str:
+    return f"{review_root(topic_prefix)}pending/"
+
+
+def pending_key(job_id: str, topic_prefix: str = "") -> str:
+    return f"{pending_prefix(topic_prefix)}{job_id}.avro"
+
+
+def decided_key(job_id: str, topic_prefix: str = "") -> str:
+    return f"{review_root(topic_prefix)}decided/{job_id}.avro"
 
 
 def _same_review(stored: dict[str, Any], incoming: dict[str, Any]) -> bool:
@@ -52,6 +61,7 @@ class PublishStage(Stage):
     async def start(self) -> None:
         self.job_serde = AvroSerde("job")
         self.settings = self.ctx.settings.review
+        self.topic_prefix = self.ctx.settings.kafka.topic_prefix
 
     async def handle(self, record: InputRecord) -> Outcome:
         if record.topic is Topic.REVIEW_DECISIONS:
@@ -67,7 +77,10 @@ class PublishStage(Stage):
             }
             return await self._publish(job)
         await self.run_blocking(
-            self.ctx.store.put_bytes, pending_key(job["job_id"]), self.job_serde.encode(job), "avro/binary"
+            self.ctx.store.put_bytes,
+            pending_key(job["job_id"], self.topic_prefix),
+            self.job_serde.encode(job),
+            "avro/binary",
         )
         why = "quality gate flagged it" if flagged else "review policy is hold"
         return Outcome(
@@ -118,10 +131,10 @@ class PublishStage(Stage):
         """The job as decided: the first decision recorded under review/decided/, made now if the
         job is still pending."""
         store = self.ctx.store
-        decided = decided_key(job_id)
+        decided = decided_key(job_id, self.topic_prefix)
         if store.exists(decided):
             return self.job_serde.decode(store.get_bytes(decided))
-        pending = pending_key(job_id)
+        pending = pending_key(job_id, self.topic_prefix)
         if not store.exists(pending):
             raise PermanentError(f"no job {job_id} is waiting for review")
         job = self.job_serde.decode(store.get_bytes(pending))

@@ -21,7 +21,7 @@ from gateway.review import submit_decision
 from gateway.session import expected_job_ids
 from processors.config import Settings
 from processors.eventlog.reader import EventLogReader
-from processors.stages.publish import pending_key
+from processors.stages.publish import decided_key, pending_key
 from processors.storage import ObjectStore
 from schemas.serde import AvroSerde
 from tests.fixtures.avro_samples import JOB_V1
@@ -44,7 +44,7 @@ def _png(colour: tuple[int, int, int]) -> bytes:
     return buf.getvalue()
 
 
-def _park_held_job(store: ObjectStore, tag: str) -> tuple[dict[str, Any], bytes]:
+def _park_held_job(store: ObjectStore, tag: str, prefix: str) -> tuple[dict[str, Any], bytes]:
     """Park a job whose quality gate failed under review/pending/, exactly as the publish stage
     does, with its generated image in storage. The session runs review policy "auto", so this is
     the direct way to get a held job without steering the generator into a bad image."""
@@ -61,25 +61,25 @@ def _park_held_job(store: ObjectStore, tag: str) -> tuple[dict[str, Any], bytes]
     }
     job["derivatives"] = []
     store.put_bytes(job["asset_key"], image, "image/png")
-    store.put_bytes(pending_key(job["job_id"]), AvroSerde("job").encode(job), "avro/binary")
+    store.put_bytes(pending_key(job["job_id"], prefix), AvroSerde("job").encode(job), "avro/binary")
     return job, image
 
 
 @pytest.fixture
 def hold_job(pipeline: Any) -> Iterator[Callable[[str], tuple[dict[str, Any], bytes]]]:
-    """Held jobs for one test, removed afterwards: review/pending/ is not per-session, so a
-    leftover would sit on every later review page of this machine's stack."""
+    """Held jobs for one test, in the session's own review queue, removed afterwards."""
     store = ObjectStore(pipeline.settings.storage)
+    prefix = pipeline.settings.kafka.topic_prefix
     parked: list[dict[str, Any]] = []
 
     def hold(tag: str) -> tuple[dict[str, Any], bytes]:
-        job, image = _park_held_job(store, tag)
+        job, image = _park_held_job(store, tag, prefix)
         parked.append(job)
         return job, image
 
     yield hold
     for job in parked:
-        for key in (pending_key(job["job_id"]), job["asset_key"]):
+        for key in (pending_key(job["job_id"], prefix), decided_key(job["job_id"], prefix), job["asset_key"]):
             store.client.remove_object(store.bucket, key)
 
 
