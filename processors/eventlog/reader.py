@@ -10,6 +10,7 @@ import aiohttp
 from processors.config import Settings
 from processors.eventlog import queries
 from processors.eventlog.clickhouse import connect
+from processors.eventlog.server import READONLY_SETTINGS, analyst_query_problem
 
 
 class EventLogUnavailable(RuntimeError):
@@ -60,7 +61,9 @@ class EventLogReader:
 
     async def sql(self, sql: str) -> dict[str, Any]:
         if self._client is not None:
-            result = self._client.query(sql)
+            if problem := analyst_query_problem(sql):
+                raise EventLogUnavailable(f"refused: {problem}")
+            result = self._client.query(sql, settings=READONLY_SETTINGS)
             return {"columns": list(result.column_names), "rows": [list(r) for r in result.result_rows]}
         return await self._request("POST", "/query", json={"sql": sql})
 

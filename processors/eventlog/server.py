@@ -13,6 +13,19 @@ if TYPE_CHECKING:
     from processors.eventlog.sink import ClickHouseWorker
 
 READ_ONLY = re.compile(r"^\s*(SELECT|WITH|SHOW|DESCRIBE|EXPLAIN)\b", re.IGNORECASE)
+# readonly=1 refuses writes and table functions such as file() and url(), but INTO OUTFILE still
+# writes a file on the engine's host, so it is refused by name.
+WRITES_A_FILE = re.compile(r"\bINTO\s+OUTFILE\b", re.IGNORECASE)
+READONLY_SETTINGS = {"readonly": 1}
+
+
+def analyst_query_problem(sql: str) -> str | None:
+    """Why this SQL may not run through the query endpoint, or None if it may."""
+    if not READ_ONLY.match(sql) or ";" in sql.strip().rstrip(";"):
+        return "only one read-only statement (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN)"
+    if WRITES_A_FILE.search(sql):
+        return "INTO OUTFILE is not allowed: results come back in the response"
+    return None
 
 
 def build_query_app(clickhouse: ClickHouseWorker, database: str) -> web.Application:
@@ -43,9 +56,9 @@ def build_query_app(clickhouse: ClickHouseWorker, database: str) -> web.Applicat
     async def query(request: web.Request) -> web.Response:
         body = await request.json()
         sql = str(body.get("sql", ""))
-        if not READ_ONLY.match(sql) or ";" in sql.strip().rstrip(";"):
-            raise web.HTTPBadRequest(text="only one read-only statement (SELECT, WITH, SHOW, DESCRIBE)")
-        result = await clickhouse.call(lambda c: c.query(sql))
+        if problem := analyst_query_problem(sql):
+            raise web.HTTPBadRequest(text=problem)
+        result = await clickhouse.call(lambda c: c.query(sql, settings=READONLY_SETTINGS))
         rows: list[list[Any]] = [[_plain(v) for v in row] for row in result.result_rows]
         return web.json_response({"columns": list(result.column_names), "rows": rows})
 

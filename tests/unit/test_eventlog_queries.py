@@ -81,3 +81,27 @@ def test_latencies_per_job(client) -> None:
     assert latencies["a"]["end_to_end_ms"] == 1000
     assert latencies["b"]["end_to_end_ms"] == 3000
     assert latencies["a"]["handler_ms"] == pytest.approx(40.0)
+
+
+@pytest.mark.parametrize(
+    ("sql", "allowed"),
+    [
+        ("SELECT count() FROM lightbox.pipeline_events", True),
+        ("  with x as (select 1) select * from x", True),
+        ("SELECT 1; DROP TABLE lightbox.pipeline_events", False),
+        ("INSERT INTO lightbox.pipeline_events VALUES (1)", False),
+        ("SELECT 1 INTO OUTFILE '/tmp/x'", False),
+        ("select 1 into\n outfile '/tmp/x'", False),
+    ],
+)
+def test_analyst_sql_is_one_read_only_statement(sql: str, allowed: bool) -> None:
+    from processors.eventlog.server import analyst_query_problem
+
+    assert (analyst_query_problem(sql) is None) is allowed
+
+
+def test_readonly_settings_refuse_table_functions(client) -> None:
+    from processors.eventlog.server import READONLY_SETTINGS
+
+    with pytest.raises(Exception, match="readonly"):
+        client.query("SELECT * FROM file('/etc/hostname', 'LineAsString')", settings=READONLY_SETTINGS)
