@@ -76,8 +76,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.stage == "all":
         from gateway.supervisor import Supervisor, all_stages
 
-        supervisor = Supervisor(all_stages(), settings.log_dir / "stages", copies=args.copies, echo=args.echo)
+        supervisor = Supervisor(
+            all_stages(),
+            settings.log_dir / "stages",
+            copies=args.copies,
+            echo=args.echo,
+            metrics_base_port=settings.stage.metrics_port,
+        )
         print(f"running {len(supervisor.children)} stage processes; logs in {settings.log_dir / 'stages'}")
+        for child in supervisor.children:
+            if child.metrics_port:
+                print(f"  {child.stage}: metrics on http://127.0.0.1:{child.metrics_port}/metrics")
         supervisor.run_forever()
         return 0
     from gateway.stages import main_run_stage

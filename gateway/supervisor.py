@@ -32,6 +32,7 @@ class Child:
     restarts: int = 0
     quick_failures: int = 0
     started_at: float = field(default=0.0)
+    metrics_port: int = 0
 
 
 def log_tail(path: Path, lines: int = 25) -> str:
@@ -49,12 +50,17 @@ class Supervisor:
         env: dict[str, str] | None = None,
         copies: int = 1,
         echo: bool = False,
+        metrics_base_port: int = 0,
     ) -> None:
         self.children = [
             Child(stage, log_dir / f"{stage}{'' if copies == 1 else f'-{i}'}.log")
             for stage in stages
             for i in range(copies if stage not in ("eventlog",) else 1)
         ]
+        # One Prometheus port per process (base, base+1, ...): they cannot share one.
+        if metrics_base_port:
+            for offset, child in enumerate(self.children):
+                child.metrics_port = metrics_base_port + offset
         self.env = {**os.environ, **(env or {})}
         self.echo = echo
         self._stopping = False
@@ -62,10 +68,15 @@ class Supervisor:
 
     def _spawn(self, child: Child) -> None:
         out = None if self.echo else open(child.log_file, "ab")  # noqa: SIM115 - owned by the child
+        env = self.env
+        if child.metrics_port:
+            env = {**env, "LIGHTBOX_STAGE__METRICS_PORT": str(child.metrics_port)}
         child.process = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "run", child.stage],
-            stdout=out, stderr=subprocess.STDOUT if out else None, env=self.env,
-        )  # fmt: skip
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+            env=env,
+        )
         child.started_at = time.monotonic()
 
     def start(self) -> None:

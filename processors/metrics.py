@@ -53,6 +53,18 @@ class StageMetrics:
             registry=self.registry,
         )
 
+        # Series exist from the start (at zero), so dashboards and rate() see a stage before its
+        # first message.
+        for metric in (
+            self.consumed,
+            self.retries,
+            self.dead_lettered,
+            self.handler_seconds,
+            self.batch_size,
+            self.paused,
+        ):
+            metric.labels(self.stage)
+
     def serve(self, port: int) -> None:
         if port:
             start_http_server(port, registry=self.registry)

@@ -36,3 +36,10 @@ def test_a_killed_stage_is_restarted_not_given_up_on(tmp_path) -> None:
     assert child.quick_failures == 0, "a kill by signal is not a failure to start"
     assert notes and "restarting" in notes[0]
     supervisor.stop()
+
+
+def test_each_process_gets_its_own_metrics_port(tmp_path) -> None:
+    supervisor = Supervisor(["intake", "generate"], tmp_path, copies=2, metrics_base_port=9400)
+    assert [c.metrics_port for c in supervisor.children] == [9400, 9401, 9402, 9403]
+    assert [c.stage for c in supervisor.children] == ["intake", "intake", "generate", "generate"]
+    assert Supervisor(["intake"], tmp_path).children[0].metrics_port == 0
