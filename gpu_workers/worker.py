@@ -123,14 +123,15 @@ class GenerateStage(BatchStage):
         for index, record in enumerate(records):
             try:
                 requests[index] = await self._request(record)
-            except (ExternalUrlError, PermanentError) as exc:
-                outcomes[index] = Outcome.fail(
-                    record.value,
-                    "external_url_blocked" if isinstance(exc, ExternalUrlError) else "invalid_request",
-                    str(exc),
-                )
+            except ExternalUrlError as exc:
+                outcomes[index] = Outcome.fail(record.value, "external_url_blocked", str(exc))
             except FileNotFoundError as exc:
                 outcomes[index] = Outcome.fail(record.value, "missing_source_file", str(exc))
+            except Exception as exc:
+                # Anything else about this one request (a bad parameter from a rule, an image
+                # that will not decode) is its own problem: dead-letter it, keep the batch going.
+                event = job_event(record.value, "failed", reason="invalid_request", detail=str(exc)[:500])
+                outcomes[index] = Outcome(events=[event], dead_letter=exc)
 
         owner = {item.request_id: i for i, req in requests.items() for item in req.items}
         pairs = [(req.choices, item) for req in requests.values() for item in req.items]
@@ -197,7 +198,8 @@ class GenerateStage(BatchStage):
         params = {**DEFAULTS, **job["route"]["params"]}
         spec = job["spec"]
         base = GenerationItem(
-            request_id=job["job_id"],
+            # The attempt is part of the id: a retry of a job may share a batch with its first try.
+            request_id=f"{job['job_id']}@{job.get('attempt', 0)}",
             params=GenerationParams(
                 model=job["route"]["model"],
                 width=spec["width"],
@@ -216,7 +218,7 @@ class GenerateStage(BatchStage):
         )
         items = expand_best_of_n(base, max(1, int(spec.get("variants") or 1)))
         if len(items) == 1:
-            items = [GenerationItem(**{**base.__dict__, "request_id": f"{job['job_id']}#0"})]
+            items = [GenerationItem(**{**base.__dict__, "request_id": f"{base.request_id}#0"})]
         wait = max(0.0, time.time() * 1000 - record.timestamp_ms)
         return Request(record, job, parse_choices(job["route"]), items, wait)
 

@@ -75,10 +75,13 @@ class StageRunner:
         # One dedicated thread for the blocking poll, so handlers' to_thread calls never wait on it.
         self._poll_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"poll-{stage.name}")
         self._delivery_errors: list[str] = []
-        self._queue: deque[list[Message]] = deque()
+        self._queue: deque[tuple[int, list[Message]]] = deque()
         self._paused = False
-        self._revoked: set[tuple[str, int]] = set()
+        self._assigned_while_paused = False
+        self._fetch_seq = 0  # consume() calls so far; only the poll thread changes it
+        self._revoked_at: dict[tuple[str, int], int] = {}
         self._revoked_lock = threading.Lock()
+        self._committed: dict[tuple[str, int], int] = {}
         self.consumer = make_consumer(self.settings, group_id_for(self.settings, stage.name))
         self.producer = make_producer(self.settings)
 
@@ -136,10 +139,11 @@ class StageRunner:
             while not self._stopping.is_set():
                 messages = await self._poll()
                 if messages:
-                    self._queue.append(messages)
+                    self._queue.append((self._fetch_seq, messages))
                     ready.set()
                 queued = len(self._queue)
-                if queued >= high and not self._paused:
+                if (queued >= high and not self._paused) or (self._paused and self._assigned_while_paused):
+                    # Also after a rebalance: newly assigned partitions must not run unpaused.
                     await self._on_poll_thread(self._pause)
                 elif queued <= low and self._paused:
                     await self._on_poll_thread(self._resume)
@@ -158,7 +162,7 @@ class StageRunner:
                     if fetcher.done():
                         fetcher.result()  # surface a poller crash
                     continue
-                batch = self._still_owned(self._queue.popleft())
+                batch = self._still_owned(*self._queue.popleft())
                 if batch:
                     pendings = await self.prepare(batch)
                     # Batch N finishes (uploads, produce, commit) while batch N+1 is handled;
@@ -169,9 +173,17 @@ class StageRunner:
                     batches += 1
         finally:
             self._stopping.set()
+            # The poller first: once it is done nobody else touches the consumer, so finishing
+            # (which commits) and close() cannot race it.
+            fetch_error: BaseException | None = None
+            try:
+                await fetcher
+            except Exception as exc:
+                fetch_error = exc
             if finishing is not None:
                 await finishing
-            await fetcher
+            if fetch_error is not None:
+                raise fetch_error
 
     async def _on_poll_thread(self, func: Any) -> Any:
         # Every consumer call goes through the one poll thread: the client is not shared across threads.
@@ -181,6 +193,7 @@ class StageRunner:
         assignment = self.consumer.assignment()
         if assignment:
             self.consumer.pause(assignment)
+        self._assigned_while_paused = False
         self._paused = True
         self.metrics.paused.labels(self.stage.name).inc()
         self.log.info("queue full (%d batches): paused %d partition(s)", len(self._queue), len(assignment))
@@ -193,22 +206,24 @@ class StageRunner:
         self.log.info("queue drained: resumed %d partition(s)", len(assignment))
 
     def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
-        # Runs on the poll thread, inside consume(): only note what was revoked. The event loop
-        # drops queued messages of those partitions before processing (uncommitted, so the new
-        # owner reads them again: nothing is lost).
+        # Runs on the poll thread, inside the consume() of fetch number `_fetch_seq`: note when
+        # each partition was revoked. Batches fetched before that are dropped unprocessed and
+        # uncommitted: whoever owns the partition now reads them again (nothing is lost), and
+        # batches fetched later (after a re-assignment) are processed as usual.
         with self._revoked_lock:
-            self._revoked |= {(tp.topic, tp.partition) for tp in partitions}
+            for tp in partitions:
+                self._revoked_at[(tp.topic, tp.partition)] = self._fetch_seq
 
-    def _still_owned(self, batch: list[Message]) -> list[Message]:
+    def _still_owned(self, seq: int, batch: list[Message]) -> list[Message]:
         with self._revoked_lock:
-            revoked = set(self._revoked)
-        if not revoked:
+            revoked_at = dict(self._revoked_at)
+        if not revoked_at:
             return batch
-        return [m for m in batch if (m.topic(), m.partition()) not in revoked]
+        return [m for m in batch if revoked_at.get((m.topic(), m.partition()), 0) <= seq]
 
     def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
-        with self._revoked_lock:
-            self._revoked -= {(tp.topic, tp.partition) for tp in partitions}
+        if self._paused:
+            self._assigned_while_paused = True
         by_topic: dict[str, list[int]] = {}
         for tp in partitions:
             by_topic.setdefault(tp.topic, []).append(tp.partition)
@@ -228,6 +243,7 @@ class StageRunner:
         consume(n, timeout) alone waits the full timeout unless n messages are ready, adding that
         wait to every hop of a lightly loaded pipeline; under load batches still fill up.
         """
+        self._fetch_seq += 1
         first = self.consumer.consume(1, timeout_s)
         if not first or size <= 1:
             return first
@@ -403,7 +419,11 @@ class StageRunner:
     ) -> list[tuple[Topic, str, bytes, None, None]]:
         serde = self._serde("pipeline_event")
         encoded = []
+        source = f"{record.topic.value}/{record.partition}/{record.offset}" if record is not None else ""
         for event in events:
+            # The input message is part of the identity: a replayed batch re-reads the same offsets
+            # and re-emits the same ids (de-duplicated in ClickHouse), while a new message about the
+            # same job (a DLQ replay, a second decision, a resubmission) is a new event.
             identity = "|".join(
                 [
                     event.job_id,
@@ -412,11 +432,12 @@ class StageRunner:
                     str(event.attempt),
                     event.reason,
                     event.discriminator,
+                    source,
                 ]
             )
             attributes = dict(event.attributes)
-            if record is not None:
-                attributes.setdefault("source", f"{record.topic.value}/{record.partition}/{record.offset}")
+            if source:
+                attributes.setdefault("source", source)
             value = {
                 "event_id": str(uuid.uuid5(EVENT_NAMESPACE, identity)),
                 "job_id": event.job_id,
@@ -563,13 +584,24 @@ class StageRunner:
                 continue
             key = (m.topic(), m.partition())
             offsets[key] = max(offsets.get(key, -1), m.offset() + 1)
+        # Never move a partition's commit backwards (a batch re-fetched after a rebalance can
+        # trail one already committed): that would only cause work to be redone.
+        offsets = {k: o for k, o in offsets.items() if o > self._committed.get(k, -1)}
         if not offsets:
             return
         try:
-            self.consumer.commit(
+            results = self.consumer.commit(
                 offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False
             )
         except KafkaException as exc:
             # A rebalance took a partition away mid-batch: its new owner re-reads from the last
             # commit and, keys being deterministic, redoes the same effects. Nothing is lost.
             self.log.warning("commit after a rebalance failed; the new owner will redo: %s", exc)
+            return
+        for tp in results or []:
+            if tp.error is not None:
+                self.log.warning(
+                    "commit of %s/%d failed; that batch will be redone: %s", tp.topic, tp.partition, tp.error
+                )
+            else:
+                self._committed[(tp.topic, tp.partition)] = tp.offset

@@ -39,10 +39,20 @@ class IntakeStage(Stage):
         if restored:
             self.ctx.log.info("restored %d seen event ids", restored)
 
+    def _seen_elsewhere(self, key: str, record: InputRecord) -> dict | None:
+        """The entry for key, unless this very message wrote it: then this is a redelivery after a
+        crash between writing the entry and the jobs, and the fan-out (deterministic) is redone."""
+        entry = self.seen.get(key)
+        if entry is None:
+            return None
+        if (entry.get("source_partition"), entry.get("source_offset")) == (record.partition, record.offset):
+            return None
+        return entry
+
     async def handle(self, record: InputRecord) -> Outcome:
         event = record.value
         event_id = event["event_id"]
-        if (previous := self.seen.get(f"event:{event_id}")) is not None:
+        if (previous := self._seen_elsewhere(f"event:{event_id}", record)) is not None:
             return Outcome(
                 events=[
                     Event(
@@ -73,7 +83,7 @@ class IntakeStage(Stage):
         outcome = Outcome()
         jobs = []
         for job in fan_out(event, accepted_at, self.templates.resolve_version):
-            if (earlier := self.seen.get(f"job:{job['job_id']}")) is not None:
+            if (earlier := self._seen_elsewhere(f"job:{job['job_id']}", record)) is not None:
                 # Same sku, asset type, size, channel, locale and template version: no new work.
                 outcome.events.append(
                     Event(
@@ -89,7 +99,14 @@ class IntakeStage(Stage):
         for key, job_ids in [(f"event:{event_id}", [j["job_id"] for j in jobs])] + [
             (f"job:{j['job_id']}", [j["job_id"]]) for j in jobs
         ]:
-            seen = {"key": key, "job_ids": job_ids, "event_id": event_id, "first_seen_at": accepted_at}
+            seen = {
+                "key": key,
+                "job_ids": job_ids,
+                "event_id": event_id,
+                "first_seen_at": accepted_at,
+                "source_partition": record.partition,
+                "source_offset": record.offset,
+            }
             self.seen.add(seen)
             outcome.outputs.append(Output(Topic.INTAKE_SEEN, key, seen, partition=record.partition))
         for job in jobs:

@@ -8,13 +8,17 @@ what its previous owner had seen. In-memory alone would forget on restart; this 
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from processors.config import Settings
 from schemas.serde import AvroSerde, SerdeError
+
+log = logging.getLogger(__name__)
 
 
 class SeenTable:
@@ -38,7 +42,7 @@ class SeenTable:
             return 0
         return self._restore(sorted(partitions))
 
-    def _restore(self, partitions: list[int]) -> int:
+    def _restore(self, partitions: list[int], deadline_s: float = 60.0) -> int:
         consumer = Consumer(
             {
                 "bootstrap.servers": self.settings.kafka.bootstrap,
@@ -55,19 +59,38 @@ class SeenTable:
             if not ends:
                 return 0
             consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in ends])
-            restored = 0
+            restored = skipped = 0
+            deadline = time.monotonic() + deadline_s
             while ends:
+                if time.monotonic() > deadline:
+                    # Serving with a partial table would let duplicates through: fail loudly and
+                    # let the runtime retry (or an operator look at the changelog).
+                    raise TimeoutError(
+                        f"restoring {self.topic} partitions {sorted(ends)} took over {deadline_s:.0f}s"
+                    )
                 for message in consumer.consume(500, 1.0):
                     if message.error():
                         continue
+                    partition = message.partition()
+                    # The end check comes first: an unreadable last record must not stall the restore.
+                    if message.offset() + 1 >= ends.get(partition, 0):
+                        ends.pop(partition, None)
                     try:
                         value = self.serde.decode(message.value())
-                    except SerdeError:
+                    except SerdeError as exc:
+                        skipped += 1
+                        log.warning(
+                            "skipping unreadable %s record at %d/%d: %s",
+                            self.topic,
+                            partition,
+                            message.offset(),
+                            exc,
+                        )
                         continue
                     self._seen[value["key"]] = value
                     restored += 1
-                    if message.offset() + 1 >= ends.get(message.partition(), 0):
-                        ends.pop(message.partition(), None)
+            if skipped:
+                log.warning("restored %d entries of %s; skipped %d unreadable", restored, self.topic, skipped)
             return restored
         finally:
             consumer.close()

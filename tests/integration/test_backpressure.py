@@ -139,3 +139,58 @@ async def test_next_batch_is_handled_while_the_last_ones_uploads_run(stack_setti
     (committed,) = consumer.committed([TopicPartition(topic, 0)], timeout=10)
     consumer.close()
     assert committed.offset == len(ids), "every batch committed, in order, after its uploads"
+
+
+class SharedSlowStage(SlowStage):
+    name: ClassVar[str] = "rebalancetest"
+    processed: ClassVar[list[str]] = []
+
+    async def handle(self, record: InputRecord) -> Outcome:
+        await asyncio.sleep(0.02)
+        SharedSlowStage.processed.append(record.value["job_id"])
+        return Outcome(events=[Event(record.value["job_id"], "approved")])
+
+
+async def test_a_rebalance_mid_stream_loses_nothing_and_commits_to_the_end(stack_settings) -> None:
+    prefix = f"rb-{uuid.uuid4().hex[:6]}."
+    settings = stack_settings.model_copy(
+        update={
+            "kafka": stack_settings.kafka.model_copy(update={"topic_prefix": prefix, "partitions": 4}),
+            "stage": stack_settings.stage.model_copy(update={"batch_size": 2, "session_timeout_ms": 6000}),
+        }
+    )
+    LocalStack(settings, progress=lambda _: None).ensure_topics()
+    topic = TopicNames(prefix)(Topic.REVIEW_DECISIONS)
+    serde = AvroSerde("review_decision")
+    producer = Producer({"bootstrap.servers": settings.kafka.bootstrap})
+    ids = [f"job-{n:03d}" for n in range(200)]
+    for job_id in ids:
+        record = {"job_id": job_id, "decision": "APPROVE", "reviewer": "t", "reason": "", "decided_at": 0}
+        producer.produce(topic, key=job_id.encode(), value=serde.encode(record))
+    producer.flush(10)
+    SharedSlowStage.processed = []
+
+    first = StageRunner(SharedSlowStage(StageContext(settings, "rebalancetest")))
+    first_task = asyncio.create_task(first.run())
+    while len(SharedSlowStage.processed) < 20:
+        await asyncio.sleep(0.05)
+    # A second consumer joins the group mid-stream: partitions move while batches are queued.
+    second = StageRunner(SharedSlowStage(StageContext(settings, "rebalancetest")))
+    second_task = asyncio.create_task(second.run())
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and set(SharedSlowStage.processed) != set(ids):
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(1.0)  # let the last commits land
+    first.request_stop()
+    second.request_stop()
+    await asyncio.gather(first_task, second_task)
+
+    assert set(SharedSlowStage.processed) == set(ids), "every message processed at least once"
+    consumer = Consumer(
+        {"bootstrap.servers": settings.kafka.bootstrap, "group.id": group_id_for(settings, "rebalancetest")}
+    )
+    partitions = [TopicPartition(topic, p) for p in range(4)]
+    committed = consumer.committed(partitions, timeout=10)
+    ends = [consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in partitions]
+    consumer.close()
+    assert [tp.offset for tp in committed] == ends, "every partition committed to its end"
