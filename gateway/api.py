@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import json
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -25,7 +27,8 @@ from gateway.review import submit_decision
 from gateway.submit import parse_lines, publish
 from processors.config import Settings
 from processors.eventlog.reader import EventLogReader, EventLogUnavailable
-from processors.stages.publish import pending_key, pending_prefix
+from processors.eventlog.server import host_name
+from processors.stages.publish import decided_key, pending_key, pending_prefix
 from processors.storage import ObjectStore
 from schemas.serde import AvroSerde, SerdeError
 
@@ -33,18 +36,27 @@ MAX_BODY_BYTES = 5 * 1024 * 1024
 DECISIONS = ("approve", "reject")
 MISSING_OBJECT = ("NoSuchKey", "NoSuchObject", "NotFound")
 
+# Host names a loopback-bound gateway answers to (besides the --host it was started with).
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
 SETTINGS = web.AppKey("settings", Settings)
+BOUND_HOST = web.AppKey("bound_host", str)
 STORE = web.AppKey("store", ObjectStore)
 JOB_SERDE = web.AppKey("job_serde", AvroSerde)
 PAGES = web.AppKey("pages", jinja2.Environment)
 
 routes = web.RouteTableDef()
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def build_app(settings: Settings) -> web.Application:
+def build_app(settings: Settings, host: str = "127.0.0.1") -> web.Application:
+    """host: the address the gateway is bound to. Bound to loopback, it answers only requests
+    whose Host header names loopback (or that address): a page on another site that rebinds its
+    own name to 127.0.0.1 (DNS rebinding) sends that name as Host and is refused."""
     # aiohttp answers 413 itself once a body passes client_max_size, for JSON and forms alike.
-    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_host_allowlist])
     app[SETTINGS] = settings
+    app[BOUND_HOST] = host
     app[STORE] = ObjectStore(settings.storage)
     app[JOB_SERDE] = AvroSerde("job")
     app[PAGES] = jinja2.Environment(
@@ -64,7 +76,7 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080) -> None
         # run_app calls this only once the socket is bound, so the URL printed is one that works.
         print(f"Lightbox gateway on {url} (review page: {url}/review); Ctrl+C to stop", flush=True)
 
-    web.run_app(build_app(settings), host=host, port=port, print=announce)
+    web.run_app(build_app(settings, host), host=host, port=port, print=announce)
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -81,13 +93,23 @@ def _error(status: int, message: str, as_json: bool = True) -> web.Response:
     return web.Response(status=status, text=message)
 
 
-def _read_pending(store: ObjectStore, serde: AvroSerde, job_id: str, prefix: str) -> dict[str, Any] | None:
+def _read_job(store: ObjectStore, serde: AvroSerde, key: str) -> dict[str, Any] | None:
     try:
-        return serde.decode(store.get_bytes(pending_key(job_id, prefix)))
+        return serde.decode(store.get_bytes(key))
     except S3Error as exc:
         if exc.code in MISSING_OBJECT:
             return None
         raise
+
+
+def _read_pending(store: ObjectStore, serde: AvroSerde, job_id: str, prefix: str) -> dict[str, Any] | None:
+    return _read_job(store, serde, pending_key(job_id, prefix))
+
+
+def _first_decision(job: dict[str, Any]) -> str:
+    review = job.get("review") or {}
+    text = f"{str(review.get('decision', 'decided')).lower()} by {review.get('reviewer') or 'unknown'}"
+    return f"{text} ({review['reason']})" if review.get("reason") else text
 
 
 def _load_pending(
@@ -146,6 +168,25 @@ def _card(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _is_loopback(name: str) -> bool:
+    if name in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+@web.middleware
+async def _host_allowlist(request: web.Request, handler: Handler) -> web.StreamResponse:
+    bound = request.app[BOUND_HOST].strip("[]").lower()
+    if _is_loopback(bound):
+        name = host_name(request.headers.get("Host"))
+        if name is None or not (_is_loopback(name) or name == bound):
+            return _error(403, "this gateway answers only requests addressed to loopback (Host header)")
+    return await handler(request)
+
+
 def _same_origin(request: web.Request) -> bool:
     """Refuse decisions posted by another site's page in a reviewer's browser. Browsers send
     Origin on form posts; clients that send none (curl, scripts) are not a browser to abuse."""
@@ -194,6 +235,12 @@ async def healthz(request: web.Request) -> web.Response:
 
 @routes.post("/v1/events")
 async def post_events(request: web.Request) -> web.Response:
+    # JSON only: a cross-site form or no-cors fetch cannot send Content-Type application/json
+    # without a CORS preflight, which this API never grants.
+    if request.content_type != "application/json":
+        return _error(415, "POST catalog events as Content-Type: application/json")
+    if not _same_origin(request):
+        return _error(403, "events may not be posted by another site's page")
     try:
         events = _events_of(json.loads(await request.read()))
     except web.HTTPRequestEntityTooLarge:
@@ -292,6 +339,11 @@ async def post_decision(request: web.Request) -> web.Response:
         return _error(400, problem, as_json)
     store = request.app[STORE]
     prefix = request.app[SETTINGS].kafka.topic_prefix
+    # The first decision wins (the publish stage ignores later ones): say so instead of queueing
+    # a decision that cannot take effect.
+    decided = await asyncio.to_thread(_read_job, store, request.app[JOB_SERDE], decided_key(job_id, prefix))
+    if decided is not None:
+        return _error(409, f"already decided: {_first_decision(decided)}", as_json)
     if not await asyncio.to_thread(store.exists, pending_key(job_id, prefix)):
         return _error(404, f"job {job_id} is not waiting for review", as_json)
     decision, reviewer, reason = fields["decision"], fields["reviewer"], fields["reason"]

@@ -116,7 +116,17 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if not parsed.events:
         print("error: no events to publish", file=sys.stderr)
         return 2
-    count = publish(settings, parsed.events)
+    from processors.kafka_clients import DeliveryFailed
+
+    try:
+        count = publish(settings, parsed.events)
+    except DeliveryFailed as exc:
+        print(
+            f"error: {exc}; events before the failure may have been published (intake de-duplicates "
+            "on event id, so resubmitting the whole file is safe)",
+            file=sys.stderr,
+        )
+        return 1
     skipped = f", skipped {len(parsed.errors)} invalid" if parsed.errors else ""
     print(f"published {count} event(s) to {settings.kafka.topic_prefix}catalog.events{skipped}")
     return 0
@@ -189,7 +199,13 @@ def cmd_review(args: argparse.Namespace) -> int:
     if args.decision == "reject" and not args.reason:
         print("error: a rejection needs --reason", file=sys.stderr)
         return 2
-    submit_decision(settings, args.job, args.decision.upper(), args.reviewer, args.reason or "")
+    from processors.kafka_clients import DeliveryFailed
+
+    try:
+        submit_decision(settings, args.job, args.decision.upper(), args.reviewer, args.reason or "")
+    except DeliveryFailed as exc:
+        print(f"error: the decision was not delivered: {exc}", file=sys.stderr)
+        return 1
     print(f"{args.decision} for job {args.job} sent; `lightbox status {args.job}` shows the result")
     return 0
 

@@ -8,15 +8,23 @@ message again exactly as it first did (after the fix is deployed). Replayed mess
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
 from processors.config import Settings
-from processors.kafka_clients import make_producer
+from processors.kafka_clients import Message, make_producer, produce_and_confirm
 from schemas.serde import AvroSerde
 from schemas.topics import Topic, TopicNames
+
+log = logging.getLogger(__name__)
+
+# A partition whose next offset yields nothing for this long is left (the offset was deleted by
+# retention, or the broker is unreachable): reading never hangs.
+IDLE_TIMEOUT_S = 30.0
 
 
 def _consumer(settings: Settings) -> Consumer:
@@ -25,6 +33,8 @@ def _consumer(settings: Settings) -> Consumer:
             "bootstrap.servers": settings.kafka.bootstrap,
             "group.id": "lightbox.dlq-tool",
             "enable.auto.commit": False,
+            # An offset deleted meanwhile (retention) resumes at the oldest one left.
+            "auto.offset.reset": "earliest",
         }
     )
 
@@ -35,8 +45,13 @@ def read(
     start: int | None = None,
     end: int | None = None,
     limit: int | None = None,
+    idle_timeout_s: float = IDLE_TIMEOUT_S,
 ) -> Iterator[dict[str, Any]]:
-    """Dead letters in offset order per partition, each with its dlq partition and offset."""
+    """Dead letters in offset order per partition, each with its dlq partition and offset.
+
+    Offsets may have gaps (compaction, retention, transaction markers): a partition is done once
+    the consumer's position passes the last offset asked for, or when nothing arrives for
+    idle_timeout_s (logged as a warning)."""
     topic = TopicNames(settings.kafka.topic_prefix)(Topic.PIPELINE_DLQ)
     consumer = _consumer(settings)
     serde = AvroSerde("dlq_envelope")
@@ -52,11 +67,16 @@ def read(
                 continue
             consumer.assign([TopicPartition(topic, p, first)])
             position = first
+            progress_at = time.monotonic()
             while position <= last:
-                for message in consumer.consume(100, 2.0):
-                    if message.error() or message.offset() > last:
+                messages = consumer.consume(100, 1.0)
+                for message in messages:
+                    if message.error() or message.partition() != p or message.offset() < position:
                         continue
                     position = message.offset() + 1
+                    progress_at = time.monotonic()
+                    if message.offset() > last:
+                        break
                     letter = serde.decode(message.value())
                     letter["dlq_partition"] = p
                     letter["dlq_offset"] = message.offset()
@@ -64,6 +84,24 @@ def read(
                     yielded += 1
                     if limit is not None and yielded >= limit:
                         return
+                if not messages:
+                    # The consumer's position moves past offsets that hold no message for us
+                    # (transaction markers, compacted records) without handing anything over.
+                    (tp,) = consumer.position([TopicPartition(topic, p)])
+                    if tp.offset > position:
+                        position = tp.offset
+                        progress_at = time.monotonic()
+                if position <= last and time.monotonic() - progress_at > idle_timeout_s:
+                    log.warning(
+                        "dlq %s/%d: nothing at offset %d within %.0fs (last asked: %d); leaving it",
+                        topic,
+                        p,
+                        position,
+                        idle_timeout_s,
+                        last,
+                    )
+                    break
+            consumer.unassign()
     finally:
         consumer.close()
 
@@ -82,19 +120,16 @@ def describe(letter: dict[str, Any]) -> str:
 def replay(
     settings: Settings, partition: int | None = None, start: int | None = None, end: int | None = None
 ) -> int:
-    producer = make_producer(settings)
-    count = 0
-    for letter in read(settings, partition=partition, start=start, end=end):
-        producer.produce(
-            letter["original_topic"],
-            key=letter.get("original_key"),
-            value=letter.get("original_value"),
-            headers=[
-                ("lightbox.replayed-from", f"dlq/{letter['dlq_partition']}/{letter['dlq_offset']}".encode())
-            ],
-        )
-        producer.poll(0)
-        count += 1
-    if producer.flush(30):
-        raise RuntimeError("some replayed messages were not delivered")
-    return count
+    """Re-produce the dead letters; raises DeliveryFailed unless the broker acknowledged all."""
+
+    def messages() -> Iterator[Message]:
+        for letter in read(settings, partition=partition, start=start, end=end):
+            origin = f"dlq/{letter['dlq_partition']}/{letter['dlq_offset']}".encode()
+            yield (
+                letter["original_topic"],
+                letter.get("original_key"),
+                letter.get("original_value"),
+                [("lightbox.replayed-from", origin)],
+            )
+
+    return produce_and_confirm(make_producer(settings), messages())

@@ -15,7 +15,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from processors.config import Settings
 from processors.eventlog.reader import EventLogReader
-from processors.kafka_clients import make_producer
+from processors.kafka_clients import DeliveryFailed, make_producer, produce_and_confirm
 from schemas.serde import AvroSerde
 from schemas.topics import Topic, TopicNames
 
@@ -81,8 +81,9 @@ async def replay_job(
     serde = AvroSerde("job")
     job = serde.decode(_read_at(settings, names(topic), int(partition), int(offset)))
     replayed = rewrite_for_replay(job, model, backend, int(time.time() * 1000))
-    producer = make_producer(settings)
-    producer.produce(names(topic), key=replayed["job_id"].encode(), value=serde.encode(replayed))
-    if producer.flush(30):
-        raise ReplayError("the replayed job could not be delivered to Kafka")
+    message = (names(topic), replayed["job_id"].encode(), serde.encode(replayed), None)
+    try:
+        produce_and_confirm(make_producer(settings), [message])
+    except DeliveryFailed as exc:
+        raise ReplayError(f"the replayed job could not be delivered to Kafka: {exc}") from exc
     return names(topic), replayed["job_id"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from processors.config import Settings
-from processors.kafka_clients import make_producer
+from processors.kafka_clients import make_producer, produce_and_confirm
 from schemas.serde import AvroSerde
 from schemas.topics import Topic, TopicNames
 
@@ -22,9 +22,6 @@ def submit_decision(settings: Settings, job_id: str, decision: str, reviewer: st
             "decided_at": int(time.time() * 1000),
         }
     )
-    producer = make_producer(settings)
-    producer.produce(
-        TopicNames(settings.kafka.topic_prefix)(Topic.REVIEW_DECISIONS), key=job_id.encode(), value=value
-    )
-    if producer.flush(30):
-        raise RuntimeError("the decision could not be delivered to Kafka")
+    topic = TopicNames(settings.kafka.topic_prefix)(Topic.REVIEW_DECISIONS)
+    # Raises DeliveryFailed (a RuntimeError) unless the broker acknowledged the decision.
+    produce_and_confirm(make_producer(settings), [(topic, job_id.encode(), value, None)])

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from processors.config import Settings
-from processors.kafka_clients import make_producer
+from processors.kafka_clients import make_producer, produce_and_confirm
 from schemas.serde import AvroSerde, SerdeError
 from schemas.topics import Topic, TopicNames
 
@@ -82,18 +82,9 @@ def parse_file(path: Path) -> ParsedFile:
 def publish(settings: Settings, events: list[tuple[int, dict[str, Any], bytes]]) -> int:
     """Produce the events keyed by SKU (a product's events stay in order, and intake's
     de-duplication state is partitioned with them). Returns the number delivered."""
-    producer = make_producer(settings)
     topic = TopicNames(settings.kafka.topic_prefix)(Topic.CATALOG_EVENTS)
-    failures: list[str] = []
-
-    def on_delivery(err: Any, msg: Any) -> None:
-        if err is not None:
-            failures.append(str(err))
-
-    for _, event, payload in events:
-        producer.produce(topic, key=event["product"]["sku"].encode(), value=payload, on_delivery=on_delivery)
-        producer.poll(0)
-    remaining = producer.flush(30)
-    if remaining or failures:
-        raise RuntimeError(f"{remaining} event(s) not delivered to {topic}; errors: {failures[:3]}")
-    return len(events)
+    # Raises DeliveryFailed (a RuntimeError) naming the topic unless every event was acknowledged.
+    return produce_and_confirm(
+        make_producer(settings),
+        ((topic, event["product"]["sku"].encode(), payload, None) for _, event, payload in events),
+    )

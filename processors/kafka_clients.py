@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import socket
+import time
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 
 from processors.config import Settings
 
@@ -49,3 +51,63 @@ def make_consumer(settings: Settings, group_id: str, **extra: Any) -> Consumer:
 
 def group_id_for(settings: Settings, stage: str) -> str:
     return f"{settings.kafka.topic_prefix}lightbox.{stage}"
+
+
+# (topic, key, value, headers): one message for produce_and_confirm.
+Message = tuple[str, bytes | None, bytes | None, Sequence[tuple[str, bytes]] | None]
+
+
+class DeliveryFailed(RuntimeError):
+    """Messages were not delivered; the message names the topic(s) and the broker's error."""
+
+
+def produce_and_confirm(producer: Producer, messages: Iterable[Message], timeout_s: float = 30.0) -> int:
+    """Produce every message, wait for the broker to acknowledge each, and raise DeliveryFailed
+    unless all of them were delivered. flush() alone is not enough: a message that failed
+    (rejected by the broker, timed out) leaves the queue too, so flush() returns 0 for it;
+    only the delivery report says it failed. Returns the number of messages delivered."""
+    failures: list[tuple[str, str]] = []
+
+    def on_delivery(err: KafkaError | None, msg: Any) -> None:
+        if err is not None:
+            failures.append((msg.topic() or "?", err.str()))
+
+    deadline = time.monotonic() + timeout_s
+    count = 0
+    topics: set[str] = set()
+    for topic, key, value, headers in messages:
+        topics.add(topic)
+        while True:
+            try:
+                producer.produce(
+                    topic, key=key, value=value, headers=list(headers or []), on_delivery=on_delivery
+                )
+                break
+            except BufferError:
+                # Local queue full: serve delivery reports to make room, within the deadline.
+                if time.monotonic() >= deadline:
+                    raise DeliveryFailed(
+                        f"producer queue stayed full for {timeout_s}s; {count} message(s) queued for "
+                        f"{', '.join(sorted(topics))}"
+                    ) from None
+                producer.poll(0.1)
+            except KafkaException as exc:
+                # Refused before it left this process (e.g. larger than message.max.bytes).
+                error = exc.args[0]
+                detail = error.str() if isinstance(error, KafkaError) else str(error)
+                producer.flush(max(0.0, deadline - time.monotonic()))
+                raise DeliveryFailed(f"could not produce to {topic}: {detail}") from exc
+        producer.poll(0)
+        count += 1
+    remaining = producer.flush(max(0.0, deadline - time.monotonic()))
+    if failures:
+        by_topic = sorted({topic for topic, _ in failures})
+        raise DeliveryFailed(
+            f"{len(failures)} of {count} message(s) not delivered to {', '.join(by_topic)}: {failures[0][1]}"
+        )
+    if remaining:
+        raise DeliveryFailed(
+            f"{remaining} of {count} message(s) to {', '.join(sorted(topics))} still undelivered after "
+            f"{timeout_s}s"
+        )
+    return count

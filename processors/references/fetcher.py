@@ -177,6 +177,11 @@ class ReferenceFetcher:
         self._resolver = resolver
         self._session: aiohttp.ClientSession | None = None
 
+    @property
+    def resolver(self) -> AddressResolver | None:
+        """The resolver URL checks use (None: the system's), for callers that check URLs too."""
+        return self._resolver
+
     async def __aenter__(self) -> Self:
         _require_strict_truncation()
         policy = self.policy

@@ -27,7 +27,7 @@ from yarl import URL
 
 from processors.references.fetcher import FetchedImage, ReferenceFetcher
 from processors.references.sniff import EXTENSIONS
-from processors.references.url_policy import ReferenceFetchError, parse_url
+from processors.references.url_policy import ReferenceFetchError, check_url, parse_url
 from processors.storage import StoredObject
 
 log = logging.getLogger(__name__)
@@ -175,8 +175,7 @@ class ReferencePersister:
 
     async def persist(self, url: str, role: str) -> PersistedReference:
         """Stored reference for the URL; raises ReferenceFetchError when it cannot be had."""
-        # Syntax-level refusals (scheme, credentials, length) cost no storage round trip, and a
-        # URL the policy now forbids is not answered from an older cache entry either.
+        # Syntax-level refusals (scheme, credentials, length) cost no storage round trip.
         parse_url(url, self._fetcher.policy)
         async with _lock_for(self._url_locks, url):
             cached = await self._from_cache(url, role)
@@ -245,6 +244,11 @@ class ReferencePersister:
         # cleanup) fetch again rather than hand on a dangling key.
         if not await asyncio.to_thread(self._store.exists, entry.key):
             return None
+        # The entry may have been written while the URL was allowed (an older allowlist, or
+        # another pipeline sharing the bucket with another policy): answer from it only if this
+        # fetcher's policy admits the URL now, with the same check (and resolver) a fetch uses.
+        # That costs a DNS lookup, never an HTTP request. A refusal raises, as a fetch would.
+        await check_url(url, self._fetcher.policy, self._fetcher.resolver)
         return _persisted(entry, role, url, from_cache=True, stored_new=False)
 
     async def _read_cache(self, url: str) -> _CacheEntry | None:

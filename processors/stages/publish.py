@@ -57,6 +57,12 @@ def published_prefix(prefix: str, job: dict[str, Any]) -> str:
 class PublishStage(Stage):
     name: ClassVar[str] = "publish"
     inputs: ClassVar[tuple[Topic, ...]] = (Topic.ASSETS_READY, Topic.REVIEW_DECISIONS)
+    # One record's storage work at a time. The records of a batch are handled concurrently, and
+    # deciding is check-then-write (is there a decided/ record? no: write ours): an APPROVE and a
+    # REJECT for one job in the same batch would both find none and both take effect. With one
+    # run_blocking call at a time, each decision's check and write run whole, in offset order,
+    # and the first decision wins. Decisions are rare and small; publishing copies are cheap.
+    concurrency: ClassVar[int] = 1
 
     async def start(self) -> None:
         self.job_serde = AvroSerde("job")
@@ -68,7 +74,23 @@ class PublishStage(Stage):
             return await self._decide(record.value)
         job = record.value
         flagged = not (job.get("quality") or {}).get("passed", False)
-        if self.settings.policy == "auto" and not flagged:
+        hold = not (self.settings.policy == "auto" and not flagged)
+        # A redelivered assets.ready (at least once) for a job a reviewer already decided must not
+        # put it back in the queue, nor publish what was rejected: the decision stands.
+        decided = await self.run_blocking(self._decided_or_hold, job, hold)
+        if decided is not None:
+            first = decided["review"] or {}
+            return Outcome(
+                events=[
+                    job_event(
+                        job,
+                        "already_decided",
+                        reason="redelivered_after_decision",
+                        detail=f"{str(first.get('decision', '')).lower()} by {first.get('reviewer')} stands",
+                    )
+                ]
+            )
+        if not hold:
             job["review"] = {
                 "decision": "APPROVE",
                 "reviewer": "policy:auto",
@@ -76,12 +98,6 @@ class PublishStage(Stage):
                 "decided_at": dt.datetime.now(dt.UTC),
             }
             return await self._publish(job)
-        await self.run_blocking(
-            self.ctx.store.put_bytes,
-            pending_key(job["job_id"], self.topic_prefix),
-            self.job_serde.encode(job),
-            "avro/binary",
-        )
         why = "quality gate flagged it" if flagged else "review policy is hold"
         return Outcome(
             events=[job_event(job, "in_review", reason="needs_review" if flagged else "", detail=why)]
@@ -127,6 +143,20 @@ class PublishStage(Stage):
             )
         return await self._publish(job)
 
+    def _decided_or_hold(self, job: dict[str, Any], hold: bool) -> dict[str, Any] | None:
+        """The decided job if a decision was recorded for it; otherwise None, after parking the
+        job under review/pending/ when it is to be held. One blocking call: with concurrency 1
+        no decision lands between the check and the write."""
+        store = self.ctx.store
+        decided = decided_key(job["job_id"], self.topic_prefix)
+        if store.exists(decided):
+            return self.job_serde.decode(store.get_bytes(decided))
+        if hold:
+            store.put_bytes(
+                pending_key(job["job_id"], self.topic_prefix), self.job_serde.encode(job), "avro/binary"
+            )
+        return None
+
     def _take_for_decision(self, job_id: str, review: dict[str, Any]) -> dict[str, Any]:
         """The job as decided: the first decision recorded under review/decided/, made now if the
         job is still pending."""
@@ -149,14 +179,23 @@ class PublishStage(Stage):
         prefix = published_prefix(self.settings.publish_prefix, job)
         keys = await self.run_blocking(self._copy_all, job, prefix)
         job["published_keys"] = keys
-        if self.settings.webhook_url:
-            await self._notify(job)
+        refused = await self._notify(job) if self.settings.webhook_url else None
         reviewer = job["review"]["reviewer"]
         approved = job_event(job, "approved", attributes={"reviewer": reviewer})
         published = job_event(job, "published", attributes={"prefix": prefix, "files": str(len(keys))})
-        return Outcome(
-            outputs=[Output(Topic.ASSETS_PUBLISHED, job["job_id"], job)], events=[approved, published]
-        )
+        events = [approved, published]
+        if refused is not None:
+            # The files are published whatever the webhook thinks; a refused notification is its
+            # own failure, recorded for whoever owns the receiver, and never a dead letter.
+            events.append(
+                job_event(
+                    job,
+                    "notify_failed",
+                    reason=f"webhook_{refused}",
+                    detail=f"webhook answered {refused}; the files are published under {prefix}",
+                )
+            )
+        return Outcome(outputs=[Output(Topic.ASSETS_PUBLISHED, job["job_id"], job)], events=events)
 
     def _copy_all(self, job: dict[str, Any], prefix: str) -> list[str]:
         store = self.ctx.store
@@ -171,7 +210,10 @@ class PublishStage(Stage):
         keys.append(lineage_key)
         return keys
 
-    async def _notify(self, job: dict[str, Any]) -> None:
+    async def _notify(self, job: dict[str, Any]) -> int | None:
+        """POST the notification. None when accepted; the status when the receiver refused it
+        (4xx: retrying the same body will not help). 5xx and connection errors are transient:
+        retried, which redoes the (idempotent) copies."""
         body = {"job_id": job["job_id"], "sku": job["product"]["sku"], "files": job["published_keys"]}
         try:
             async with (
@@ -181,6 +223,7 @@ class PublishStage(Stage):
                 if response.status >= 500:
                     raise TransientError(f"webhook answered {response.status}")
                 if response.status >= 400:
-                    raise PermanentError(f"webhook refused the notification: {response.status}")
-        except aiohttp.ClientError as exc:
-            raise TransientError(f"webhook unreachable: {exc}") from exc
+                    return response.status
+                return None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise TransientError(f"webhook unreachable: {exc!r}") from exc

@@ -97,6 +97,10 @@ class QualityStage(Stage):
             scores["preservation"] = product_preservation(image, product, mask)
             if scores["preservation"] < settings.min_preservation:
                 reasons.append("product_not_preserved")
+        else:
+            # No stored product reference or mask to compare against: preservation cannot be
+            # scored, and an unscored check never passes silently (retried, then reviewed).
+            reasons.append("preservation_unscored")
         if self.clip is not None:
             scores["clip_score"] = self.clip.score(image, job["prompt"]["positive"])
             if scores["clip_score"] < settings.min_clip_score:

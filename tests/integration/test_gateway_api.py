@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import io
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -29,6 +30,7 @@ from tests.integration.catalog import events_for
 
 pytestmark = pytest.mark.integration
 
+JSON = {"Content-Type": "application/json"}
 HOSTILE_TITLE = "Mug <script>alert('x')</script> & co"
 
 
@@ -136,15 +138,59 @@ async def test_invalid_batch_publishes_nothing(
 
 
 async def test_bad_bodies_are_refused_with_a_reason(client: TestClient) -> None:
-    response = await client.post("/v1/events", data=b"sku=1&title=mug")
+    response = await client.post("/v1/events", data=b"sku=1&title=mug", headers=JSON)
     assert response.status == 400
     assert "not JSON" in (await response.json())["error"]
 
     response = await client.post("/v1/events", json=[1, 2])
     assert response.status == 400
 
-    response = await client.post("/v1/events", data=b" " * (MAX_BODY_BYTES + 1))
+    response = await client.post("/v1/events", data=b" " * (MAX_BODY_BYTES + 1), headers=JSON)
     assert response.status == 413
+
+
+@pytest.fixture
+async def bare_client(stack_settings: Settings) -> AsyncIterator[TestClient]:
+    """The API bound to loopback, without a pipeline: for refusals that happen before Kafka."""
+    async with TestClient(TestServer(build_app(stack_settings, "127.0.0.1"), host="127.0.0.1")) as client:
+        yield client
+
+
+async def test_events_must_be_json_from_this_site(bare_client: TestClient) -> None:
+    event = {"event_id": "never-published"}
+    # What another site's page can send without a CORS preflight: forms and text/plain.
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data"):
+        response = await bare_client.post(
+            "/v1/events", data=json.dumps(event).encode(), headers={"Content-Type": content_type}
+        )
+        assert response.status == 415, content_type
+    response = await bare_client.post(
+        "/v1/events", json=event, headers={"Origin": "https://elsewhere.example"}
+    )
+    assert response.status == 403
+    # Same origin, or no Origin (curl, scripts), gets as far as validation.
+    origin = f"http://{bare_client.host}:{bare_client.port}"
+    for headers in ({"Origin": origin}, {}):
+        response = await bare_client.post("/v1/events", json=event, headers=headers)
+        assert response.status == 400, await response.text()
+
+
+async def test_loopback_gateway_refuses_foreign_host_headers(bare_client: TestClient) -> None:
+    # DNS rebinding: a page on attacker.example re-resolved to 127.0.0.1 sends its own name.
+    for host in ("attacker.example", "attacker.example:8080", "127.0.0.1.nip.io", "x:y:z"):
+        for method, path in (("GET", "/v1/summary"), ("GET", "/review"), ("POST", "/v1/events")):
+            response = await bare_client.request(method, path, json={}, headers={"Host": host})
+            assert response.status == 403, (host, path)
+    for host in ("localhost:8080", "127.0.0.1", "[::1]:8080", "LocalHost", "127.0.0.2:1"):
+        response = await bare_client.get("/healthz", headers={"Host": host})
+        assert response.status == 200, host
+
+
+async def test_gateway_bound_elsewhere_answers_its_own_name(stack_settings: Settings) -> None:
+    # Bound to all interfaces the gateway is reached by many names; no loopback rule applies.
+    async with TestClient(TestServer(build_app(stack_settings, "0.0.0.0"), host="127.0.0.1")) as client:
+        response = await client.get("/healthz", headers={"Host": "lightbox.internal:8080"})
+        assert response.status == 200
 
 
 async def test_unknown_job_is_404(client: TestClient) -> None:
@@ -206,6 +252,12 @@ async def test_decided_job_leaves_the_review_queue(client: TestClient, pipeline:
     assert (await client.post(f"/review/{job['job_id']}", json=decision)).status == 202
     await _wait_for_state(pipeline.settings, job["job_id"], "rejected")
     assert job["product"]["sku"] not in await (await client.get("/review")).text()
+    # The API answers a second decision itself: it could not take effect.
+    response = await client.post(f"/review/{job['job_id']}", json={"decision": "approve", "reviewer": "bo"})
+    assert response.status == 409
+    assert (await response.json())["error"] == "already decided: reject by ana (off-brand)"
+    form = {"decision": "approve", "reviewer": "bo"}
+    assert (await client.post(f"/review/{job['job_id']}", data=form)).status == 409
     # A later, different decision cannot overturn the first: it is recorded and ignored.
     await asyncio.to_thread(submit_decision, pipeline.settings, job["job_id"], "APPROVE", "bob", "")
     await _wait_for_state(pipeline.settings, job["job_id"], "decision_ignored")

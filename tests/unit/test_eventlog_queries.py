@@ -92,6 +92,14 @@ def test_latencies_per_job(client) -> None:
         ("INSERT INTO lightbox.pipeline_events VALUES (1)", False),
         ("SELECT 1 INTO OUTFILE '/tmp/x'", False),
         ("select 1 into\n outfile '/tmp/x'", False),
+        ("SELECT 1 INTO/**/OUTFILE '/tmp/x'", False),
+        ("SELECT 1 INTO--\nOUTFILE '/tmp/x'", False),
+        ("SELECT 1 INTO#\nOUTFILE '/tmp/x'", False),
+        ("select 1 into outfile '/tmp/x'", False),
+        ("select 1 InTo OuTfIlE '/tmp/x'", False),
+        ("SELECT 1 INTO/* x */OUTFILE '/tmp/x' AND STDOUT", False),
+        ("SELECT 'outfile' AS word", False),  # refused wherever it appears, strings included
+        ("SELECT 1 -- outfile", False),
     ],
 )
 def test_analyst_sql_is_one_read_only_statement(sql: str, allowed: bool) -> None:
@@ -105,3 +113,52 @@ def test_readonly_settings_refuse_table_functions(client) -> None:
 
     with pytest.raises(Exception, match="readonly"):
         client.query("SELECT * FROM file('/etc/hostname', 'LineAsString')", settings=READONLY_SETTINGS)
+
+
+@pytest.fixture
+async def query_client(client):
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from processors.eventlog.server import build_query_app
+    from processors.eventlog.sink import ClickHouseWorker
+
+    worker = ClickHouseWorker(lambda: client)
+    async with TestClient(TestServer(build_query_app(worker, "lightbox"), host="127.0.0.1")) as test_client:
+        yield test_client
+    worker.close()
+
+
+async def test_query_endpoint_answers_json_posts_from_loopback(query_client) -> None:
+    response = await query_client.post("/query", json={"sql": "SELECT count() FROM lightbox.pipeline_events"})
+    assert response.status == 200, await response.text()
+    (count,) = (await response.json())["rows"][0]
+    assert count > 0
+    for host in ("localhost", "127.0.0.1:18123", "[::1]:18123", "LOCALHOST:1"):
+        response = await query_client.get("/healthz", headers={"Host": host})
+        assert response.status == 200, host
+
+
+async def test_query_endpoint_refuses_outfile_over_http(query_client) -> None:
+    response = await query_client.post("/query", json={"sql": "SELECT 1 INTO/**/OUTFILE '/tmp/lb-x'"})
+    assert response.status == 400
+    assert "OUTFILE" in await response.text()
+
+
+async def test_query_endpoint_refuses_cross_site_simple_posts(query_client) -> None:
+    # What a no-cors fetch() or a form from another site can send: not application/json.
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data"):
+        response = await query_client.post(
+            "/query", data=b'{"sql": "SELECT 1"}', headers={"Content-Type": content_type}
+        )
+        assert response.status == 415, content_type
+    response = await query_client.post("/latencies", data=b'{"job_ids": ["a"]}')
+    assert response.status == 415
+
+
+async def test_query_endpoint_refuses_foreign_host_headers(query_client) -> None:
+    # DNS rebinding: the page's own name arrives as Host even though the socket is loopback.
+    for host in ("attacker.example", "attacker.example:18123", "127.0.0.1.nip.io", "", "bad:port:x"):
+        response = await query_client.post("/query", json={"sql": "SELECT 1"}, headers={"Host": host})
+        assert response.status == 403, host
+        response = await query_client.get("/summary", headers={"Host": host})
+        assert response.status == 403, host

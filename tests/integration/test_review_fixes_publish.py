@@ -1,0 +1,219 @@
+"""The publish stage against real MinIO and a real webhook receiver on 127.0.0.1: a refused
+notification does not dead-letter published files, a redelivered ready asset does not reopen a
+decided job, and two conflicting decisions in one batch cannot both take effect."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import datetime as dt
+import hashlib
+import io
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from aiohttp import web
+from PIL import Image
+
+from processors.config import Settings
+from processors.runtime import InputRecord, Outcome, StageContext, TransientError
+from processors.stages.publish import PublishStage, decided_key, pending_key, published_prefix
+from processors.storage import ObjectStore
+from schemas.topics import Topic
+from tests.fixtures.avro_samples import JOB_V1
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def webhook() -> AsyncIterator[dict[str, Any]]:
+    """A receiver answering whatever status the test sets; it records what it was sent."""
+    state: dict[str, Any] = {"status": 200, "bodies": []}
+
+    async def receive(request: web.Request) -> web.Response:
+        state["bodies"].append(await request.json())
+        return web.Response(status=state["status"])
+
+    app = web.Application()
+    app.router.add_post("/hook", receive)
+    runner = web.AppRunner(app, shutdown_timeout=0.2)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    state["url"] = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+    try:
+        yield state
+    finally:
+        await runner.cleanup()
+
+
+def _settings(stack: Settings, policy: str = "auto", webhook_url: str = "") -> Settings:
+    tag = uuid.uuid4().hex[:8]
+    return stack.model_copy(
+        update={
+            "kafka": stack.kafka.model_copy(update={"topic_prefix": f"test-pub-{tag}."}),
+            "review": stack.review.model_copy(
+                update={
+                    "policy": policy,
+                    "webhook_url": webhook_url,
+                    "publish_prefix": f"tests/published-{tag}/",
+                }
+            ),
+        }
+    )
+
+
+def _ready_job(store: ObjectStore, passed: bool = True) -> dict[str, Any]:
+    """A job as postprocess hands it on, with its derivatives really in storage."""
+    job = copy.deepcopy(JOB_V1)
+    job["job_id"] = f"pub-{uuid.uuid4().hex[:12]}"
+    job["product"]["sku"] = f"SKU-PUB-{uuid.uuid4().hex[:6]}"
+    job["quality"] = {"passed": passed, "scores": {"overall": 0.9}, "reasons": [], "chosen_index": 0}
+    derivatives = []
+    for name, size in (("hero", (64, 48)), ("thumb", (32, 24))):
+        buf = io.BytesIO()
+        Image.new("RGB", size, (10, 120, 200)).save(buf, "PNG")
+        data = buf.getvalue()
+        key = f"tests/derivatives/{job['job_id']}/{name}.png"
+        store.put_bytes(key, data, "image/png")
+        derivatives.append(
+            {
+                "name": name,
+                "key": key,
+                "width": size[0],
+                "height": size[1],
+                "format": "png",
+                "sha256": hashlib.sha256(data).hexdigest(),
+            }
+        )
+    job["derivatives"] = derivatives
+    return job
+
+
+def _record(topic: Topic, value: dict[str, Any], offset: int = 0) -> InputRecord:
+    return InputRecord(
+        topic=topic,
+        partition=0,
+        offset=offset,
+        key=value["job_id"].encode(),
+        value=copy.deepcopy(value),
+        raw_value=b"",
+        headers=[],
+        timestamp_ms=0,
+    )
+
+
+def _decision(job_id: str, decision: str, reviewer: str, reason: str = "") -> dict[str, Any]:
+    return {
+        "job_id": job_id,
+        "decision": decision,
+        "reviewer": reviewer,
+        "reason": reason,
+        "decided_at": dt.datetime.now(dt.UTC),
+    }
+
+
+@pytest.fixture
+async def make_stage(stack_settings: Settings) -> AsyncIterator[Callable[..., Any]]:
+    stages: list[PublishStage] = []
+
+    async def make(**kwargs: Any) -> PublishStage:
+        stage = PublishStage(StageContext(_settings(stack_settings, **kwargs), "publish"))
+        await stage.start()
+        stages.append(stage)
+        return stage
+
+    yield make
+    for stage in stages:
+        await stage.stop()
+
+
+def _states(outcome: Outcome) -> list[tuple[str, str]]:
+    return [(event.state, event.reason) for event in outcome.events]
+
+
+async def test_refused_webhook_publishes_and_records_notify_failed(
+    make_stage: Any, webhook: dict[str, Any]
+) -> None:
+    webhook["status"] = 400
+    stage = await make_stage(webhook_url=webhook["url"])
+    store = stage.ctx.store
+    job = await asyncio.to_thread(_ready_job, store)
+
+    outcome = await stage.handle(_record(Topic.ASSETS_READY, job))
+
+    assert _states(outcome) == [("approved", ""), ("published", ""), ("notify_failed", "webhook_400")]
+    assert outcome.dead_letter is None
+    (output,) = outcome.outputs
+    assert output.topic is Topic.ASSETS_PUBLISHED
+    prefix = published_prefix(stage.settings.publish_prefix, job)
+    keys = output.value["published_keys"]
+    assert sorted(keys) == sorted([f"{prefix}/hero.png", f"{prefix}/thumb.png", f"{prefix}/lineage.json"])
+    for key in keys:
+        assert await asyncio.to_thread(store.exists, key)
+    (body,) = webhook["bodies"]
+    assert body["job_id"] == job["job_id"]
+
+
+async def test_webhook_server_error_stays_transient(make_stage: Any, webhook: dict[str, Any]) -> None:
+    webhook["status"] = 503
+    stage = await make_stage(webhook_url=webhook["url"])
+    job = await asyncio.to_thread(_ready_job, stage.ctx.store)
+    with pytest.raises(TransientError, match="503"):
+        await stage.handle(_record(Topic.ASSETS_READY, job))
+    # Retried (as the runtime does): the copies are idempotent and the notification goes out.
+    webhook["status"] = 204
+    outcome = await stage.handle(_record(Topic.ASSETS_READY, job))
+    assert _states(outcome) == [("approved", ""), ("published", "")]
+    assert len(webhook["bodies"]) == 2
+
+
+async def test_unreachable_webhook_stays_transient(make_stage: Any) -> None:
+    stage = await make_stage(webhook_url="http://127.0.0.1:9/hook")
+    job = await asyncio.to_thread(_ready_job, stage.ctx.store)
+    with pytest.raises(TransientError, match="unreachable"):
+        await stage.handle(_record(Topic.ASSETS_READY, job))
+
+
+async def test_redelivered_ready_asset_does_not_reopen_a_decided_job(make_stage: Any) -> None:
+    stage = await make_stage(policy="hold")
+    store = stage.ctx.store
+    prefix = stage.topic_prefix
+    job = await asyncio.to_thread(_ready_job, store)
+    ready = _record(Topic.ASSETS_READY, job)
+
+    assert [s for s, _ in _states(await stage.handle(ready))] == ["in_review"]
+    assert await asyncio.to_thread(store.exists, pending_key(job["job_id"], prefix))
+    decision = _decision(job["job_id"], "REJECT", "ana", "off-brand")
+    outcome = await stage.handle(_record(Topic.REVIEW_DECISIONS, decision))
+    assert _states(outcome) == [("rejected", "reviewer_rejected")]
+
+    # At-least-once: the same assets.ready arrives again.
+    outcome = await stage.handle(ready)
+    assert _states(outcome) == [("already_decided", "redelivered_after_decision")]
+    assert "reject by ana" in outcome.events[0].detail
+    assert not outcome.outputs
+    assert not await asyncio.to_thread(store.exists, pending_key(job["job_id"], prefix))
+    assert await asyncio.to_thread(store.exists, decided_key(job["job_id"], prefix))
+
+    # Under policy auto, a rejected job's redelivery is not published either.
+    auto = await make_stage(policy="auto")
+    auto.topic_prefix = prefix
+    outcome = await auto.handle(ready)
+    assert [s for s, _ in _states(outcome)] == ["already_decided"]
+    assert not outcome.outputs
+
+
+async def test_conflicting_decisions_in_one_batch_first_wins(make_stage: Any) -> None:
+    assert PublishStage.concurrency == 1
+    for _ in range(3):
+        stage = await make_stage(policy="hold")
+        job = await asyncio.to_thread(_ready_job, stage.ctx.store)
+        await stage.handle(_record(Topic.ASSETS_READY, job))
+        approve = _record(Topic.REVIEW_DECISIONS, _decision(job["job_id"], "APPROVE", "bo"), offset=1)
+        reject = _record(Topic.REVIEW_DECISIONS, _decision(job["job_id"], "REJECT", "ana", "no"), offset=2)
+        # As the runner handles one batch's records: all at once.
+        outcomes = await asyncio.gather(stage.handle(approve), stage.handle(reject))
+        states = [state for outcome in outcomes for state, _ in _states(outcome)]
+        assert states == ["approved", "published", "decision_ignored"], states
