@@ -116,6 +116,10 @@ _LAUNCHER = (
 )
 
 
+# How long after launching a service its pid is trusted without the command-line check.
+LAUNCH_GRACE_S = 30.0
+
+
 def spawn_detached(argv: Sequence[str], log_file: Path, cwd: Path, env: Mapping[str, str]) -> int:
     """Start argv in its own session with output appended to log_file; return its pid."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -297,8 +301,13 @@ class ManagedService(ABC):
             pid = int(self.pid_file.read_text().strip())
         except (OSError, ValueError):
             return None
-        line = cmdline(pid) if pid_alive(pid) else ""
+        alive = pid_alive(pid)
+        line = cmdline(pid) if alive else ""
         if line is None or (line and self.marker in line):
+            return pid
+        if alive and self._launched_at is not None and time.monotonic() - self._launched_at < LAUNCH_GRACE_S:
+            # Just launched by us: the child may not have exec'd the service yet, so its command
+            # line is still the launcher's. Judging it now would call a starting service dead.
             return pid
         self.pid_file.unlink(missing_ok=True)  # stale: the process is gone or the pid reused
         return None

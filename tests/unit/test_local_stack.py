@@ -490,3 +490,22 @@ def test_reset_deletes_only_the_services_data(settings: Settings) -> None:
     assert not (settings.data_dir / "kafka").exists()
     assert not (settings.data_dir / "minio").exists()
     assert keep.exists()
+
+
+def test_a_just_launched_pid_is_trusted_before_it_execs_the_service(settings: Settings) -> None:
+    # Right after launch the child can still be the launcher (its command line lacks the
+    # service's marker): within the grace period that must read as "starting", not "exited".
+    minio = MinioService(settings, print)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(20)"])
+    try:
+        minio.pid_file.parent.mkdir(parents=True, exist_ok=True)
+        minio.pid_file.write_text(f"{child.pid}\n")
+        minio._launched_at = time.monotonic()
+        assert minio.pid() == child.pid
+        # Long after launch, a process without the marker is someone else's: the pid file is stale.
+        minio._launched_at = time.monotonic() - 3600
+        assert minio.pid() is None
+        assert not minio.pid_file.exists()
+    finally:
+        child.kill()
+        child.wait()
