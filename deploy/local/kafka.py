@@ -215,10 +215,6 @@ class KafkaService(ManagedService):
         return self.data_dir / "cluster.id"
 
     @property
-    def install_log(self) -> Path:
-        return self.settings.log_dir / "kafka-install.log"
-
-    @property
     def address(self) -> str:
         return f"{LOOPBACK}:{self.port}"
 

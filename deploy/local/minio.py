@@ -72,10 +72,6 @@ class MinioService(ManagedService):
         return self.settings.data_dir / "minio"
 
     @property
-    def install_log(self) -> Path:
-        return self.settings.log_dir / "minio-install.log"
-
-    @property
     def address(self) -> str:
         return f"{LOOPBACK}:{self.port}"
 

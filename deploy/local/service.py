@@ -247,6 +247,10 @@ class ManagedService(ABC):
     def address(self) -> str: ...
 
     @property
+    def install_log(self) -> Path:
+        return self.settings.log_dir / f"{self.name}-install.log"
+
+    @property
     @abstractmethod
     def ports(self) -> dict[int, str]:
         """Every port the service binds, mapped to the setting that chooses it."""

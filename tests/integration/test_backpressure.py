@@ -39,23 +39,36 @@ class SlowStage(Stage):
         return Outcome(events=[Event(record.value["job_id"], "approved")])
 
 
-async def test_queue_full_pauses_then_everything_is_processed_in_order(stack_settings) -> None:
-    prefix = f"bp-{uuid.uuid4().hex[:6]}."
+def _decisions_topic(
+    stack_settings, tag: str, ids: list[str], partitions: int, batch_size: int, spread: bool
+):
+    """A fresh topic prefix with `ids` as review decisions: one key (one partition's order) or
+    keyed by id (spread over partitions)."""
+    prefix = f"{tag}-{uuid.uuid4().hex[:6]}."
     settings = stack_settings.model_copy(
         update={
-            "kafka": stack_settings.kafka.model_copy(update={"topic_prefix": prefix, "partitions": 1}),
-            "stage": stack_settings.stage.model_copy(update={"batch_size": 2}),
+            "kafka": stack_settings.kafka.model_copy(
+                update={"topic_prefix": prefix, "partitions": partitions}
+            ),
+            "stage": stack_settings.stage.model_copy(
+                update={"batch_size": batch_size, "session_timeout_ms": 6000}
+            ),
         }
     )
     LocalStack(settings, progress=lambda _: None).ensure_topics()
     topic = TopicNames(prefix)(Topic.REVIEW_DECISIONS)
     serde = AvroSerde("review_decision")
     producer = Producer({"bootstrap.servers": settings.kafka.bootstrap})
-    ids = [f"job-{n:03d}" for n in range(40)]
     for job_id in ids:
         record = {"job_id": job_id, "decision": "APPROVE", "reviewer": "t", "reason": "", "decided_at": 0}
-        producer.produce(topic, key=b"same-key", value=serde.encode(record))
+        producer.produce(topic, key=(job_id if spread else "same-key").encode(), value=serde.encode(record))
     producer.flush(10)
+    return settings, topic
+
+
+async def test_queue_full_pauses_then_everything_is_processed_in_order(stack_settings) -> None:
+    ids = [f"job-{n:03d}" for n in range(40)]
+    settings, topic = _decisions_topic(stack_settings, "bp", ids, partitions=1, batch_size=2, spread=False)
 
     stage = SlowStage(StageContext(settings, "slowtest"))
     runner = StageRunner(stage)
@@ -102,22 +115,8 @@ class UploadingStage(Stage):
 
 
 async def test_next_batch_is_handled_while_the_last_ones_uploads_run(stack_settings) -> None:
-    prefix = f"ov-{uuid.uuid4().hex[:6]}."
-    settings = stack_settings.model_copy(
-        update={
-            "kafka": stack_settings.kafka.model_copy(update={"topic_prefix": prefix, "partitions": 1}),
-            "stage": stack_settings.stage.model_copy(update={"batch_size": 1}),
-        }
-    )
-    LocalStack(settings, progress=lambda _: None).ensure_topics()
-    topic = TopicNames(prefix)(Topic.REVIEW_DECISIONS)
-    serde = AvroSerde("review_decision")
-    producer = Producer({"bootstrap.servers": settings.kafka.bootstrap})
     ids = [f"job-{n:02d}" for n in range(8)]
-    for job_id in ids:
-        record = {"job_id": job_id, "decision": "APPROVE", "reviewer": "t", "reason": "", "decided_at": 0}
-        producer.produce(topic, key=b"k", value=serde.encode(record))
-    producer.flush(10)
+    settings, topic = _decisions_topic(stack_settings, "ov", ids, partitions=1, batch_size=1, spread=False)
 
     stage = UploadingStage(StageContext(settings, "uploadtest"))
     runner = StageRunner(stage)
@@ -152,22 +151,8 @@ class SharedSlowStage(SlowStage):
 
 
 async def test_a_rebalance_mid_stream_loses_nothing_and_commits_to_the_end(stack_settings) -> None:
-    prefix = f"rb-{uuid.uuid4().hex[:6]}."
-    settings = stack_settings.model_copy(
-        update={
-            "kafka": stack_settings.kafka.model_copy(update={"topic_prefix": prefix, "partitions": 4}),
-            "stage": stack_settings.stage.model_copy(update={"batch_size": 2, "session_timeout_ms": 6000}),
-        }
-    )
-    LocalStack(settings, progress=lambda _: None).ensure_topics()
-    topic = TopicNames(prefix)(Topic.REVIEW_DECISIONS)
-    serde = AvroSerde("review_decision")
-    producer = Producer({"bootstrap.servers": settings.kafka.bootstrap})
     ids = [f"job-{n:03d}" for n in range(200)]
-    for job_id in ids:
-        record = {"job_id": job_id, "decision": "APPROVE", "reviewer": "t", "reason": "", "decided_at": 0}
-        producer.produce(topic, key=job_id.encode(), value=serde.encode(record))
-    producer.flush(10)
+    settings, topic = _decisions_topic(stack_settings, "rb", ids, partitions=4, batch_size=2, spread=True)
     SharedSlowStage.processed = []
 
     first = StageRunner(SharedSlowStage(StageContext(settings, "rebalancetest")))
