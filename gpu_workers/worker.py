@@ -28,6 +28,7 @@ from gpu_workers.backends.base import (
 from gpu_workers.backends.compositor import CompositorBackend
 from gpu_workers.batching import expand_best_of_n, group_compatible, run_with_split
 from gpu_workers.failover import Choice, FailoverGenerator, FailoverOutcome
+from processors.references.images import ReferenceImages, product_reference
 from processors.runtime import BatchStage, InputRecord, Outcome, PermanentError
 from processors.runtime.records import job_event
 from schemas.topics import Topic
@@ -93,6 +94,7 @@ class GenerateStage(BatchStage):
 
     async def start(self) -> None:
         self.backends: dict[str, Backend] = {"compositor": CompositorBackend()}
+        self.reference_images = ReferenceImages(self.ctx.store)
         settings = self.ctx.settings.generation
         self.prefetch_batches = settings.queue_batches
         if settings.models_file:
@@ -191,7 +193,7 @@ class GenerateStage(BatchStage):
         assert_no_external_urls(job)
         if not job.get("route") or not job.get("prompt"):
             raise PermanentError("generation request without prompt or route")
-        product_ref = next((r for r in job["references"] if r["role"] == "PRODUCT"), None)
+        product_ref = product_reference(job)
         if product_ref is None:
             raise FileNotFoundError("no stored product reference on the job")
         product, mask = await asyncio.to_thread(self._load_product, product_ref)
@@ -223,15 +225,7 @@ class GenerateStage(BatchStage):
         return Request(record, job, parse_choices(job["route"]), items, wait)
 
     def _load_product(self, ref: dict[str, Any]) -> tuple[Image.Image, Image.Image | None]:
-        store = self.ctx.store
-        if not store.exists(ref["key"]):
-            raise FileNotFoundError(f"stored product reference {ref['key']} is missing from storage")
-        product = Image.open(io.BytesIO(store.get_bytes(ref["key"])))
-        product.load()
-        mask = None
-        if ref.get("mask_key") and store.exists(ref["mask_key"]):
-            mask = Image.open(io.BytesIO(store.get_bytes(ref["mask_key"]))).convert("L")
-        return product, mask
+        return self.reference_images.product(ref), self.reference_images.mask(ref)
 
     async def _upload(self, job: dict[str, Any], image: GeneratedImage) -> None:
         def encode_and_put() -> None:

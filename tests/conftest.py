@@ -58,6 +58,16 @@ def stack_settings() -> Iterator[Settings]:
 
 
 @pytest.fixture(scope="session")
+def store(stack_settings: Settings):  # type: ignore[no-untyped-def]
+    """The stack's object store, bucket ensured."""
+    from processors.storage import ObjectStore
+
+    object_store = ObjectStore(stack_settings.storage)
+    object_store.ensure_bucket()
+    return object_store
+
+
+@pytest.fixture(scope="session")
 def pipeline(stack_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """Every stage running as its own process under a fresh topic prefix."""
     from gateway.session import PipelineSession, free_port

@@ -18,7 +18,7 @@ import json
 import logging
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -78,6 +78,9 @@ class PersistedReference:
     stored_new: bool  # these bytes were uploaded by this call (False: already in storage)
     role: str = ""
     url: str = ""  # for the stage's pipeline event only; never put it on the job
+    # The bytes when this call downloaded them (None for a cache hit), so a caller that needs the
+    # image (the product mask) does not download what was just uploaded.
+    data: bytes | None = field(default=None, repr=False, compare=False)
 
     def to_record(self, mask_key: str | None = None) -> dict[str, Any]:
         """The job's StoredReference record (schemas/avro/job/v1.avsc)."""
@@ -195,7 +198,7 @@ class ReferencePersister:
             await asyncio.to_thread(
                 self._store.put_bytes, self.cache_key(url), entry.to_json(), "application/json"
             )
-            return _persisted(entry, role, url, from_cache=False, stored_new=created)
+            return _persisted(entry, role, url, from_cache=False, stored_new=created, data=image.data)
 
     async def persist_all(
         self, refs: Sequence[tuple[str, str, bool]]
@@ -283,7 +286,7 @@ class ReferencePersister:
 
 
 def _persisted(
-    entry: _CacheEntry, role: str, url: str, *, from_cache: bool, stored_new: bool
+    entry: _CacheEntry, role: str, url: str, *, from_cache: bool, stored_new: bool, data: bytes | None = None
 ) -> PersistedReference:
     return PersistedReference(
         key=entry.key,
@@ -296,6 +299,7 @@ def _persisted(
         stored_new=stored_new,
         role=role,
         url=url,
+        data=data,
     )
 
 

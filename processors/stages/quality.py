@@ -8,13 +8,13 @@ review or failed, as configured.
 
 from __future__ import annotations
 
-import io
 from typing import Any, ClassVar
 
 from PIL import Image
 
 from processors.imaging.checks import ImageCheckError, check_output, decode_image, product_preservation
 from processors.imaging.ocr import OcrUnavailable, text_match_score
+from processors.references.images import ReferenceImages, product_reference
 from processors.runtime import InputRecord, Outcome, Output, Stage
 from processors.runtime.records import job_event
 from schemas.topics import Topic
@@ -25,6 +25,7 @@ class QualityStage(Stage):
     inputs: ClassVar[tuple[Topic, ...]] = (Topic.GENERATION_RESULTS,)
 
     async def start(self) -> None:
+        self.reference_images = ReferenceImages(self.ctx.store)
         settings = self.ctx.settings.quality
         self.clip = None
         if settings.clip_model:
@@ -70,13 +71,10 @@ class QualityStage(Stage):
         return [self._score(key, job, product, mask) for key in job["generation"]["output_keys"]]
 
     def _reference(self, job: dict[str, Any]) -> tuple[Image.Image | None, Image.Image | None]:
-        ref = next((r for r in job["references"] if r["role"] == "PRODUCT"), None)
+        ref = product_reference(job)
         if ref is None or not ref.get("mask_key"):
             return None, None
-        store = self.ctx.store
-        product = Image.open(io.BytesIO(store.get_bytes(ref["key"])))
-        mask = Image.open(io.BytesIO(store.get_bytes(ref["mask_key"]))).convert("L")
-        return product, mask
+        return self.reference_images.product(ref), self.reference_images.mask(ref)
 
     def _score(
         self, key: str, job: dict[str, Any], product: Image.Image | None, mask: Image.Image | None

@@ -57,15 +57,7 @@ class ReferencesStage(Stage):
         outcome = Outcome()
         job["dropped_references"] = []
         for drop in dropped:
-            job["dropped_references"].append(
-                {
-                    "role": drop.role,
-                    "required": drop.required,
-                    "url_sha256": drop.url_sha256,
-                    "reason": drop.reason,
-                    "detail": drop.detail[:500],
-                }
-            )
+            job["dropped_references"].append({**drop.to_record(), "detail": drop.detail[:500]})
             # The URL goes to the event log (for SREs), never onto the job.
             outcome.events.append(
                 Event(
@@ -107,26 +99,20 @@ class ReferencesStage(Stage):
         return outcome
 
     async def _with_mask(self, ref: PersistedReference) -> dict[str, Any]:
-        record = {
-            "role": ref.role,
-            "key": ref.key,
-            "sha256": ref.sha256,
-            "content_type": ref.content_type,
-            "width": ref.width,
-            "height": ref.height,
-            "size_bytes": ref.size_bytes,
-            "mask_key": None,
-        }
+        mask_key = None
         if ref.role == "PRODUCT":
-            record["mask_key"] = await self.run_blocking(self._store_mask, ref.key, ref.sha256)
-        return record
+            mask_key = await self.run_blocking(self._store_mask, ref)
+        return ref.to_record(mask_key=mask_key)
 
-    def _store_mask(self, key: str, digest: str) -> str:
+    def _store_mask(self, ref: PersistedReference) -> str:
         # Masks are keyed by the image's digest: one mask per distinct product image, ever.
+        digest = ref.sha256
         mask_key = f"masks/sha256/{digest[:2]}/{digest}.png"
         if self.ctx.store.exists(mask_key):
             return mask_key
-        image = Image.open(io.BytesIO(self.ctx.store.get_bytes(key)))
+        # The bytes just downloaded, if this call downloaded them; storage only after a cache hit.
+        data = ref.data if ref.data is not None else self.ctx.store.get_bytes(ref.key)
+        image = Image.open(io.BytesIO(data))
         product_mask = segment_product(image, self.segmenter)
         buf = io.BytesIO()
         product_mask.image.save(buf, format="PNG")

@@ -17,7 +17,6 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from processors.config import Settings
 from processors.references.fetcher import ReferenceFetcher
 from processors.references.persist import ReferencePersister, url_sha256
 from processors.references.url_policy import FetchPolicy, Reason
@@ -86,13 +85,6 @@ async def origin() -> AsyncIterator[Origin]:
         yield state
     finally:
         await runner.cleanup()
-
-
-@pytest.fixture(scope="module")
-def store(stack_settings: Settings) -> ObjectStore:
-    object_store = ObjectStore(stack_settings.storage)
-    object_store.ensure_bucket()
-    return object_store
 
 
 @pytest.fixture

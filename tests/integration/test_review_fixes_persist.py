@@ -13,7 +13,6 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from processors.config import Settings
 from processors.references.fetcher import ReferenceFetcher
 from processors.references.persist import ReferencePersister
 from processors.references.url_policy import FetchPolicy, Reason, ReferenceFetchError
@@ -51,13 +50,6 @@ async def origin() -> AsyncIterator[dict[str, Any]]:
         yield state
     finally:
         await runner.cleanup()
-
-
-@pytest.fixture(scope="module")
-def store(stack_settings: Settings) -> ObjectStore:
-    object_store = ObjectStore(stack_settings.storage)
-    object_store.ensure_bucket()
-    return object_store
 
 
 async def test_cached_url_is_refused_once_the_policy_forbids_it(
