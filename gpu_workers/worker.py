@@ -91,6 +91,7 @@ def output_key(job: dict[str, Any], request_id: str) -> str:
 class GenerateStage(BatchStage):
     name: ClassVar[str] = "generate"
     inputs: ClassVar[tuple[Topic, ...]] = (Topic.GENERATION_REQUESTS,)
+    outputs: ClassVar[tuple[Topic, ...]] = (Topic.GENERATION_RESULTS,)
 
     async def start(self) -> None:
         self.backends: dict[str, Backend] = {"compositor": CompositorBackend()}

@@ -70,7 +70,7 @@ def store(stack_settings: Settings):  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="session")
 def pipeline(stack_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """Every stage running as its own process under a fresh topic prefix."""
-    from gateway.session import PipelineSession, free_port
+    from deploy.local.session import PipelineSession, free_port
 
     clickhouse_dir = tmp_path_factory.mktemp("clickhouse")
     query_port = free_port()
@@ -97,8 +97,8 @@ def pipeline(stack_settings: Settings, tmp_path_factory: pytest.TempPathFactory)
 @pytest.fixture(scope="session")
 def catalog_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """The sample product images, served on loopback like a catalog's image host."""
-    from gateway.sample_catalog import make_sample_products
-    from gateway.session import StaticServer
+    from deploy.local.session import StaticServer
+    from gateway.harness.sample_catalog import make_sample_products
 
     directory: Path = tmp_path_factory.mktemp("catalog")
     products = make_sample_products(directory)

@@ -53,6 +53,8 @@ def _row(event: dict[str, Any]) -> list[Any]:
 class EventLogSink(BatchStage):
     name: ClassVar[str] = "eventlog"
     inputs: ClassVar[tuple[Topic, ...]] = (Topic.PIPELINE_EVENTS,)
+    outputs: ClassVar[tuple[Topic, ...]] = ()
+    singleton: ClassVar[bool] = True
 
     async def start(self) -> None:
         settings = self.ctx.settings

@@ -7,6 +7,7 @@ or a backend hiccup) and retried with backoff up to the stage's attempt limit, t
 
 from __future__ import annotations
 
+from processors.backoff import backoff_delay  # noqa: F401  (re-exported for the runtime)
 from schemas.serde import SerdeError
 
 
@@ -27,8 +28,3 @@ _PERMANENT = (SerdeError, PermanentError, KeyError, TypeError, ValueError, Attri
 
 def is_permanent(exc: BaseException) -> bool:
     return isinstance(exc, _PERMANENT) and not isinstance(exc, TransientError)
-
-
-def backoff_delay(attempt: int, initial_s: float, max_s: float) -> float:
-    """Exponential backoff: initial, 2x, 4x, ... capped."""
-    return float(min(max_s, initial_s * (2 ** max(0, attempt - 1))))

@@ -42,6 +42,11 @@ class StageContext:
 class Stage(ABC):
     name: ClassVar[str]
     inputs: ClassVar[tuple[Topic, ...]]
+    # Topics the stage's outcomes may name (pipeline events and dead letters are the runtime's);
+    # processors/topology.py lists the same, and the runner refuses anything else.
+    outputs: ClassVar[tuple[Topic, ...]]
+    # One process only (the event-log sink owns the embedded ClickHouse engine).
+    singleton: ClassVar[bool] = False
     # How many records of one batch are handled at once (I/O-bound handlers benefit).
     concurrency: ClassVar[int] = 8
     # Batches fetched ahead while one is processed; 0: poll, process, commit in turn. Past this

@@ -22,6 +22,7 @@ from schemas.topics import Topic
 class IntakeStage(Stage):
     name: ClassVar[str] = "intake"
     inputs: ClassVar[tuple[Topic, ...]] = (Topic.CATALOG_EVENTS,)
+    outputs: ClassVar[tuple[Topic, ...]] = (Topic.JOBS_ACCEPTED, Topic.INTAKE_SEEN)
     # One at a time: two copies of one event in a batch must not both pass the seen check.
     concurrency: ClassVar[int] = 1
 

@@ -46,6 +46,7 @@ def lineage_of(job: dict[str, Any]) -> dict[str, str]:
 class PostprocessStage(Stage):
     name: ClassVar[str] = "postprocess"
     inputs: ClassVar[tuple[Topic, ...]] = (Topic.ASSETS_SCORED,)
+    outputs: ClassVar[tuple[Topic, ...]] = (Topic.ASSETS_READY,)
 
     async def handle(self, record: InputRecord) -> Outcome:
         job = record.value

@@ -18,6 +18,7 @@ from schemas.topics import Topic
 class PromptStage(Stage):
     name: ClassVar[str] = "prompt"
     inputs: ClassVar[tuple[Topic, ...]] = (Topic.JOBS_REFERENCED,)
+    outputs: ClassVar[tuple[Topic, ...]] = (Topic.GENERATION_REQUESTS,)
 
     async def start(self) -> None:
         self.templates = TemplateStore()

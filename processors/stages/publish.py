@@ -57,6 +57,7 @@ def published_prefix(prefix: str, job: dict[str, Any]) -> str:
 class PublishStage(Stage):
     name: ClassVar[str] = "publish"
     inputs: ClassVar[tuple[Topic, ...]] = (Topic.ASSETS_READY, Topic.REVIEW_DECISIONS)
+    outputs: ClassVar[tuple[Topic, ...]] = (Topic.ASSETS_PUBLISHED,)
     # One record's storage work at a time. The records of a batch are handled concurrently, and
     # deciding is check-then-write (is there a decided/ record? no: write ours): an APPROVE and a
     # REJECT for one job in the same batch would both find none and both take effect. With one

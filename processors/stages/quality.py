@@ -23,6 +23,7 @@ from schemas.topics import Topic
 class QualityStage(Stage):
     name: ClassVar[str] = "quality"
     inputs: ClassVar[tuple[Topic, ...]] = (Topic.GENERATION_RESULTS,)
+    outputs: ClassVar[tuple[Topic, ...]] = (Topic.ASSETS_SCORED, Topic.GENERATION_REQUESTS)
 
     async def start(self) -> None:
         self.reference_images = ReferenceImages(self.ctx.store)

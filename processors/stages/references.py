@@ -25,6 +25,7 @@ from schemas.topics import Topic
 class ReferencesStage(Stage):
     name: ClassVar[str] = "references"
     inputs: ClassVar[tuple[Topic, ...]] = (Topic.JOBS_ACCEPTED,)
+    outputs: ClassVar[tuple[Topic, ...]] = (Topic.JOBS_REFERENCED,)
     concurrency: ClassVar[int] = 16
 
     async def start(self) -> None:

@@ -65,7 +65,7 @@ from gpu_workers.backends.diffusers_backend import (
 )
 from gpu_workers.batching import group_compatible
 from gpu_workers.registry import ModelRegistry
-from tests.ml_support import build_tiny_sd_pipeline
+from tests.support.ml_pipelines import build_tiny_sd_pipeline
 
 PROMPTS = [
     "a red leather sneaker on a marble plinth, soft studio light",

@@ -17,7 +17,7 @@ import uuid
 from confluent_kafka import Producer
 
 from deploy.local.stack import LocalStack
-from gateway.sample_catalog import SampleProduct, catalog_events
+from gateway.harness.sample_catalog import SampleProduct, catalog_events
 from processors.config import Settings, load_settings
 from processors.runtime.runner import StageRunner
 from processors.runtime.stage import Stage, StageContext
@@ -83,7 +83,7 @@ def main() -> None:
     elapsed = asyncio.run(drive(intake, args.events))
     print(f"intake: {args.events} events in {elapsed:.2f} s = {args.events / elapsed:,.0f} messages/s")
 
-    from gateway.session import expected_job_ids
+    from deploy.local.session import expected_job_ids
     from processors.intake.fanout import fan_out
     from processors.prompting.templates import TemplateStore
 

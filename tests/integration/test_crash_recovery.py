@@ -7,10 +7,10 @@ import threading
 
 import pytest
 
-from gateway.session import expected_job_ids
+from deploy.local.session import expected_job_ids
 from processors.imaging.derivatives import CHANNEL_DERIVATIVES
 from processors.storage import ObjectStore
-from tests.integration.catalog import events_for
+from tests.support.catalog import events_for
 
 pytestmark = pytest.mark.integration
 

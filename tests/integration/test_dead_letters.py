@@ -7,11 +7,11 @@ import time
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from gateway.dlq import read as read_dlq
-from gateway.session import expected_job_ids
+from deploy.local.session import expected_job_ids
+from gateway.ops.dlq import read as read_dlq
 from processors.runtime.dlq import parse_headers
 from schemas.topics import Topic
-from tests.integration.catalog import events_for
+from tests.support.catalog import events_for
 
 pytestmark = pytest.mark.integration
 

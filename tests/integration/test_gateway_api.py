@@ -17,16 +17,16 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from PIL import Image
 
-from gateway.api import MAX_BODY_BYTES, build_app
-from gateway.review import submit_decision
-from gateway.session import expected_job_ids
+from deploy.local.session import expected_job_ids
+from gateway.ops.review import submit_decision
+from gateway.web.app import MAX_BODY_BYTES, build_app
 from processors.config import Settings
 from processors.eventlog.reader import EventLogReader
 from processors.stages.publish import decided_key, pending_key
 from processors.storage import ObjectStore
 from schemas.serde import AvroSerde
 from tests.fixtures.avro_samples import JOB_V1
-from tests.integration.catalog import events_for
+from tests.support.catalog import events_for
 
 pytestmark = pytest.mark.integration
 

@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from gateway.session import expected_job_ids
+from deploy.local.session import expected_job_ids
 from processors.eventlog.reader import EventLogReader
 from processors.storage import ObjectStore
-from tests.integration.catalog import events_for
+from tests.support.catalog import events_for
 
 pytestmark = pytest.mark.integration
 

@@ -8,11 +8,11 @@ import json
 import pytest
 from PIL import Image
 
-from gateway.session import expected_job_ids
+from deploy.local.session import expected_job_ids
 from processors.eventlog.reader import EventLogReader
 from processors.imaging.derivatives import read_lineage
 from processors.storage import ObjectStore
-from tests.integration.catalog import events_for
+from tests.support.catalog import events_for
 
 pytestmark = pytest.mark.integration
 
@@ -81,7 +81,7 @@ def test_invalid_event_is_rejected_with_reason_and_field(pipeline, catalog_serve
 
 
 def test_lag_reports_every_stage_and_a_caught_up_intake(pipeline, catalog_server) -> None:
-    from gateway.lag import stage_lags
+    from gateway.ops.lag import stage_lags
 
     events = events_for(catalog_server, [5], "lag")
     (job_id,) = expected_job_ids(events)

@@ -13,7 +13,7 @@ pytest.importorskip("torch")
 pytest.importorskip("open_clip")
 
 from processors.imaging.clip_score import ClipScorer, ClipScorerError
-from tests.ml_segmenter_support import TINY_CLIP_CONFIG, build_tiny_clip
+from tests.support.ml_segmenter import TINY_CLIP_CONFIG, build_tiny_clip
 
 pytestmark = pytest.mark.ml
 

@@ -27,7 +27,7 @@ from gpu_workers.backends.compositor import composite_with_placement
 from gpu_workers.backends.diffusers_backend import DiffusersBackend, place_product
 from gpu_workers.batching import group_compatible, run_with_split
 from gpu_workers.registry import ModelRegistry, ModelRegistryError
-from tests.ml_support import TINY_SIZE, build_tiny_sd_pipeline, tiny_registry_dict
+from tests.support.ml_pipelines import TINY_SIZE, build_tiny_sd_pipeline, tiny_registry_dict
 
 pytestmark = pytest.mark.ml
 

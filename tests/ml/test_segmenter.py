@@ -18,7 +18,7 @@ from processors.imaging.segmenter import (
     compute_product_mask,
     segment_product,
 )
-from tests.ml_segmenter_support import build_tiny_segmenter
+from tests.support.ml_segmenter import build_tiny_segmenter
 
 pytestmark = pytest.mark.ml
 

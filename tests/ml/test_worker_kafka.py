@@ -27,7 +27,7 @@ from schemas.topics import Topic, TopicNames
 from tests.fixtures.avro_samples import JOB_V1
 
 pytest.importorskip("diffusers")
-from tests.ml_support import TINY_SIZE, build_tiny_sd_pipeline, tiny_registry_dict
+from tests.support.ml_pipelines import TINY_SIZE, build_tiny_sd_pipeline, tiny_registry_dict
 
 pytestmark = [pytest.mark.ml, pytest.mark.integration]
 

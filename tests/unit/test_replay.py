@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.replay import ReplayError, rewrite_for_replay
+from gateway.ops.replay import ReplayError, rewrite_for_replay
 from tests.fixtures.avro_samples import JOB_V1
 
 

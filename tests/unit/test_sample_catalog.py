@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gateway.sample_catalog import SampleProduct, catalog_events, make_sample_products
+from gateway.harness.sample_catalog import SampleProduct, catalog_events, make_sample_products
 from processors.imaging.masks import compute_mask, mask_coverage
 
 SCHEMA = Path(__file__).resolve().parents[2] / "schemas/avro/catalog_event/v2.avsc"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from gateway.cli import main
-from gateway.submit import parse_lines
+from gateway.cli.main import main
+from gateway.ops.submit import parse_lines
 from tests.fixtures.avro_samples import CATALOG_V1
 
 

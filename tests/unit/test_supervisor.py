@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from gateway.supervisor import StageCrashLoop, Supervisor
+from deploy.local.supervisor import StageCrashLoop, Supervisor
 
 
 def test_a_stage_that_cannot_start_is_reported_with_its_log(tmp_path) -> None:

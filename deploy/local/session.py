@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from deploy.local.stack import LocalStack
-from gateway.submit import parse_lines, publish
-from gateway.supervisor import Supervisor, all_stages
+from deploy.local.supervisor import Supervisor, all_stages
+from gateway.ops.submit import parse_lines, publish
 from processors.config import Settings
 from processors.eventlog.queries import CURRENT_STATE_SQL, LIFECYCLE_SQL
 from processors.eventlog.reader import EventLogReader

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.sample_catalog import catalog_events
+from gateway.harness.sample_catalog import catalog_events
 
 
 def events_for(server: Any, indices: list[int], tag: str, **kwargs: Any) -> list[dict[str, Any]]:

@@ -74,7 +74,7 @@ def cmd_stack(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.stage == "all":
-        from gateway.supervisor import Supervisor, all_stages
+        from deploy.local.supervisor import Supervisor, all_stages
 
         supervisor = Supervisor(
             all_stages(),
@@ -89,14 +89,14 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print(f"  {child.stage}: metrics on http://127.0.0.1:{child.metrics_port}/metrics")
         supervisor.run_forever()
         return 0
-    from gateway.stages import main_run_stage
+    from processors.runtime.launch import main_run_stage
 
     main_run_stage(args.stage, settings)
     return 0
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from gateway.submit import parse_file, publish
+    from gateway.ops.submit import parse_file, publish
 
     settings = _settings(args)
     try:
@@ -176,7 +176,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
     else:
-        from gateway.report import print_summary
+        from gateway.cli.report import print_summary
 
         print_summary(summary)
     return 0
@@ -193,7 +193,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 
 def cmd_review(args: argparse.Namespace) -> int:
-    from gateway.review import submit_decision
+    from gateway.ops.review import submit_decision
 
     settings = _settings(args)
     if args.decision == "reject" and not args.reason:
@@ -211,7 +211,7 @@ def cmd_review(args: argparse.Namespace) -> int:
 
 
 def cmd_lag(args: argparse.Namespace) -> int:
-    from gateway.lag import stage_lags
+    from gateway.ops.lag import stage_lags
 
     lags = stage_lags(_settings(args))
     if args.json:
@@ -224,7 +224,7 @@ def cmd_lag(args: argparse.Namespace) -> int:
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:
-    from gateway import dlq
+    from gateway.ops import dlq
 
     settings = _settings(args)
     if args.action == "list":
@@ -237,7 +237,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from gateway.replay import ReplayError, replay_job
+    from gateway.ops.replay import ReplayError, replay_job
 
     try:
         new_topic, job_id = asyncio.run(
@@ -251,14 +251,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from gateway.api import serve
+    from gateway.web.app import serve
 
     serve(_settings(args), host=args.host, port=args.port)
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from gateway.demo import run_demo
+    from gateway.harness.demo import run_demo
 
     return run_demo(
         _settings(args), products=args.products, timeout_s=args.timeout, keep_running=args.keep_running
@@ -266,7 +266,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from gateway.bench import run_pipeline_bench
+    from gateway.harness.bench import run_pipeline_bench
 
     return run_pipeline_bench(_settings(args), jobs=args.jobs, timeout_s=args.timeout, mode=args.mode)
 
@@ -286,11 +286,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_stack)
 
-    from gateway.stages import STAGES
+    from processors.topology import STAGE_NAMES
 
     p = sub.add_parser("run", help="run one stage, or all of them as supervised processes")
     p.add_argument(
-        "stage", choices=[*STAGES, "all"], help="the stage; any number of copies share one consumer group"
+        "stage",
+        choices=[*STAGE_NAMES, "all"],
+        help="the stage; any number of copies share one consumer group",
     )
     p.add_argument("--copies", type=int, default=1, help="with `all`: processes per stage (default 1)")
     p.add_argument(

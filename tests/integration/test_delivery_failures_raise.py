@@ -12,7 +12,7 @@ import pytest
 from confluent_kafka import Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from gateway import dlq
+from gateway.ops import dlq
 from processors.config import Settings
 from processors.kafka_clients import DeliveryFailed, make_producer, produce_and_confirm, producer_config
 from schemas.serde import AvroSerde

@@ -23,8 +23,8 @@ from aiohttp import web
 from confluent_kafka import KafkaException
 from minio.error import S3Error
 
-from gateway.review import submit_decision
-from gateway.submit import parse_lines, publish
+from gateway.ops.review import submit_decision
+from gateway.ops.submit import parse_lines, publish
 from processors.config import Settings
 from processors.eventlog.reader import EventLogReader, EventLogUnavailable
 from processors.eventlog.server import host_name

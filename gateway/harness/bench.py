@@ -11,8 +11,8 @@ import asyncio
 import statistics
 import time
 
-from gateway.sample_catalog import catalog_events, make_sample_products
-from gateway.session import PipelineSession, StaticServer, expected_job_ids
+from deploy.local.session import PipelineSession, StaticServer, expected_job_ids
+from gateway.harness.sample_catalog import catalog_events, make_sample_products
 from processors.config import Settings
 from processors.eventlog.reader import EventLogReader
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from gateway.report import print_summary
-from gateway.sample_catalog import catalog_events, make_sample_products
-from gateway.session import PipelineSession, StaticServer, expected_job_ids
+from deploy.local.session import PipelineSession, StaticServer, expected_job_ids
+from gateway.cli.report import print_summary
+from gateway.harness.sample_catalog import catalog_events, make_sample_products
 from processors.config import Settings
 from processors.eventlog.reader import EventLogReader
 from processors.storage import ObjectStore

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from gateway.stages import STAGES, stage_class
 from processors.config import Settings
 from processors.kafka_clients import group_id_for
+from processors.topology import STAGES
 from schemas.topics import TopicNames
 
 
@@ -29,9 +29,9 @@ def stage_lags(settings: Settings) -> list[Lag]:
     lags = []
     try:
         metadata = probe.list_topics(timeout=10).topics
-        for stage in STAGES:
-            group = group_id_for(settings, stage)
-            for topic in stage_class(stage).inputs:
+        for spec in STAGES:
+            group = group_id_for(settings, spec.name)
+            for topic in spec.inputs:
                 name = names(topic)
                 if name not in metadata:
                     continue
@@ -43,7 +43,7 @@ def stage_lags(settings: Settings) -> list[Lag]:
                     _, high = probe.get_watermark_offsets(TopicPartition(name, tp.partition), timeout=10)
                     end += high
                     done += tp.offset if tp.offset >= 0 else 0
-                lags.append(Lag(stage, name, done, end, end - done))
+                lags.append(Lag(spec.name, name, done, end, end - done))
     finally:
         probe.close()
     return lags

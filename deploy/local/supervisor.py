@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.stages import STAGES
+from processors.topology import STAGE_NAMES
 
 CRASH_LOOP_EXITS = 3  # consecutive quick failures before the supervisor gives up on a stage
 QUICK_S = 10.0  # an exit this soon after a start counts as a failure to start
@@ -72,7 +72,7 @@ class Supervisor:
         if child.metrics_port:
             env = {**env, "LIGHTBOX_STAGE__METRICS_PORT": str(child.metrics_port)}
         child.process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "run", child.stage],
+            [sys.executable, "-m", "gateway.cli.main", "run", child.stage],
             stdout=out,
             stderr=subprocess.STDOUT if out else None,
             env=env,
@@ -140,4 +140,4 @@ class Supervisor:
 
 
 def all_stages() -> list[str]:
-    return list(STAGES)
+    return list(STAGE_NAMES)

@@ -1,0 +1,1 @@
+"""The demo and benchmark harness and the procedural sample catalogue they run on."""

@@ -1,0 +1,1 @@
+"""The HTTP gateway (aiohttp): the API, its guards, and the pages served beside it."""

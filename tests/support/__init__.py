@@ -1,0 +1,1 @@
+"""Helpers the tests share: tiny model pipelines, a sample catalogue, fixtures builders."""
