@@ -31,6 +31,7 @@ from gpu_workers.failover import Choice, FailoverGenerator, FailoverOutcome
 from processors.references.images import ReferenceImages, product_reference
 from processors.runtime import BatchStage, InputRecord, Outcome, PermanentError
 from processors.runtime.records import job_event
+from processors.storage_keys import generated_key
 from schemas.topics import Topic
 
 DEFAULTS = {"steps": "25", "guidance": "7.5", "sampler": "euler"}
@@ -81,11 +82,6 @@ def parse_choices(route: dict[str, Any]) -> tuple[Choice, ...]:
         backend, _, model = fallback.partition(":")
         choices.append(Choice(backend, model or backend))
     return tuple(dict.fromkeys(choices))
-
-
-def output_key(job: dict[str, Any], request_id: str) -> str:
-    variant = request_id.split("#", 1)[1] if "#" in request_id else "0"
-    return f"generated/{job['job_id']}/a{job.get('attempt', 0)}/v{variant}.png"
 
 
 class GenerateStage(BatchStage):
@@ -233,7 +229,7 @@ class GenerateStage(BatchStage):
             buf = io.BytesIO()
             image.image.save(buf, format="PNG")
             self.ctx.store.put_bytes(
-                output_key(job, image.request_id),
+                generated_key(job, image.request_id),
                 buf.getvalue(),
                 "image/png",
                 {"job-id": job["job_id"], "model-version": image.model_version},
@@ -258,7 +254,7 @@ class GenerateStage(BatchStage):
             "guidance": params.guidance,
             "width": params.width,
             "height": params.height,
-            "output_keys": [output_key(job, item.request_id) for item in request.items],
+            "output_keys": [generated_key(job, item.request_id) for item in request.items],
             "batch_size": batch_size,
             "queue_wait_ms": request.queue_wait_ms,
             "compute_ms": sum(image.compute_ms for image, _, _ in images),

@@ -16,6 +16,7 @@ from minio.commonconfig import CopySource
 from minio.error import S3Error
 
 from processors.config import StorageSettings
+from processors.storage_keys import content_key
 
 
 @dataclass(frozen=True)
@@ -28,12 +29,6 @@ class StoredObject:
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def content_key(prefix: str, digest: str, extension: str = "") -> str:
-    """refs/sha256/ab/abcdef...png: fan out on the first byte so listings stay small."""
-    ext = f".{extension.lstrip('.')}" if extension else ""
-    return f"{prefix.rstrip('/')}/sha256/{digest[:2]}/{digest}{ext}"
 
 
 class ObjectStore:

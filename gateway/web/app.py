@@ -28,8 +28,8 @@ from gateway.ops.submit import parse_lines, publish
 from processors.config import Settings
 from processors.eventlog.reader import EventLogReader, EventLogUnavailable
 from processors.eventlog.server import host_name
-from processors.stages.publish import decided_key, pending_key, pending_prefix
 from processors.storage import ObjectStore
+from processors.storage_keys import decided_key, pending_key, pending_prefix
 from schemas.serde import AvroSerde, SerdeError
 
 MAX_BODY_BYTES = 5 * 1024 * 1024

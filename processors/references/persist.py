@@ -29,10 +29,10 @@ from processors.references.fetcher import FetchedImage, ReferenceFetcher
 from processors.references.sniff import EXTENSIONS
 from processors.references.url_policy import ReferenceFetchError, check_url, parse_url
 from processors.storage import StoredObject
+from processors.storage_keys import url_cache_key
 
 log = logging.getLogger(__name__)
 
-CACHE_DIR = "url-cache"
 # Cache entries stamped slightly in the future (clock skew between workers) still count;
 # ones far in the future are treated as corrupt rather than fresh forever.
 _CLOCK_SKEW_S = 300.0
@@ -174,7 +174,7 @@ class ReferencePersister:
         self._digest_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     def cache_key(self, url: str) -> str:
-        return f"{self._prefix}/{CACHE_DIR}/{url_sha256(url)}.json"
+        return url_cache_key(url_sha256(url), self._prefix)
 
     async def persist(self, url: str, role: str) -> PersistedReference:
         """Stored reference for the URL; raises ReferenceFetchError when it cannot be had."""

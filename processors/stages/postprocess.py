@@ -15,6 +15,7 @@ from PIL import Image
 from processors.imaging.derivatives import CHANNEL_DERIVATIVES, derivative_name, render_derivative
 from processors.runtime import InputRecord, Outcome, Stage
 from processors.storage import sha256_hex
+from processors.storage_keys import derivative_key
 from schemas.topics import Topic
 
 MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
@@ -61,7 +62,7 @@ class PostprocessStage(Stage):
         derivatives = []
         for spec in specs:
             data = render_derivative(image, spec, lineage)
-            key = f"assets/{derivative_name(job['job_id'], spec)}"
+            key = derivative_key(derivative_name(job["job_id"], spec))
             self.ctx.store.put_bytes(key, data, MIME[spec.format], {"job-id": job["job_id"]})
             derivatives.append(
                 {

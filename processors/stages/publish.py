@@ -17,25 +17,9 @@ import aiohttp
 
 from processors.runtime import InputRecord, Outcome, Output, PermanentError, Stage, TransientError
 from processors.runtime.records import job_event
+from processors.storage_keys import decided_key, pending_key, published_prefix
 from schemas.serde import AvroSerde
 from schemas.topics import Topic
-
-
-def review_root(topic_prefix: str = "") -> str:
-    """Held jobs are kept per topic prefix: pipelines sharing a bucket keep separate queues."""
-    return f"review/{topic_prefix.rstrip('.')}/" if topic_prefix else "review/"
-
-
-def pending_prefix(topic_prefix: str = "") -> str:
-    return f"{review_root(topic_prefix)}pending/"
-
-
-def pending_key(job_id: str, topic_prefix: str = "") -> str:
-    return f"{pending_prefix(topic_prefix)}{job_id}.avro"
-
-
-def decided_key(job_id: str, topic_prefix: str = "") -> str:
-    return f"{review_root(topic_prefix)}decided/{job_id}.avro"
 
 
 def _same_review(stored: dict[str, Any], incoming: dict[str, Any]) -> bool:
@@ -48,10 +32,6 @@ def _same_review(stored: dict[str, Any], incoming: dict[str, Any]) -> bool:
     return all(stored[k] == incoming[k] for k in keys) and millis(stored["decided_at"]) == millis(
         incoming["decided_at"]
     )
-
-
-def published_prefix(prefix: str, job: dict[str, Any]) -> str:
-    return f"{prefix.rstrip('/')}/{job['product']['sku']}/{job['job_id']}"
 
 
 class PublishStage(Stage):

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 from PIL import Image
 
+from processors import storage_keys
 from processors.imaging.segmenter import ModelSegmenter, segment_product
 from processors.references.fetcher import ReferenceFetcher
 from processors.references.persist import PersistedReference, ReferencePersister
@@ -108,7 +109,7 @@ class ReferencesStage(Stage):
     def _store_mask(self, ref: PersistedReference) -> str:
         # Masks are keyed by the image's digest: one mask per distinct product image, ever.
         digest = ref.sha256
-        mask_key = f"masks/sha256/{digest[:2]}/{digest}.png"
+        mask_key = storage_keys.mask_key(digest)
         if self.ctx.store.exists(mask_key):
             return mask_key
         # The bytes just downloaded, if this call downloaded them; storage only after a cache hit.

@@ -22,8 +22,8 @@ from gateway.ops.review import submit_decision
 from gateway.web.app import MAX_BODY_BYTES, build_app
 from processors.config import Settings
 from processors.eventlog.reader import EventLogReader
-from processors.stages.publish import decided_key, pending_key
 from processors.storage import ObjectStore
+from processors.storage_keys import decided_key, pending_key
 from schemas.serde import AvroSerde
 from tests.fixtures.avro_samples import JOB_V1
 from tests.support.catalog import events_for

@@ -19,8 +19,9 @@ from PIL import Image
 
 from processors.config import Settings
 from processors.runtime import InputRecord, Outcome, StageContext, TransientError
-from processors.stages.publish import PublishStage, decided_key, pending_key, published_prefix
+from processors.stages.publish import PublishStage
 from processors.storage import ObjectStore
+from processors.storage_keys import decided_key, pending_key, published_prefix
 from schemas.topics import Topic
 from tests.fixtures.avro_samples import JOB_V1
 
