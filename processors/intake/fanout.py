@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from processors.intake.validation import with_defaults
+from processors.intake.event_schema import text_or_none, with_defaults
 
 # Fixed forever: changing it changes every job id and defeats de-duplication across a deploy.
 JOB_NAMESPACE = uuid.UUID("6f1c2a4e-3b7d-5c8e-9a0f-1d2e3f4a5b6c")
@@ -42,8 +42,9 @@ def idempotency_key(
     """
     parts = [sku, asset_type, f"{width}x{height}", channel, locale, template_id, template_version]
     key = "|".join(_escape(p) for p in parts)
-    if text_overlay is not None and text_overlay.strip():
-        digest = hashlib.sha256(text_overlay.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    text = text_or_none(text_overlay)
+    if text is not None:
+        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
         key += f"|text:{digest}"
     return key
 
@@ -68,9 +69,9 @@ def fan_out(
     template_id = request["template_id"]
     template_version = template_version_of(template_id, request["template_version"])
     jobs = []
-    for asset_type in _unique(request["asset_types"]):
-        for channel in _unique(request["channels"]):
-            for locale in _unique(request["locales"]):
+    for asset_type in distinct(request["asset_types"]):
+        for channel in distinct(request["channels"]):
+            for locale in distinct(request["locales"]):
                 key = idempotency_key(
                     product["sku"],
                     asset_type,
@@ -136,5 +137,7 @@ def _job(key: str, ev: Mapping[str, Any], accepted_at_ms: int, spec: dict[str, A
     }
 
 
-def _unique(values: Iterable[str]) -> list[str]:
+def distinct(values: Iterable[str]) -> list[str]:
+    """The values in first-seen order, each once: what one job per value means. Intake's job cap
+    counts with this too, so the cap and the fan-out agree on how many jobs an event makes."""
     return list(dict.fromkeys(values))

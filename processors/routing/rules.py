@@ -20,11 +20,12 @@ from typing import Any
 
 import yaml
 
+from processors.intake.event_schema import REQUEST_DEFAULTS, RISKS, text_or_none
+
 log = logging.getLogger(__name__)
 
 DEFAULT_RULES_PATH = Path(__file__).with_name("rules.yaml")
 COMPOSITOR = "compositor"
-RISKS = ("STANDARD", "CRITICAL", "EXPLORATORY")
 _MATCH_KEYS = frozenset({"asset_type", "needs_text", "risk", "confidential", "min_priority"})
 _DECISION_KEYS = frozenset({"backend", "model", "pool", "fallbacks", "params"})
 _CANARY_KEYS = frozenset({"backend", "model", "pool", "share"})
@@ -90,7 +91,7 @@ class RuleSet:
 
 @dataclass(frozen=True)
 class JobFacts:
-    """The few job fields the rules look at, with the schema's defaults."""
+    """The few job fields the rules look at, with the request schema's defaults."""
 
     job_id: str
     asset_type: str
@@ -102,14 +103,13 @@ class JobFacts:
     @classmethod
     def of(cls, job: Mapping[str, Any]) -> JobFacts:
         spec = job.get("spec") or {}
-        overlay = spec.get("text_overlay")
         return cls(
             job_id=str(job.get("job_id") or ""),
             asset_type=str(spec.get("asset_type") or ""),
-            needs_text=bool(overlay and str(overlay).strip()),
-            risk=str(spec.get("risk") or "STANDARD"),
-            confidential=bool(spec.get("confidential", False)),
-            priority=int(spec.get("priority") or 0),
+            needs_text=text_or_none(spec.get("text_overlay")) is not None,
+            risk=str(spec.get("risk") or REQUEST_DEFAULTS["risk"]),
+            confidential=bool(spec.get("confidential", REQUEST_DEFAULTS["confidential"])),
+            priority=int(spec.get("priority") or REQUEST_DEFAULTS["priority"]),
         )
 
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 import time
 from typing import ClassVar
 
-from processors.intake.fanout import fan_out
-from processors.intake.validation import IntakePolicy, validate_event
-from processors.prompting.templates import TemplateStore
+from processors.intake import IntakePolicy, fan_out, validate_event
+from processors.prompting import TemplateStore
 from processors.runtime import Event, InputRecord, Outcome, Output, Stage
 from processors.runtime.records import job_event
 from processors.state.seen_table import SeenTable
@@ -65,12 +64,14 @@ class IntakeStage(Stage):
                     )
                 ]
             )
-        rejections = validate_event(event, self.policy, self.templates.has)
+        # The store is the catalogue: an unknown template and an unknown pinned version are both
+        # rejected here, so fan_out's version lookup below always succeeds.
+        rejections = validate_event(event, self.policy, self.templates)
         if rejections:
             first = rejections[0]
             attributes = {
                 "field": first.field,
-                "sku": str((event.get("product") or {}).get("sku", ""))[:128],
+                "sku": str((event.get("product") or {}).get("sku", ""))[: self.policy.max_sku_chars],
                 "all_reasons": ";".join(f"{r.reason}@{r.field}" for r in rejections)[:2000],
             }
             return Outcome(

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from processors.prompting.templates import TemplateError, TemplateStore, variables_for_job
-from processors.routing.rules import Router, RoutingError
+from processors.prompting import TemplateError, TemplateStore, variables_for_job
+from processors.routing import Router, RoutingError
 from processors.runtime import InputRecord, Outcome, Stage
 from schemas.topics import Topic
 
@@ -35,18 +35,13 @@ class PromptStage(Stage):
             rendered = self.templates.render(template, variables_for_job(job))
         except TemplateError as exc:
             return Outcome.fail(job, exc.reason, exc.detail, template=spec["template_id"])
-        job["prompt"] = {
-            "template_id": rendered.template_id,
-            "template_version": rendered.template_version,
-            "positive": rendered.positive,
-            "negative": rendered.negative,
-            "variables": {k: str(v) for k, v in rendered.variables.items()},
-        }
+        # The rendered prompt's own record: it carries the scene and the variables dropped to fit
+        # the token limit, and the router reads the scene from it (unless a rule pins one).
+        job["prompt"] = rendered.to_record()
         try:
             job["route"] = self.router.route(job)
         except RoutingError as exc:
             return Outcome.fail(job, "no_route", str(exc))
-        job["route"]["params"].setdefault("scene", rendered.scene)
         route = job["route"]
         return Outcome.forward(
             Topic.GENERATION_REQUESTS,

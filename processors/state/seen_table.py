@@ -13,9 +13,10 @@ import threading
 import time
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from processors.config import Settings
+from processors.kafka_clients import make_consumer
 from schemas.serde import AvroSerde, SerdeError
 
 log = logging.getLogger(__name__)
@@ -43,13 +44,9 @@ class SeenTable:
         return self._restore(sorted(partitions))
 
     def _restore(self, partitions: list[int], deadline_s: float = 60.0) -> int:
-        consumer = Consumer(
-            {
-                "bootstrap.servers": self.settings.kafka.bootstrap,
-                "group.id": f"{self.topic}.restore",  # never committed: assign(), not subscribe()
-                "enable.auto.commit": False,
-            }
-        )
+        # The one consumer configuration (how to reach the broker, no auto-commit); the group is
+        # never joined nor committed to: assign(), not subscribe().
+        consumer = make_consumer(self.settings, f"{self.topic}.restore")
         try:
             ends: dict[int, int] = {}
             for p in partitions:

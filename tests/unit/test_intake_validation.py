@@ -18,18 +18,12 @@ from processors.intake import (
     validate_event,
     with_defaults,
 )
+from processors.prompting import TemplateStore
 from schemas.serde import AvroSerde
 
 POLICY = IntakePolicy.load()
-TEMPLATES = {"studio-hero": ("1.0.0", "1.1.0"), "typography-banner": ("1.0.0",)}
-
-
-def known(template_id: str) -> bool:
-    return template_id in TEMPLATES
-
-
-def known_version(template_id: str, version: str) -> bool:
-    return version in TEMPLATES.get(template_id, ())
+# The shipped catalogue, as the stage uses it: studio-hero has 1.0.0 and 1.1.0.
+TEMPLATES = TemplateStore()
 
 
 def make_event(**request: Any) -> dict[str, Any]:
@@ -69,7 +63,7 @@ def make_event(**request: Any) -> dict[str, Any]:
 
 
 def check(event: dict[str, Any]) -> list[Rejection]:
-    return validate_event(event, POLICY, known, known_version=known_version)
+    return validate_event(event, POLICY, TEMPLATES)
 
 
 def reasons(event: dict[str, Any]) -> set[tuple[str, str]]:
@@ -164,7 +158,7 @@ def test_invalid_types(section: str | None, key: str, value: Any, field: str) ->
 
 
 def test_event_that_is_not_a_record() -> None:
-    assert [r.reason for r in validate_event(["x"], POLICY, known)] == ["invalid_type"]  # type: ignore[arg-type]
+    assert [r.reason for r in validate_event(["x"], POLICY, TEMPLATES)] == ["invalid_type"]  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -310,11 +304,23 @@ def test_too_many_references() -> None:
 
 
 def test_unknown_template_and_version() -> None:
-    assert ("unknown_template", "request.template_id") in reasons(make_event(template_id="no-such-template"))
-    assert ("unknown_template", "request.template_version") in reasons(make_event(template_version="9.9.9"))
-    assert ("invalid_value", "request.template_version") in reasons(make_event(template_version="latest"))
-    assert ("invalid_value", "request.template_id") in reasons(make_event(template_id="../etc"))
+    unknown = check(make_event(template_id="no-such-template"))
+    assert [(r.reason, r.field) for r in unknown] == [("unknown_template", "request.template_id")]
+    assert "studio-hero" in unknown[0].detail  # names the templates that exist
+    (pinned,) = check(make_event(template_version="9.9.9"))
+    assert (pinned.reason, pinned.field) == ("unknown_template_version", "request.template_version")
+    assert "9.9.9" in pinned.detail and "1.0.0, 1.1.0" in pinned.detail
+    # The catalogue is the only authority: a malformed name or version is simply not in it.
+    assert ("unknown_template_version", "request.template_version") in reasons(
+        make_event(template_version="latest")
+    )
+    assert ("unknown_template", "request.template_id") in reasons(make_event(template_id="../etc"))
+    # No version can be checked on a template that does not exist: one rejection, not two.
+    assert reasons(make_event(template_id="nope", template_version="9.9.9")) == {
+        ("unknown_template", "request.template_id")
+    }
     assert check(make_event(template_version="1.0.0")) == []
+    assert check(make_event(template_version="")) == []  # blank: not pinned
 
 
 @pytest.mark.parametrize(
@@ -461,8 +467,12 @@ def test_policy_loads_from_a_path_and_refuses_unknown_keys(tmp_path: Path) -> No
     file.write_text("limits: {max_jobs_per_event: 2}\nchannels: [web]\nasset_types: [hero]\n")
     policy = IntakePolicy.load(file)
     assert policy.max_jobs_per_event == 2 and policy.channels == ("web",)
+    # What the site's file leaves out is the shipped policy's, never a silent empty list.
+    assert policy.restricted_terms == POLICY.restricted_terms and policy.max_size == POLICY.max_size
+    with pytest.raises(PolicyError, match="missing policy keys"):
+        IntakePolicy.from_dict({"limits": {"max_jobs_per_event": 2}})
     event = make_event(channels=["web"], locales=["en-US", "de-DE", "fr-FR"])
-    assert [r.reason for r in validate_event(event, policy, known)] == ["too_many_jobs"]
+    assert [r.reason for r in validate_event(event, policy, TEMPLATES)] == ["too_many_jobs"]
     file.write_text("limits: {max_jobs: 2}\n")
     with pytest.raises(PolicyError, match="max_jobs"):
         IntakePolicy.load(file)

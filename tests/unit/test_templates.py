@@ -14,6 +14,7 @@ from processors.prompting import (
     TemplateError,
     TemplateStore,
     approx_token_count,
+    check_store,
     check_template,
     clip_token_counter,
     parse_template,
@@ -226,7 +227,7 @@ def test_approximation_counts_more_than_clip_on_shipped_prompts() -> None:
     exact = clip_token_counter()
     if exact is None:
         pytest.skip("open_clip is not installed")
-    assert STORE.check_all(token_counter=exact) == {}
+    assert check_store(STORE, token_counter=exact) == {}
     for template_id in STORE.ids():
         for version in STORE.versions(template_id):
             template = STORE.get(template_id, version)
@@ -238,7 +239,7 @@ def test_approximation_counts_more_than_clip_on_shipped_prompts() -> None:
 
 def test_shipped_templates_pass_the_sanity_checker() -> None:
     terms = IntakePolicy.load().restricted
-    assert STORE.check_all(restricted_terms=terms) == {}
+    assert check_store(STORE, restricted_terms=terms) == {}
 
 
 @pytest.mark.parametrize(
