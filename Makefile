@@ -1,7 +1,8 @@
 # The two commands a fresh machine needs (see README.md):
 #   make demo   install everything, start the stack and all stages, run the sample catalog
-#   make test   install everything, start the stack, run the whole test suite
-.PHONY: install demo test lint bench stack-down
+#   make test   install everything, start the stack, run the import rules and the whole test suite
+#   make lint   ruff and the import rules (scripts/check_imports.py)
+.PHONY: install demo test lint imports bench stack-down
 
 install:
 	./scripts/bootstrap.sh
@@ -13,8 +14,11 @@ test: install
 	.venv/bin/lightbox stack up
 	./scripts/run_tests.sh
 
-lint: install
+lint: install imports
 	.venv/bin/ruff check .
+
+imports:
+	.venv/bin/python scripts/check_imports.py
 
 bench: install
 	.venv/bin/lightbox stack up

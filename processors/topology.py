@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from schemas.topics import COMPACTED, Topic
+from schemas.topics import COMPACTED, SCHEMA_OF, Topic
 
 
 @dataclass(frozen=True)
@@ -125,3 +125,14 @@ def allowed_outputs(spec: StageSpec) -> frozenset[Topic]:
 
 def is_changelog(topic: Topic) -> bool:
     return topic in COMPACTED
+
+
+def job_input(spec: StageSpec) -> Topic | None:
+    """The stage's one input that carries job records, or None (intake reads catalogue events,
+    the sink pipeline events). A replay from a stage re-sends the job to this topic."""
+    topics = [topic for topic in spec.inputs if SCHEMA_OF[topic] == "job"]
+    return topics[0] if len(topics) == 1 else None
+
+
+# The stages a job can be replayed from, in flow order.
+JOB_STAGES: tuple[str, ...] = tuple(spec.name for spec in STAGES if job_input(spec) is not None)

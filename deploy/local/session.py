@@ -24,9 +24,8 @@ from processors.config import Settings
 from processors.eventlog.queries import CURRENT_STATE_SQL, LIFECYCLE_SQL
 from processors.eventlog.reader import EventLogReader
 from processors.intake.fanout import fan_out
+from processors.job_states import is_terminal
 from processors.prompting.templates import TemplateStore
-
-TERMINAL = ("published", "failed", "rejected", "in_review")
 
 
 def free_port() -> int:
@@ -193,7 +192,7 @@ class PipelineSession:
         states: dict[str, str] = {}
         while time.monotonic() < deadline:
             states = self.states(job_ids)
-            done = sum(1 for j in job_ids if states.get(j) in TERMINAL)
+            done = sum(1 for j in job_ids if is_terminal(states.get(j)))
             if on_progress:
                 on_progress(done, len(job_ids))
             if done == len(job_ids):

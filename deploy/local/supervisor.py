@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from processors.topology import STAGE_NAMES
+from processors.topology import STAGE_NAMES, STAGES
 
 CRASH_LOOP_EXITS = 3  # consecutive quick failures before the supervisor gives up on a stage
 QUICK_S = 10.0  # an exit this soon after a start counts as a failure to start
@@ -35,6 +35,13 @@ class Child:
     metrics_port: int = 0
 
 
+def copies_of(stage: str, copies: int) -> int:
+    """How many processes of this stage to run: one for a singleton (the event-log sink owns the
+    embedded engine, and a second copy could not open it), else as many as asked."""
+    singleton = any(spec.singleton for spec in STAGES if spec.name == stage)
+    return 1 if singleton else copies
+
+
 def log_tail(path: Path, lines: int = 25) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -52,10 +59,12 @@ class Supervisor:
         echo: bool = False,
         metrics_base_port: int = 0,
     ) -> None:
+        if copies < 1:
+            raise ValueError(f"copies must be at least 1, not {copies}")
         self.children = [
             Child(stage, log_dir / f"{stage}{'' if copies == 1 else f'-{i}'}.log")
             for stage in stages
-            for i in range(copies if stage not in ("eventlog",) else 1)
+            for i in range(copies_of(stage, copies))
         ]
         # One Prometheus port per process (base, base+1, ...): they cannot share one.
         if metrics_base_port:

@@ -1,1 +1,2 @@
-"""The `lightbox` command line: argument parsing and one function per command."""
+"""The `lightbox` command line: main.py builds the parser; each command group has its module
+(stack, pipeline, topology, jobs, eventlog, dlq, harness) with one function per command."""

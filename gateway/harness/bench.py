@@ -15,6 +15,7 @@ from deploy.local.session import PipelineSession, StaticServer, expected_job_ids
 from gateway.harness.sample_catalog import catalog_events, make_sample_products
 from processors.config import Settings
 from processors.eventlog.reader import EventLogReader
+from processors.job_states import JobState
 
 
 def _single_job_events(events: list[dict]) -> list[dict]:
@@ -68,7 +69,7 @@ def run_pipeline_bench(
             session.submit(events)
             states = session.wait_for(job_ids, timeout_s)
         elapsed = time.monotonic() - started
-        published = [j for j in job_ids if states.get(j) == "published"]
+        published = [j for j in job_ids if states.get(j) == JobState.PUBLISHED]
         latencies = asyncio.run(EventLogReader(session.settings).latencies(published))
         e2e = [v["end_to_end_ms"] for v in latencies.values() if v["end_to_end_ms"] > 0]
         handler = [v["handler_ms"] for v in latencies.values() if v["end_to_end_ms"] > 0]

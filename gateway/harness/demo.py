@@ -14,6 +14,7 @@ from gateway.cli.report import print_summary
 from gateway.harness.sample_catalog import catalog_events, make_sample_products
 from processors.config import Settings
 from processors.eventlog.reader import EventLogReader
+from processors.job_states import is_terminal
 from processors.storage import ObjectStore
 
 
@@ -68,9 +69,7 @@ def run_demo(
                 bar.refresh()
 
             states = session.wait_for(job_ids, timeout_s, progress)
-        unfinished = [
-            j for j in job_ids if states.get(j) not in ("published", "failed", "rejected", "in_review")
-        ]
+        unfinished = [j for j in job_ids if not is_terminal(states.get(j))]
         summary = asyncio.run(EventLogReader(session.settings).summary(since_ms=started_ms))
         print()
         print_summary(summary)

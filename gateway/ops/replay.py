@@ -1,8 +1,10 @@
 """Replay one job from any stage, optionally with another model.
 
 Every pipeline event records the input message it came from (``source`` = topic/partition/offset),
-so the exact record a stage saw is found in the event log and re-read from Kafka. The replay is a
-new job (its own id, ``replay_of`` naming the original), so the original assets stay as they are.
+so the exact record a stage saw is found in the event log and re-read from Kafka. Which of a
+stage's inputs carries the job comes from the topology (processors/topology.py): the publish stage
+also reads review decisions, and a decision is not a job to replay. The replay is a new job (its
+own id, ``replay_of`` naming the original), so the original assets stay as they are.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from confluent_kafka import Consumer, TopicPartition
 from processors.config import Settings
 from processors.eventlog.reader import EventLogReader
 from processors.kafka_clients import DeliveryFailed, make_producer, produce_and_confirm
+from processors.topology import JOB_STAGES, UnknownStage, job_input, stage_spec
 from schemas.serde import AvroSerde
 from schemas.topics import Topic, TopicNames
 
@@ -67,19 +70,38 @@ def rewrite_for_replay(
     return replayed
 
 
+def replay_source(timeline: dict[str, Any], from_stage: str) -> tuple[Topic, int, int]:
+    """The job record the stage last read for this job: (topic, partition, offset), from the
+    stage's events whose source is the stage's job input."""
+    try:
+        topic = job_input(stage_spec(from_stage))
+    except UnknownStage as exc:
+        raise ReplayError(str(exc)) from None
+    if topic is None:
+        raise ReplayError(
+            f"stage {from_stage} does not read jobs; replay from one of: {', '.join(JOB_STAGES)}"
+        )
+    sources = []
+    for event in timeline["events"]:
+        source = (event.get("attributes") or {}).get("source") or ""
+        logical, _, position = source.partition("/")
+        if event["stage"] == from_stage and logical == topic.value and position:
+            partition, _, offset = position.partition("/")
+            sources.append((topic, int(partition), int(offset)))
+    if not sources:
+        job_id = timeline.get("job_id", "?")
+        raise ReplayError(f"job {job_id} never reached stage {from_stage} (see `lightbox status {job_id}`)")
+    return sources[-1]
+
+
 async def replay_job(
     settings: Settings, job_id: str, from_stage: str, model: str | None = None, backend: str | None = None
 ) -> tuple[str, str]:
     timeline = await EventLogReader(settings).timeline(job_id)
-    sources = [e["attributes"].get("source") for e in timeline["events"] if e["stage"] == from_stage]
-    sources = [s for s in sources if s]
-    if not sources:
-        raise ReplayError(f"job {job_id} never reached stage {from_stage} (see `lightbox status {job_id}`)")
-    logical, partition, offset = sources[-1].rsplit("/", 2)
+    topic, partition, offset = replay_source(timeline, from_stage)
     names = TopicNames(settings.kafka.topic_prefix)
-    topic = Topic(logical)
     serde = AvroSerde("job")
-    job = serde.decode(_read_at(settings, names(topic), int(partition), int(offset)))
+    job = serde.decode(_read_at(settings, names(topic), partition, offset))
     replayed = rewrite_for_replay(job, model, backend, int(time.time() * 1000))
     message = (names(topic), replayed["job_id"].encode(), serde.encode(replayed), None)
     try:

@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import time
 
+from confluent_kafka import Producer
+
 from processors.config import Settings
 from processors.kafka_clients import make_producer, produce_and_confirm
 from schemas.serde import AvroSerde
 from schemas.topics import Topic, TopicNames
 
 
-def submit_decision(settings: Settings, job_id: str, decision: str, reviewer: str, reason: str) -> None:
+def submit_decision(
+    settings: Settings,
+    job_id: str,
+    decision: str,
+    reviewer: str,
+    reason: str,
+    producer: Producer | None = None,
+) -> None:
+    """producer: a long-lived caller's own (the HTTP gateway keeps one); else one for this call."""
     if decision not in ("APPROVE", "REJECT"):
         raise ValueError(f"decision must be APPROVE or REJECT, not {decision!r}")
     value = AvroSerde("review_decision").encode(
@@ -24,4 +34,6 @@ def submit_decision(settings: Settings, job_id: str, decision: str, reviewer: st
     )
     topic = TopicNames(settings.kafka.topic_prefix)(Topic.REVIEW_DECISIONS)
     # Raises DeliveryFailed (a RuntimeError) unless the broker acknowledged the decision.
-    produce_and_confirm(make_producer(settings), [(topic, job_id.encode(), value, None)])
+    if producer is None:  # not `producer or ...`: an idle Producer is falsy (len() is its queue)
+        producer = make_producer(settings)
+    produce_and_confirm(producer, [(topic, job_id.encode(), value, None)])

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from confluent_kafka import Producer
+
 from processors.config import Settings
 from processors.kafka_clients import make_producer, produce_and_confirm
 from schemas.serde import AvroSerde, SerdeError
@@ -79,12 +81,18 @@ def parse_file(path: Path) -> ParsedFile:
             raise ValueError(f"{path} is not UTF-8: {exc}") from exc
 
 
-def publish(settings: Settings, events: list[tuple[int, dict[str, Any], bytes]]) -> int:
+def publish(
+    settings: Settings, events: list[tuple[int, dict[str, Any], bytes]], producer: Producer | None = None
+) -> int:
     """Produce the events keyed by SKU (a product's events stay in order, and intake's
-    de-duplication state is partitioned with them). Returns the number delivered."""
+    de-duplication state is partitioned with them). Returns the number delivered.
+
+    producer: a long-lived caller's own (the HTTP gateway keeps one); else one for this call."""
     topic = TopicNames(settings.kafka.topic_prefix)(Topic.CATALOG_EVENTS)
     # Raises DeliveryFailed (a RuntimeError) naming the topic unless every event was acknowledged.
+    if producer is None:  # not `producer or ...`: an idle Producer is falsy (len() is its queue)
+        producer = make_producer(settings)
     return produce_and_confirm(
-        make_producer(settings),
+        producer,
         ((topic, event["product"]["sku"].encode(), payload, None) for _, event, payload in events),
     )

@@ -1,1 +1,2 @@
-"""The HTTP gateway (aiohttp): the API, its guards, and the pages served beside it."""
+"""The HTTP gateway (aiohttp): app.py builds it from api.py (the JSON API) and review.py (the
+review page), behind guards.py, with the lifetime resources of resources.py."""

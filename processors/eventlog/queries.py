@@ -8,11 +8,10 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from processors.eventlog.clickhouse import EVENTS_TABLE
+from processors.job_states import LIFECYCLE, JobState, current_state
 
-TERMINAL_STATES = ("failed", "published", "rejected", "in_review")
-# Lifecycle states in the order a job moves through them. One handler may emit two states in the
-# same millisecond (approved, then published): the rank breaks such ties.
-LIFECYCLE = ("pending", "running", "completed", "in_review", "approved", "rejected", "failed", "published")
+# The lifecycle and its order as ClickHouse sees them: SQL text built from processors/job_states,
+# not a copy of it. The states are enum values, never user input, so they are safe to inline.
 LIFECYCLE_SQL = "[" + ",".join(f"'{s}'" for s in LIFECYCLE) + "]"
 STATE_RANK_SQL = f"indexOf({LIFECYCLE_SQL}, state)"
 # The state a job is in now: latest by time, then by lifecycle rank.
@@ -31,28 +30,8 @@ def job_timeline(client: Client, database: str, job_id: str) -> dict[str, Any]:
         parameters={"job_id": job_id},
     ).named_results()
     events = [{k: _iso(v) for k, v in row.items()} for row in rows]
-    state = _current_state(events)
+    state = current_state(e["state"] for e in events)
     return {"job_id": job_id, "state": state, "events": events}
-
-
-def _current_state(events: list[dict[str, Any]]) -> str:
-    """The job's state: the last lifecycle state, ignoring markers such as retry or dropped_reference."""
-    lifecycle = {
-        "pending",
-        "running",
-        "failed",
-        "completed",
-        "in_review",
-        "approved",
-        "rejected",
-        "published",
-    }
-    states = [e["state"] for e in events if e["state"] in lifecycle]
-    if not events:
-        return "unknown"
-    if not states:
-        return events[-1]["state"]
-    return states[-1]
 
 
 def summary(client: Client, database: str, since_ms: int = 0) -> dict[str, Any]:
@@ -69,15 +48,15 @@ def summary(client: Client, database: str, since_ms: int = 0) -> dict[str, Any]:
     latency = client.query(
         f"""SELECT count(), quantile(0.5)(ms), quantile(0.95)(ms), max(ms) FROM (
               SELECT job_id, dateDiff('millisecond', min(submitted_at), max(at)) AS ms
-              FROM {database}.{EVENTS_TABLE} FINAL {where} AND state = 'published'
+              FROM {database}.{EVENTS_TABLE} FINAL {where} AND state = '{JobState.PUBLISHED}'
               AND submitted_at IS NOT NULL GROUP BY job_id)""",
         parameters=params,
     ).result_rows[0]
     # Artifact rate: share of scored generations the quality gate rejected (blank, wrong size,
     # product lost...). Each quality verdict is one row.
     artifacts = client.query(
-        f"""SELECT countIf(state = 'retry' OR reason = 'quality_rejection'),
-                   countIf(state IN ('completed','retry','failed'))
+        f"""SELECT countIf(state = '{JobState.RETRY}' OR reason = 'quality_rejection'),
+                   countIf(state IN ('{JobState.COMPLETED}','{JobState.RETRY}','{JobState.FAILED}'))
             FROM {database}.{EVENTS_TABLE} FINAL {where} AND stage = 'quality'""",
         parameters=params,
     ).result_rows[0]
@@ -108,7 +87,8 @@ def summary(client: Client, database: str, since_ms: int = 0) -> dict[str, Any]:
 def job_latencies(client: Client, database: str, job_ids: list[str]) -> dict[str, dict[str, float]]:
     """Per job: end-to-end ms (accepted → published) and the sum of handler time on its path."""
     rows = client.query(
-        f"""SELECT job_id, dateDiff('millisecond', min(submitted_at), maxIf(at, state = 'published')),
+        f"""SELECT job_id,
+                   dateDiff('millisecond', min(submitted_at), maxIf(at, state = '{JobState.PUBLISHED}')),
                    sum(duration_ms)
             FROM {database}.{EVENTS_TABLE} FINAL
             WHERE job_id IN {{ids:Array(String)}} GROUP BY job_id""",

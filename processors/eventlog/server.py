@@ -2,61 +2,26 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from typing import Any
 
 from aiohttp import web
 
 from processors.eventlog import queries
-
-if TYPE_CHECKING:
-    from processors.eventlog.sink import ClickHouseWorker
-
-READ_ONLY = re.compile(r"^\s*(SELECT|WITH|SHOW|DESCRIBE|EXPLAIN)\b", re.IGNORECASE)
-# readonly=1 refuses writes and table functions such as file() and url(), but INTO OUTFILE still
-# writes a file on the engine's host. Matching "INTO <space> OUTFILE" is beaten by a comment
-# between the words (INTO/**/OUTFILE, INTO--\nOUTFILE), so the word is refused wherever it
-# appears, in comments and string literals too: analysts never need it.
-READONLY_SETTINGS = {"readonly": 1}
-# The sink binds loopback; a browser page on another site reaches it only through DNS rebinding,
-# which sends that site's name as Host. Names, not addresses, are what rebinding cannot fake.
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
-
-
-def analyst_query_problem(sql: str) -> str | None:
-    """Why this SQL may not run through the query endpoint, or None if it may."""
-    if not READ_ONLY.match(sql) or ";" in sql.strip().rstrip(";"):
-        return "only one read-only statement (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN)"
-    if "OUTFILE" in sql.upper():
-        return "OUTFILE may not appear anywhere in the query: results come back in the response"
-    return None
-
-
-def host_name(host_header: str | None) -> str | None:
-    """The host part of a Host header ("[::1]:80" → "::1"), lower-cased; None if unparsable."""
-    if not host_header:
-        return None
-    try:
-        parts = urlsplit(f"//{host_header}")
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
-    except ValueError:
-        return None
-    return parts.hostname
-
-
-def loopback_host(host_header: str | None) -> bool:
-    return host_name(host_header) in LOOPBACK_HOSTS
-
+from processors.eventlog.analyst import READONLY_SETTINGS, analyst_query_problem
+from processors.eventlog.engine import ClickHouseWorker
+from processors.http_guard import host_allowed
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @web.middleware
 async def _local_callers_only(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if not loopback_host(request.headers.get("Host")):
-        raise web.HTTPForbidden(text="the event-log endpoint answers only Host 127.0.0.1, localhost or [::1]")
+    # The sink binds 127.0.0.1; processors/http_guard.py says why the Host header decides.
+    if not host_allowed(request.headers.get("Host")):
+        raise web.HTTPForbidden(
+            text="the event-log endpoint answers only loopback Host names (127.0.0.1, localhost, [::1])"
+        )
     # A cross-site no-cors POST can only send form or text content types: requiring JSON keeps
     # another site's page in a local browser from running queries here.
     if request.method == "POST" and request.content_type != "application/json":

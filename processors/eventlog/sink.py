@@ -1,45 +1,21 @@
 """The event-log sink: pipeline.events → ClickHouse, in batches, committed after the insert.
 
 With the embedded engine this process owns chDB, so it also answers queries over HTTP for the CLI
-and the dashboard (server.py). Every ClickHouse call runs on one dedicated thread: chDB sessions are
-not meant to be shared across threads.
+and the dashboard (server.py). Every ClickHouse call runs on one dedicated thread (engine.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
 from aiohttp import web
-from clickhouse_connect.driver.client import Client
 
 from processors.eventlog.clickhouse import EVENT_COLUMNS, EVENTS_TABLE, connect
+from processors.eventlog.engine import ClickHouseWorker
 from processors.eventlog.server import build_query_app
 from processors.runtime import BatchStage, InputRecord, Outcome
 from schemas.topics import Topic
-
-
-class ClickHouseWorker:
-    """Serialises every call to one ClickHouse client on one thread."""
-
-    def __init__(self, client_factory) -> None:  # type: ignore[no-untyped-def]
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
-        self._factory = client_factory
-        self._client: Client | None = None
-
-    def _get(self) -> Client:
-        if self._client is None:
-            self._client = self._factory()
-        return self._client
-
-    async def call(self, func, *args: Any) -> Any:  # type: ignore[no-untyped-def]
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: func(self._get(), *args))
-
-    def close(self) -> None:
-        self._executor.shutdown(wait=True)
 
 
 def _row(event: dict[str, Any]) -> list[Any]:

@@ -17,9 +17,13 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from PIL import Image
 
+import gateway.ops.review
+import gateway.ops.submit
+import gateway.web.resources
 from deploy.local.session import expected_job_ids
 from gateway.ops.review import submit_decision
 from gateway.web.app import MAX_BODY_BYTES, build_app
+from processors import kafka_clients
 from processors.config import Settings
 from processors.eventlog.reader import EventLogReader
 from processors.storage import ObjectStore
@@ -115,6 +119,45 @@ async def test_posted_event_is_published(client: TestClient, pipeline: Any, cata
     response = await client.get("/v1/summary")
     assert response.status == 200
     assert isinstance(await response.json(), dict)
+
+
+async def test_the_app_keeps_one_producer_and_one_event_log_reader(
+    pipeline: Any, catalog_server: Any, hold_job: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opened once when the app starts, used by every request, closed when it stops: not a
+    broker connection per POST and an HTTP session per GET."""
+    made = {"producers": 0, "readers": 0, "sessions": 0}
+    make_producer, reader_init = kafka_clients.make_producer, EventLogReader.__init__
+    new_session = EventLogReader._new_session
+
+    def counted_producer(*args: Any, **kwargs: Any) -> Any:
+        made["producers"] += 1
+        return make_producer(*args, **kwargs)
+
+    def counted_reader(self: EventLogReader, *args: Any) -> None:
+        made["readers"] += 1
+        reader_init(self, *args)
+
+    def counted_session(self: EventLogReader) -> Any:
+        made["sessions"] += 1
+        return new_session(self)
+
+    # Every way the gateway's code reaches a producer (real ones: these only count).
+    for module in (kafka_clients, gateway.ops.submit, gateway.ops.review, gateway.web.resources):
+        monkeypatch.setattr(module, "make_producer", counted_producer)
+    monkeypatch.setattr(EventLogReader, "__init__", counted_reader)
+    monkeypatch.setattr(EventLogReader, "_new_session", counted_session)
+
+    (event,) = events_for(catalog_server, [1], "api-lifetime")
+    job, _ = await asyncio.to_thread(hold_job, "lifetime")
+    async with TestClient(TestServer(build_app(pipeline.settings))) as client:
+        for _ in range(2):  # the second is the same event again: intake de-duplicates it
+            assert (await client.post("/v1/events", json=event)).status == 202
+            assert (await client.get("/v1/summary")).status == 200
+            assert (await client.get(f"/v1/jobs/no-such-job-{uuid.uuid4().hex}")).status == 404
+        decision = {"decision": "reject", "reviewer": "ana", "reason": "lifetime test"}
+        assert (await client.post(f"/review/{job['job_id']}", json=decision)).status == 202
+    assert made == {"producers": 1, "readers": 1, "sessions": 1}
 
 
 async def test_invalid_batch_publishes_nothing(

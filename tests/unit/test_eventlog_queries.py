@@ -103,13 +103,13 @@ def test_latencies_per_job(client) -> None:
     ],
 )
 def test_analyst_sql_is_one_read_only_statement(sql: str, allowed: bool) -> None:
-    from processors.eventlog.server import analyst_query_problem
+    from processors.eventlog.analyst import analyst_query_problem
 
     assert (analyst_query_problem(sql) is None) is allowed
 
 
 def test_readonly_settings_refuse_table_functions(client) -> None:
-    from processors.eventlog.server import READONLY_SETTINGS
+    from processors.eventlog.analyst import READONLY_SETTINGS
 
     with pytest.raises(Exception, match="readonly"):
         client.query("SELECT * FROM file('/etc/hostname', 'LineAsString')", settings=READONLY_SETTINGS)
@@ -119,8 +119,8 @@ def test_readonly_settings_refuse_table_functions(client) -> None:
 async def query_client(client):
     from aiohttp.test_utils import TestClient, TestServer
 
+    from processors.eventlog.engine import ClickHouseWorker
     from processors.eventlog.server import build_query_app
-    from processors.eventlog.sink import ClickHouseWorker
 
     worker = ClickHouseWorker(lambda: client)
     async with TestClient(TestServer(build_query_app(worker, "lightbox"), host="127.0.0.1")) as test_client:

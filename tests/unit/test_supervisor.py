@@ -6,10 +6,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 
 import pytest
 
-from deploy.local.supervisor import StageCrashLoop, Supervisor
+from deploy.local.supervisor import StageCrashLoop, Supervisor, all_stages
+from gateway.cli.main import main
+from processors.topology import STAGES
 
 
 def test_a_stage_that_cannot_start_is_reported_with_its_log(tmp_path) -> None:
@@ -43,3 +46,21 @@ def test_each_process_gets_its_own_metrics_port(tmp_path) -> None:
     assert [c.metrics_port for c in supervisor.children] == [9400, 9401, 9402, 9403]
     assert [c.stage for c in supervisor.children] == ["intake", "intake", "generate", "generate"]
     assert Supervisor(["intake"], tmp_path).children[0].metrics_port == 0
+
+
+def test_copies_never_start_a_second_singleton(tmp_path) -> None:
+    # `run all --copies 3`: three of every stage, but one event-log sink (it owns the embedded
+    # engine; a second process could not open it). Which stages are singletons is the topology's.
+    supervisor = Supervisor(all_stages(), tmp_path, copies=3)
+    started = Counter(child.stage for child in supervisor.children)
+    for spec in STAGES:
+        assert started[spec.name] == (1 if spec.singleton else 3), spec.name
+    assert any(spec.singleton for spec in STAGES)
+
+
+def test_copies_must_be_at_least_one(tmp_path, capsys) -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        Supervisor(["intake"], tmp_path, copies=0)
+    with pytest.raises(SystemExit):
+        main(["run", "all", "--copies", "0"])
+    assert "at least 1" in capsys.readouterr().err

@@ -1,0 +1,29 @@
+"""What every command needs: its settings, and one way to ask the event log."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any
+
+from processors.config import Settings, load_settings
+
+# argparse's subparsers object (it has no public name): each command module adds its commands to it.
+Commands = argparse._SubParsersAction
+
+
+def settings_of(args: argparse.Namespace) -> Settings:
+    return load_settings(args.config)
+
+
+def event_log(args: argparse.Namespace, query: str, *query_args: Any) -> Any:
+    """One event-log query; None (after saying why) when the event log cannot be reached."""
+    from processors.eventlog.reader import EventLogReader, EventLogUnavailable
+
+    reader = EventLogReader(settings_of(args))
+    try:
+        return asyncio.run(getattr(reader, query)(*query_args))
+    except EventLogUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None

@@ -1,0 +1,73 @@
+"""`lightbox serve`, `demo` and `bench`: the HTTP gateway, and whole-pipeline runs that print figures."""
+
+from __future__ import annotations
+
+import argparse
+
+from gateway.cli.common import Commands, settings_of
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from gateway.web.app import serve
+
+    serve(settings_of(args), host=args.host, port=args.port)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.harness.demo import run_demo
+
+    return run_demo(
+        settings_of(args), products=args.products, timeout_s=args.timeout, keep_running=args.keep_running
+    )
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from gateway.harness.bench import run_pipeline_bench
+
+    return run_pipeline_bench(settings_of(args), jobs=args.jobs, timeout_s=args.timeout, mode=args.mode)
+
+
+def register_serve(commands: Commands) -> None:
+    p = commands.add_parser(
+        "serve",
+        help="the HTTP gateway: POST /v1/events, GET /v1/jobs/ID, the /review page",
+        description="The HTTP API for systems that cannot speak Kafka, and the review page. Bound to "
+        "loopback (the default) it answers only requests addressed to loopback (Host header).",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    p.set_defaults(func=cmd_serve)
+
+
+def register_runs(commands: Commands) -> None:
+    p = commands.add_parser(
+        "demo",
+        help="start everything, run a sample catalog end to end, print a summary",
+        description="Start the stack and every stage under a fresh topic prefix, serve sample product "
+        "images on loopback, submit their catalog events, wait for the jobs, then print jobs by "
+        "state, latency and the artifact rate, and copy the published images under "
+        "LIGHTBOX_HOME/demo/<run>/published/.",
+    )
+    p.add_argument("--products", type=int, default=6, help="sample products to submit (default 6)")
+    p.add_argument("--timeout", type=float, default=300, help="seconds to wait for the jobs (default 300)")
+    p.add_argument("--keep-running", action="store_true", help="leave the stages running after the summary")
+    p.set_defaults(func=cmd_demo)
+
+    p = commands.add_parser(
+        "bench",
+        help="benchmarks that print figures",
+        description="pipeline: N jobs through every stage (CPU compositor) under a fresh topic "
+        "prefix; prints throughput, p50/p95 end-to-end latency and the share of it spent outside "
+        "the stages' handlers. docs/benchmarks.md has the figures and how they were made.",
+    )
+    p.add_argument("what", choices=["pipeline"], help="pipeline: N jobs through every stage (compositor)")
+    p.add_argument("--jobs", type=int, default=40, help="jobs to run (default 40)")
+    p.add_argument(
+        "--mode",
+        choices=["burst", "sequential"],
+        default="burst",
+        help="burst: all at once (throughput); sequential: one at a time (pipeline overhead)",
+    )
+    p.add_argument("--timeout", type=float, default=600, help="seconds to wait for the jobs (default 600)")
+    p.set_defaults(func=cmd_bench)

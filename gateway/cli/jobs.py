@@ -1,0 +1,129 @@
+"""Commands that send work in: `submit` (catalog events), `review` (a decision), `replay` (a job again)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from gateway.cli.common import Commands, settings_of
+from processors.topology import JOB_STAGES
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from gateway.ops.submit import parse_file, publish
+
+    settings = settings_of(args)
+    try:
+        parsed = parse_file(Path(args.file))
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for error in parsed.errors:
+        print(f"{args.file}: {error}", file=sys.stderr)
+    if parsed.errors and not args.skip_invalid:
+        print(
+            f"error: {len(parsed.errors)} invalid line(s); nothing was published "
+            "(fix them, or pass --skip-invalid to publish the valid lines)",
+            file=sys.stderr,
+        )
+        return 2
+    if not parsed.events:
+        print("error: no events to publish", file=sys.stderr)
+        return 2
+    from processors.kafka_clients import DeliveryFailed
+
+    try:
+        count = publish(settings, parsed.events)
+    except DeliveryFailed as exc:
+        print(
+            f"error: {exc}; events before the failure may have been published (intake de-duplicates "
+            "on event id, so resubmitting the whole file is safe)",
+            file=sys.stderr,
+        )
+        return 1
+    skipped = f", skipped {len(parsed.errors)} invalid" if parsed.errors else ""
+    print(f"published {count} event(s) to {settings.kafka.topic_prefix}catalog.events{skipped}")
+    return 0
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    from gateway.ops.review import submit_decision
+
+    settings = settings_of(args)
+    if args.decision == "reject" and not args.reason:
+        print("error: a rejection needs --reason", file=sys.stderr)
+        return 2
+    from processors.kafka_clients import DeliveryFailed
+
+    try:
+        submit_decision(settings, args.job, args.decision.upper(), args.reviewer, args.reason or "")
+    except DeliveryFailed as exc:
+        print(f"error: the decision was not delivered: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.decision} for job {args.job} sent; `lightbox status {args.job}` shows the result")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from gateway.ops.replay import ReplayError, replay_job
+
+    try:
+        new_topic, job_id = asyncio.run(
+            replay_job(settings_of(args), args.job, args.from_stage, args.model, args.backend)
+        )
+    except ReplayError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"job {job_id} re-sent to {new_topic}; follow it with `lightbox status {job_id}`")
+    return 0
+
+
+def register_submit(commands: Commands) -> None:
+    p = commands.add_parser(
+        "submit",
+        help="publish catalog events from a JSON-lines file",
+        description="Validate every line against the catalog event schema, then publish them all "
+        "to catalog.events keyed by SKU. An invalid line stops the whole file unless --skip-invalid.",
+    )
+    p.add_argument("file", help="one catalog event (schemas/avro/catalog_event) per line")
+    p.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="publish the valid lines even if some are invalid (default: publish nothing)",
+    )
+    p.set_defaults(func=cmd_submit)
+
+
+def register_review(commands: Commands) -> None:
+    p = commands.add_parser(
+        "review",
+        help="approve or reject a held asset",
+        description="Send a decision for a held job to review.decisions; the publish stage acts on "
+        "it (the first decision wins; a later one is recorded as decision_ignored).",
+    )
+    p.add_argument("decision", choices=["approve", "reject"])
+    p.add_argument("job", help="the held job's id")
+    p.add_argument("--reviewer", default="cli", help="who decides (recorded in the lineage)")
+    p.add_argument("--reason", default="", help="why (required to reject)")
+    p.set_defaults(func=cmd_review)
+
+
+def register_replay(commands: Commands) -> None:
+    p = commands.add_parser(
+        "replay",
+        help="run a job again from a stage, optionally with another model",
+        description="Re-read the exact job record the stage last read for this job (its offset is in "
+        "the event log) and send it again as a new job that names the original (replay_of).",
+    )
+    p.add_argument("job", help="the original job's id")
+    p.add_argument(
+        "--from-stage",
+        default="generate",
+        choices=JOB_STAGES,
+        help="the stage to start again at (default generate)",
+    )
+    p.add_argument("--model", default=None, help="with --from-stage generate: the model to use instead")
+    p.add_argument("--backend", default=None, help="with --model: its backend (default: keep the route's)")
+    p.set_defaults(func=cmd_replay)

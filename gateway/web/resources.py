@@ -1,0 +1,49 @@
+"""What the HTTP app holds for its lifetime, under typed keys.
+
+One Kafka producer and one event-log reader serve every request: a producer per request would
+open a broker connection (and an idempotent-producer session) for each POST, and a reader per
+request an HTTP session (or a ClickHouse connection) for each GET. They are opened when the app
+starts and closed, after the queue has been flushed, when it stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import jinja2
+from aiohttp import web
+from confluent_kafka import Producer
+
+from processors.config import Settings
+from processors.eventlog.reader import EventLogReader
+from processors.kafka_clients import make_producer
+from processors.storage import ObjectStore
+from schemas.serde import AvroSerde
+
+SETTINGS = web.AppKey("settings", Settings)
+BOUND_HOST = web.AppKey("bound_host", str)
+STORE = web.AppKey("store", ObjectStore)
+JOB_SERDE = web.AppKey("job_serde", AvroSerde)
+PAGES = web.AppKey("pages", jinja2.Environment)
+PRODUCER = web.AppKey("producer", Producer)
+EVENT_LOG = web.AppKey("event_log", EventLogReader)
+
+FLUSH_ON_STOP_S = 10.0
+
+
+async def kafka_and_event_log(app: web.Application) -> AsyncIterator[None]:
+    """aiohttp cleanup context: the producer and the event-log reader, for the app's lifetime."""
+    settings = app[SETTINGS]
+    producer = make_producer(settings)
+    reader = EventLogReader(settings)
+    await reader.open()
+    app[PRODUCER] = producer
+    app[EVENT_LOG] = reader
+    try:
+        yield
+    finally:
+        await reader.close()
+        # Every request waited for its own deliveries; this only drains what a request that was
+        # cut off at shutdown left queued.
+        await asyncio.to_thread(producer.flush, FLUSH_ON_STOP_S)
