@@ -85,7 +85,7 @@ def main() -> None:
 
     from deploy.local.session import expected_job_ids
     from processors.intake.fanout import fan_out
-    from processors.prompting.templates import TemplateStore
+    from processors.prompting import TemplateStore
 
     templates = TemplateStore()
     jobs = [job for e in events for job in fan_out(e, 0, templates.resolve_version)]
