@@ -46,7 +46,13 @@ VERSION_LENGTH = 12
 _CHUNK = 1 << 20
 
 _DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "half": "float16"}
-_TRUE = frozenset({"1", "true", "yes", "on"})
+# How options (strings) say yes and no: the registry's flags and the backends' options alike.
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"", "0", "false", "no", "off"})
+
+
+def is_true(value: str) -> bool:
+    return value.strip().lower() in TRUE_WORDS
 
 
 class ModelRegistryError(ValueError):
@@ -74,7 +80,7 @@ class ModelSpec:
 
     def flag(self, name: str, default: bool = False) -> bool:
         value = self.options.get(name)
-        return default if value is None else value.strip().lower() in _TRUE
+        return default if value is None else is_true(value)
 
     @classmethod
     def from_mapping(cls, name: str, raw: Mapping[str, Any], base_dir: Path | None = None) -> ModelSpec:

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 from PIL import Image
 
 from gpu_workers.backends.base import (
+    DEFAULT_SCENE,
     Backend,
     BackendUnavailable,
     GeneratedImage,
@@ -28,6 +29,7 @@ from gpu_workers.backends.base import (
 from gpu_workers.backends.compositor import CompositorBackend
 from gpu_workers.batching import expand_best_of_n, group_compatible, run_with_split
 from gpu_workers.failover import Choice, FailoverGenerator, FailoverOutcome
+from processors.imaging import formats
 from processors.references.images import ReferenceImages, product_reference
 from processors.runtime import BatchStage, InputRecord, Outcome, PermanentError
 from processors.runtime.records import job_event
@@ -213,7 +215,7 @@ class GenerateStage(BatchStage):
             ),
             product=product,
             mask=mask,
-            scene=params.get("scene", "studio"),
+            scene=params.get("scene", DEFAULT_SCENE),
         )
         items = expand_best_of_n(base, max(1, int(spec.get("variants") or 1)))
         if len(items) == 1:
@@ -231,7 +233,7 @@ class GenerateStage(BatchStage):
             self.ctx.store.put_bytes(
                 generated_key(job, image.request_id),
                 buf.getvalue(),
-                "image/png",
+                formats.PNG,
                 {"job-id": job["job_id"], "model-version": image.model_version},
             )
 

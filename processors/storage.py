@@ -18,6 +18,14 @@ from minio.error import S3Error
 from processors.config import StorageSettings
 from processors.storage_keys import content_key
 
+# S3 error codes that mean "no such object" (MinIO and AWS answer with different ones).
+MISSING_CODES = frozenset({"NoSuchKey", "NoSuchObject", "NotFound"})
+
+
+def is_missing(exc: S3Error) -> bool:
+    """Whether an S3 error says the object does not exist (rather than that storage failed)."""
+    return exc.code in MISSING_CODES
+
 
 @dataclass(frozen=True)
 class StoredObject:
@@ -96,7 +104,7 @@ class ObjectStore:
         try:
             self.client.stat_object(self.bucket, key)
         except S3Error as exc:
-            if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
+            if is_missing(exc):
                 return False
             raise
         return True

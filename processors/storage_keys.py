@@ -15,6 +15,8 @@ GENERATED_PREFIX = "generated"
 DERIVATIVES_PREFIX = "assets"
 REVIEW_PREFIX = "review"
 URL_CACHE_DIR = "url-cache"
+# Beside a job's published files: everything about how they were made.
+LINEAGE_FILENAME = "lineage.json"
 
 
 def content_key(prefix: str, digest: str, extension: str = "") -> str:
@@ -28,15 +30,25 @@ def mask_key(image_digest: str) -> str:
     return content_key(MASKS_PREFIX, image_digest, "png")
 
 
+def url_cache_prefix(prefix: str = REFS_PREFIX) -> str:
+    """Where the persister's URL cache entries live, beside the objects they point at."""
+    return f"{prefix.rstrip('/')}/{URL_CACHE_DIR}/"
+
+
 def url_cache_key(url_digest: str, prefix: str = REFS_PREFIX) -> str:
     """Where the persister remembers which stored object a URL resolved to."""
-    return f"{prefix.rstrip('/')}/{URL_CACHE_DIR}/{url_digest}.json"
+    return f"{url_cache_prefix(prefix)}{url_digest}.json"
+
+
+def generated_prefix(job_id: str) -> str:
+    """Every generated image of one job, all attempts and variants."""
+    return f"{GENERATED_PREFIX}/{job_id}/"
 
 
 def generated_key(job: dict[str, Any], request_id: str) -> str:
     """One image per job, attempt and best-of-N variant (request ids end in #<variant>)."""
     variant = request_id.split("#", 1)[1] if "#" in request_id else "0"
-    return f"{GENERATED_PREFIX}/{job['job_id']}/a{job.get('attempt', 0)}/v{variant}.png"
+    return f"{generated_prefix(job['job_id'])}a{job.get('attempt', 0)}/v{variant}.png"
 
 
 def derivative_key(name: str) -> str:
@@ -63,3 +75,8 @@ def decided_key(job_id: str, topic_prefix: str = "") -> str:
 
 def published_prefix(prefix: str, job: dict[str, Any]) -> str:
     return f"{prefix.rstrip('/')}/{job['product']['sku']}/{job['job_id']}"
+
+
+def published_key(prefix: str, job: dict[str, Any], filename: str) -> str:
+    """One published file of a job: a derivative under its own file name, or the lineage document."""
+    return f"{published_prefix(prefix, job)}/{filename}"

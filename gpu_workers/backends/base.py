@@ -11,6 +11,9 @@ from typing import Protocol, runtime_checkable
 
 from PIL import Image
 
+# The scene a request without one gets; every name is one of processors.prompting.scenes.SCENE_NAMES.
+DEFAULT_SCENE = "studio"
+
 
 class BackendUnavailable(RuntimeError):
     """The backend cannot serve now (down, circuit open, model missing): fail over, do not fail the job."""
@@ -40,7 +43,7 @@ class GenerationItem:
     params: GenerationParams
     product: Image.Image | None = None  # the stored product reference, decoded (RGB or RGBA)
     mask: Image.Image | None = None  # "L" mode: 255 where the product is
-    scene: str = "studio"  # scene name from the prompt template, for backends without a model
+    scene: str = DEFAULT_SCENE  # scene name from the prompt template, for backends without a model
 
 
 @dataclass

@@ -5,6 +5,11 @@ open    -- after ``failure_threshold`` consecutive failures: calls are refused a
            fails over instead of waiting on timeouts) until ``reset_timeout_s`` has passed.
 half-open -- after the cool-down exactly one trial call is let through; success closes the
            circuit, failure opens it for another cool-down.
+
+The cool-down is fixed, not processors.backoff's growing delay, on purpose: the breaker does not
+wait, it refuses, and the caller fails over to another backend meanwhile, so probing a
+recovered backend late costs throughput and probing a dead one early costs only one call.
+Retries within a call wait by processors.backoff (remote.py).
 """
 
 from __future__ import annotations

@@ -18,7 +18,6 @@ import asyncio
 import base64
 import binascii
 import io
-import random
 import time
 from dataclasses import dataclass
 
@@ -32,6 +31,7 @@ from gpu_workers.backends.base import (
 )
 from gpu_workers.backends.circuit import CircuitBreaker, CircuitOpenError, CircuitState
 from gpu_workers.registry import ModelRegistry
+from processors.backoff import jittered_delay
 
 # 429 is the server asking us to slow down, not a malformed request: worth a retry.
 RETRYABLE_4XX = frozenset({408, 429})
@@ -200,9 +200,8 @@ class RemoteBackend:
     def _backoff(self, attempt: int, last: _Retryable | None) -> float:
         if last is not None and last.retry_after_s is not None:
             return min(last.retry_after_s, self.config.backoff_max_s)
-        base = self.config.backoff_initial_s * 2 ** (attempt - 1)
         # Full jitter: many workers retrying the same outage must not hit it in lockstep.
-        return random.uniform(0, min(base, self.config.backoff_max_s))
+        return jittered_delay(attempt, self.config.backoff_initial_s, self.config.backoff_max_s)
 
 
 def _retry_after(value: str | None) -> float | None:

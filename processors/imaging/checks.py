@@ -1,22 +1,49 @@
-"""Output checks for the quality stage: decode, dimensions, blank output, product preservation.
+"""Output checks for the quality stage: decode, dimensions, blank output, and the verdict.
 
 Every check returns plain floats so the quality stage can record all of them; ``failed_reasons``
-turns scores and thresholds into machine-readable reason codes that end up on the job and in
-ClickHouse.
+is the one verdict: it turns the recorded scores and the configured thresholds into
+machine-readable reason codes that end up on the job and in ClickHouse. Product preservation is
+scored in processors.imaging.preservation; its names stay importable from here.
 """
 
 from __future__ import annotations
 
 import io
-import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
-from processors.imaging.masks import compute_mask
+from processors.imaging.framing import to_rgb
+from processors.imaging.limits import DimensionError, check_dimensions
+from processors.imaging.preservation import PreservationMatch, find_product, product_preservation
+
+if TYPE_CHECKING:
+    from processors.config import QualitySettings
+
+__all__ = [
+    "REASON_BLANK",
+    "REASON_CORRUPT",
+    "REASON_LOW_PROMPT_ADHERENCE",
+    "REASON_OCR_UNAVAILABLE",
+    "REASON_OVERSIZED",
+    "REASON_PRESERVATION_UNSCORED",
+    "REASON_PRODUCT_NOT_PRESERVED",
+    "REASON_TEXT_MISMATCH",
+    "REASON_WRONG_SIZE",
+    "UNSCORED_REASONS",
+    "ImageCheckError",
+    "PreservationMatch",
+    "QualityThresholds",
+    "check_output",
+    "decode_image",
+    "failed_reasons",
+    "find_product",
+    "product_preservation",
+]
 
 REASON_CORRUPT = "corrupt_output"
 REASON_OVERSIZED = "oversized_output"
@@ -25,13 +52,41 @@ REASON_BLANK = "blank_output"
 REASON_PRODUCT_NOT_PRESERVED = "product_not_preserved"
 REASON_LOW_PROMPT_ADHERENCE = "low_prompt_adherence"
 REASON_TEXT_MISMATCH = "text_mismatch"
-
-# Threshold names and defaults. clip/ocr have no default: their scale depends on the model, so
-# they are only checked when the caller configures them.
-DEFAULT_THRESHOLDS: dict[str, float] = {
-    "max_blank_score": 0.85,
-    "min_product_preservation": 0.6,
+REASON_PRESERVATION_UNSCORED = "preservation_unscored"
+REASON_OCR_UNAVAILABLE = "ocr_unavailable"
+# A required score that was not measured: the check could not run, which is never a pass.
+UNSCORED_REASONS: dict[str, str] = {
+    "preservation": REASON_PRESERVATION_UNSCORED,
+    "ocr_score": REASON_OCR_UNAVAILABLE,
 }
+
+
+@dataclass(frozen=True)
+class QualityThresholds:
+    """The limits ``failed_reasons`` applies; their one source is configuration (QualitySettings)."""
+
+    max_blank_score: float
+    min_preservation: float
+    # CLIP and OCR scales depend on the model; they are applied when the score was measured.
+    min_clip_score: float | None = None
+    min_ocr_score: float | None = None
+
+    @classmethod
+    def from_settings(cls, settings: QualitySettings) -> QualityThresholds:
+        return cls(
+            max_blank_score=settings.max_blank_score,
+            min_preservation=settings.min_preservation,
+            min_clip_score=settings.min_clip_score,
+            min_ocr_score=settings.min_ocr_score,
+        )
+
+    @classmethod
+    def defaults(cls) -> QualityThresholds:
+        """The configuration's defaults, for callers that have no settings of their own."""
+        from processors.config import QualitySettings
+
+        return cls.from_settings(QualitySettings())
+
 
 # Scores measured on a copy at most this large: enough to tell flat from detailed, and cheap.
 _STATS_SIZE = 256
@@ -82,11 +137,10 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
 def _verify(data: bytes, max_pixels: int) -> None:
     """Header-level checks before any pixel is decoded (verify() also checks PNG CRCs)."""
     with Image.open(io.BytesIO(data)) as probe:
-        width, height = probe.size
-        if width <= 0 or height <= 0:
-            raise ImageCheckError(REASON_CORRUPT, f"invalid dimensions {width}x{height}")
-        if width * height > max_pixels:
-            raise ImageCheckError(REASON_OVERSIZED, f"{width}x{height} exceeds the {max_pixels} pixel limit")
+        try:
+            check_dimensions(probe.size, max_pixels)
+        except DimensionError as exc:
+            raise ImageCheckError(REASON_OVERSIZED if exc.oversized else REASON_CORRUPT, str(exc)) from exc
         probe.verify()
 
 
@@ -121,7 +175,7 @@ def check_output(image: Image.Image, expected_width: int, expected_height: int) 
 
 
 def _stats_pixels(image: Image.Image) -> np.ndarray:
-    rgb = _to_rgb(image)
+    rgb = to_rgb(image)
     if max(rgb.size) > _STATS_SIZE:
         scale = _STATS_SIZE / max(rgb.size)
         size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
@@ -137,294 +191,41 @@ def _edge_energy(luminance: np.ndarray) -> float:
     return float(dx + dy)
 
 
-def failed_reasons(scores: Mapping[str, float], thresholds: Mapping[str, float] | None = None) -> list[str]:
-    """Reason codes for every failed check; only checks whose score is present are applied.
+def failed_reasons(
+    scores: Mapping[str, float],
+    thresholds: QualityThresholds | None = None,
+    *,
+    required: Collection[str] = (),
+) -> list[str]:
+    """The verdict: reason codes for every failed check, in a fixed order (empty: passed).
 
-    ``thresholds`` overrides DEFAULT_THRESHOLDS key by key. Known keys: max_blank_score,
-    min_product_preservation, min_clip_score, min_ocr_score. ``decode_ok`` = 0 in the scores
-    (set by the caller when decode_image raised) gives corrupt_output.
+    Score keys are the ones the quality stage records: size_ok, blank_score, preservation,
+    clip_score, ocr_score. A check applies when its score was recorded; a ``required`` score that
+    is missing fails with its "unscored" reason (preservation_unscored, ocr_unavailable), and a
+    NaN score fails its check: an unmeasured result never passes silently. Decoding is not judged
+    here: decode_image raises with its own reason code.
     """
-    limits = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
+    limits = thresholds or QualityThresholds.defaults()
+    checks = (
+        ("size_ok", 1.0, _below, REASON_WRONG_SIZE),
+        ("blank_score", limits.max_blank_score, _at_least, REASON_BLANK),
+        ("preservation", limits.min_preservation, _below, REASON_PRODUCT_NOT_PRESERVED),
+        ("clip_score", limits.min_clip_score, _below, REASON_LOW_PROMPT_ADHERENCE),
+        ("ocr_score", limits.min_ocr_score, _below, REASON_TEXT_MISMATCH),
+    )
     reasons: list[str] = []
-    if scores.get("decode_ok", 1.0) < 1.0:
-        reasons.append(REASON_CORRUPT)
-    if scores.get("size_ok", 1.0) < 1.0:
-        reasons.append(REASON_WRONG_SIZE)
-    if _at_least(scores, "blank_score", limits.get("max_blank_score")):
-        reasons.append(REASON_BLANK)
-    if _below(scores, "product_preservation", limits.get("min_product_preservation")):
-        reasons.append(REASON_PRODUCT_NOT_PRESERVED)
-    if _below(scores, "clip_score", limits.get("min_clip_score")):
-        reasons.append(REASON_LOW_PROMPT_ADHERENCE)
-    if _below(scores, "ocr_score", limits.get("min_ocr_score")):
-        reasons.append(REASON_TEXT_MISMATCH)
+    for key, limit, fails, reason in checks:
+        if key not in scores:
+            if key in required:
+                reasons.append(UNSCORED_REASONS.get(key, f"{key}_unscored"))
+        elif limit is not None and fails(scores[key], limit):
+            reasons.append(reason)
     return reasons
 
 
-def _below(scores: Mapping[str, float], key: str, limit: float | None) -> bool:
-    return key in scores and limit is not None and not scores[key] >= limit  # NaN fails
+def _below(score: float, limit: float) -> bool:
+    return not score >= limit  # NaN fails
 
 
-def _at_least(scores: Mapping[str, float], key: str, limit: float | None) -> bool:
-    return key in scores and limit is not None and not scores[key] < limit  # NaN fails
-
-
-# --- product preservation --------------------------------------------------------------------
-# Masked template matching: the product's masked pixels are searched for in the output over a
-# range of scales and every position, first coarsely over the whole frame, then finely around the
-# best coarse hit. A position scores by correlation (does the structure match?) times colour
-# fidelity (is it the same colours, not a recoloured look-alike?). All correlations are computed
-# with FFTs, so the whole search is a few dozen small FFTs.
-
-_COARSE_SIZE = 128
-_FINE_SIZE = 256
-_FIT_MIN, _FIT_MAX, _FIT_STEP = 0.2, 1.0, 1.1
-# Refinement rounds around the best match so far: (spread either side as a scale factor, fits).
-# The first spans one coarse step either side (the coarse winner may be a neighbour of the true
-# scale); the second settles the scale to under 1%, which fine product detail needs.
-_REFINE_ROUNDS = ((_FIT_STEP, 9), (_FIT_STEP**0.25, 7))
-_MIN_TEMPLATE_PIXELS = 24
-# Mask values at or above this (after resizing) are solid product: the soft rim blends with
-# whatever background the output has, so it says nothing about preservation.
-_SOLID = 0.9 * 255
-# RMSE (0..255) fully tolerated (resampling, JPEG), and the RMSE at which colour fidelity is zero.
-# Calibrated on compositor outputs: the product itself stays under 15, other content of similar
-# colours sits above 24.
-_RMSE_OK, _RMSE_BAD = 15.0, 35.0
-# Correlation at or below which structure counts as unrelated, and at or above which it is the
-# same: resampled copies of the product correlate above 0.97, look-alikes rarely above 0.85.
-_NCC_LOW, _NCC_HIGH = 0.6, 0.95
-_RANK_WEIGHT = 1e-3
-# Template std below which its structure is too flat for correlation to mean anything.
-_FLAT_STD = 8.0
-
-
-@dataclass(frozen=True)
-class PreservationMatch:
-    score: float
-    fit: float  # product size as a fraction of the output (fit on both axes)
-    x: int  # top-left of the product's bounding box in the output, pixels
-    y: int
-    width: int
-    height: int
-    # Ranking key: the score plus a tiny unsaturated closeness term, so that among positions
-    # that all score 1.0 the truly aligned one wins (the score saturates on purpose).
-    rank: float = 0.0
-
-
-def product_preservation(output: Image.Image, product: Image.Image, mask: Image.Image | None) -> float:
-    """How well the product's masked pixels appear in ``output``, in [0, 1]."""
-    return find_product(output, product, mask).score
-
-
-def find_product(output: Image.Image, product: Image.Image, mask: Image.Image | None) -> PreservationMatch:
-    """The best match of the product in ``output`` (score 0 and fit 0 when none is possible)."""
-    cutout = _cutout(product, mask)
-    none = PreservationMatch(0.0, 0.0, 0, 0, 0, 0)
-    if cutout is None:
-        return none
-    out_rgb = _to_rgb(output)
-    coarse_fits = _geometric(_FIT_MIN, _FIT_MAX, _FIT_STEP)
-    coarse = _search(out_rgb, (0, 0, *out_rgb.size), cutout, coarse_fits, _COARSE_SIZE)
-    if coarse is None:
-        return none
-    best = coarse
-    for spread, count in _REFINE_ROUNDS:
-        found = _search(
-            out_rgb,
-            _window(best, out_rgb.size),
-            cutout,
-            _spread(best.fit, spread, count),
-            _FINE_SIZE,
-        )
-        if found is not None and found.rank >= best.rank:
-            best = found
-    return best
-
-
-def _window(match: PreservationMatch, size: tuple[int, int]) -> tuple[int, int, int, int]:
-    """The region around a match that a refinement searches (room for scale and shift)."""
-    margin = round(0.06 * max(size)) + 4
-    return (
-        max(0, match.x - margin),
-        max(0, match.y - margin),
-        min(size[0], match.x + match.width + margin),
-        min(size[1], match.y + match.height + margin),
-    )
-
-
-def _spread(fit: float, spread: float, count: int) -> list[float]:
-    half = (count - 1) / 2
-    fits = (fit * spread ** ((i - half) / half) for i in range(count))
-    return [f for f in fits if f <= 1.0 + 1e-9]
-
-
-def _cutout(product: Image.Image, mask: Image.Image | None) -> Image.Image | None:
-    """The product as RGBA cropped to its mask (RGBA so resizing is premultiplied)."""
-    if mask is None:
-        mask = compute_mask(product)
-    mask = mask.convert("L")
-    rgb = _to_rgb(product)
-    if mask.size != rgb.size:
-        mask = mask.resize(rgb.size, Image.Resampling.BILINEAR)
-    bbox = mask.point(lambda v: 255 if v >= _SOLID else 0).getbbox()
-    if bbox is None:
-        return None
-    rgba = rgb.copy()
-    rgba.putalpha(mask)
-    return rgba.crop(bbox)
-
-
-def _geometric(low: float, high: float, step: float) -> list[float]:
-    count = math.floor(math.log(high / low) / math.log(step)) + 1
-    return [*(low * step**i for i in range(count)), high]
-
-
-def _search(
-    output: Image.Image,
-    window: tuple[int, int, int, int],
-    cutout: Image.Image,
-    fits: list[float],
-    work_size: int,
-) -> PreservationMatch | None:
-    """Best match over ``fits`` inside ``window`` of ``output``, searched at ``work_size``."""
-    full_w, full_h = output.size
-    region = output.crop(window)
-    ratio = min(1.0, work_size / max(full_w, full_h))
-    work = region.resize(
-        (max(1, round(region.width * ratio)), max(1, round(region.height * ratio))),
-        Image.Resampling.LANCZOS,
-    )
-    spectra = _Spectra(np.asarray(work, dtype=np.float64))
-    source = _shrink(cutout, 2 * max(work.size))
-    best: PreservationMatch | None = None
-    for fit in fits:
-        scale = min(fit * full_w / cutout.width, fit * full_h / cutout.height)
-        size_full = (round(cutout.width * scale), round(cutout.height * scale))
-        size_work = (round(size_full[0] * ratio), round(size_full[1] * ratio))
-        if not (0 < size_work[0] <= work.width and 0 < size_work[1] <= work.height):
-            continue
-        template = source.resize(size_work, Image.Resampling.LANCZOS)
-        found = _match(spectra, template)
-        if found is None:
-            continue
-        score, rank, (row, col) = found
-        if best is None or rank > best.rank:
-            best = PreservationMatch(
-                rank=rank,
-                score=score,
-                fit=fit,
-                x=window[0] + round(col / ratio),
-                y=window[1] + round(row / ratio),
-                width=size_full[0],
-                height=size_full[1],
-            )
-    return best
-
-
-def _fast_length(n: int) -> int:
-    """Smallest 2^a 3^b 5^c >= n: pocketfft is slow on sizes with large prime factors."""
-    best = 1 << max(0, (n - 1).bit_length())
-    p5 = 1
-    while p5 < best:
-        p35 = p5
-        while p35 < best:
-            size = p35
-            while size < n:
-                size *= 2
-            best = min(best, size)
-            p35 *= 3
-        p5 *= 5
-    return best
-
-
-def _shrink(image: Image.Image, longest: int) -> Image.Image:
-    """A copy no longer than ``longest`` px: resizing a big cut-out for every scale is the cost."""
-    if max(image.size) <= longest:
-        return image
-    scale = longest / max(image.size)
-    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    return image.resize(size, Image.Resampling.LANCZOS)
-
-
-class _Spectra:
-    """FFTs of the searched image and its square, per channel, computed once per search."""
-
-    def __init__(self, image: np.ndarray) -> None:
-        self.valid = image.shape[:2]
-        self.shape = (_fast_length(image.shape[0]), _fast_length(image.shape[1]))
-        self.image = [np.fft.rfft2(image[..., c], s=self.shape) for c in range(3)]
-        self.square = [np.fft.rfft2(image[..., c] ** 2, s=self.shape) for c in range(3)]
-
-    def kernel(self, kernel: np.ndarray) -> np.ndarray:
-        return np.conj(np.fft.rfft2(kernel, s=self.shape))
-
-    def correlate(
-        self, spectrum: np.ndarray, kernel_spectrum: np.ndarray, size: tuple[int, int]
-    ) -> np.ndarray:
-        """sum_x kernel[x] * image[u + x] for every offset u where the kernel fits (no wrap)."""
-        full = np.fft.irfft2(spectrum * kernel_spectrum, s=self.shape)
-        return full[: self.valid[0] - size[0] + 1, : self.valid[1] - size[1] + 1]
-
-
-@dataclass(frozen=True)
-class _Scores:
-    score: np.ndarray
-    ncc: np.ndarray
-    rmse: np.ndarray
-
-
-def _match(spectra: _Spectra, template: Image.Image) -> tuple[float, float, tuple[int, int]] | None:
-    """(score, rank, (row, col)) of the best position for this template size."""
-    scores = _match_scores(spectra, template)
-    if scores is None:
-        return None
-    rank = scores.score + _RANK_WEIGHT * (scores.ncc - scores.rmse / 255.0)
-    index = np.unravel_index(int(np.argmax(rank)), rank.shape)
-    return float(scores.score[index]), float(rank[index]), (int(index[0]), int(index[1]))
-
-
-def _match_scores(spectra: _Spectra, template: Image.Image) -> _Scores | None:
-    rgba = np.asarray(template, dtype=np.float64)
-    weights = (rgba[..., 3] >= _SOLID).astype(np.float64)
-    count = weights.sum()
-    if count < _MIN_TEMPLATE_PIXELS:
-        return None
-    colours = rgba[..., :3]
-    size = weights.shape
-    weights_spec = spectra.kernel(weights)
-
-    numerator = 0.0
-    image_var = 0.0
-    ssd = 0.0
-    template_var = 0.0
-    for c in range(3):
-        mean_t = float((weights * colours[..., c]).sum() / count)
-        centred = weights * (colours[..., c] - mean_t)
-        template_var += float((centred**2).sum())
-        s1 = spectra.correlate(spectra.image[c], weights_spec, size)
-        s2 = spectra.correlate(spectra.square[c], weights_spec, size)
-        cross = spectra.correlate(spectra.image[c], spectra.kernel(centred), size)
-        numerator = numerator + cross
-        image_var = image_var + (s2 - s1**2 / count)
-        # sum M (I - T)^2 = sum M I^2 - 2 sum M T I + sum M T^2, with sum M T I = cross + mean*s1.
-        sum_t2 = float((weights * colours[..., c] ** 2).sum())
-        ssd = ssd + (s2 - 2.0 * (cross + mean_t * s1) + sum_t2)
-
-    rmse = np.sqrt(np.maximum(ssd, 0.0) / (3.0 * count))
-    fidelity = np.clip(1.0 - (rmse - _RMSE_OK) / (_RMSE_BAD - _RMSE_OK), 0.0, 1.0)
-    denom = np.sqrt(template_var * np.maximum(image_var, 1e-9))
-    ncc = np.clip(numerator / np.maximum(denom, 1e-9), -1.0, 1.0)
-    agreement = np.clip((ncc - _NCC_LOW) / (_NCC_HIGH - _NCC_LOW), 0.0, 1.0)
-    # A flat-coloured product has no structure to correlate: lean on colour fidelity instead.
-    structure = min(1.0, math.sqrt(template_var / (3.0 * count)) / _FLAT_STD)
-    score = (structure * agreement + (1.0 - structure)) * fidelity
-    return _Scores(score, ncc, rmse)
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode == "RGB":
-        return image
-    if image.mode in ("P", "PA") or "transparency" in image.info:
-        return image.convert("RGBA").convert("RGB")
-    return image.convert("RGB")
+def _at_least(score: float, limit: float) -> bool:
+    return not score < limit  # NaN fails

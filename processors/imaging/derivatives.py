@@ -20,6 +20,9 @@ from xml.sax.saxutils import quoteattr
 
 from PIL import Image, ImageCms, ImageOps, PngImagePlugin
 
+from processors.imaging.formats import BY_PILLOW
+from processors.imaging.masks import has_alpha
+
 Fit = Literal["contain", "cover"]
 Format = Literal["JPEG", "PNG", "WEBP"]
 
@@ -27,7 +30,6 @@ LINEAGE_KEY = "lightbox:lineage"
 _XMP_NS = "https://lightbox.dev/ns/lineage/1.0/"
 _EXIF_IMAGE_DESCRIPTION = 0x010E
 _WHITE = (255, 255, 255)
-_EXTENSIONS: dict[str, str] = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
 
 
 @dataclass(frozen=True)
@@ -59,11 +61,11 @@ def derivatives_for(channel: str) -> list[DerivativeSpec]:
 
 
 def derivative_name(job_id: str, spec: DerivativeSpec) -> str:
-    return f"{job_id}/{spec.name}.{_EXTENSIONS[spec.format]}"
+    return f"{job_id}/{spec.name}.{BY_PILLOW[spec.format].extension}"
 
 
 def content_type(spec: DerivativeSpec) -> str:
-    return {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}[spec.format]
+    return BY_PILLOW[spec.format].mime
 
 
 def render_derivative(image: Image.Image, spec: DerivativeSpec, lineage: dict[str, str]) -> bytes:
@@ -151,9 +153,9 @@ def to_srgb(image: Image.Image, keep_alpha: bool) -> Image.Image:
     assumed to be sRGB already, as browsers do. Transparency is flattened on white when the
     target cannot hold it, which is what marketplaces expect of a product on a plain backdrop.
     """
-    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+    transparent = has_alpha(image)
     icc = image.info.get("icc_profile")
-    if has_alpha:
+    if transparent:
         working = image.convert("RGBA")
     elif image.mode in ("RGB", "CMYK", "L", "LAB"):
         working = image
@@ -162,7 +164,7 @@ def to_srgb(image: Image.Image, keep_alpha: bool) -> Image.Image:
     if icc:
         working = _convert_profile(working, icc)
     if working.mode not in ("RGB", "RGBA"):
-        working = working.convert("RGBA" if has_alpha else "RGB")
+        working = working.convert("RGBA" if transparent else "RGB")
     if working.mode == "RGBA" and not keep_alpha:
         matte = Image.new("RGB", working.size, _WHITE)
         matte.paste(working, (0, 0), working)

@@ -54,10 +54,8 @@ def compute_mask(image: Image.Image, params: SegmentationParams = DEFAULT_PARAMS
     as product: a close-up with no visible backdrop is more likely than an empty product photo,
     and a full mask keeps every pixel rather than discarding the product.
     """
-    alpha = alpha_channel(image)
-    if alpha is not None and is_cutout_alpha(alpha):
-        return alpha
-    return segment_studio(image, params)
+    alpha = cutout_alpha(image)
+    return alpha if alpha is not None else segment_studio(image, params)
 
 
 def mask_coverage(mask: Image.Image) -> float:
@@ -68,13 +66,27 @@ def mask_coverage(mask: Image.Image) -> float:
     return float(values.mean() / 255.0)
 
 
+_ALPHA_MODES = frozenset({"RGBA", "LA", "La", "RGBa", "PA"})
+
+
+def has_alpha(image: Image.Image) -> bool:
+    """Whether the image carries transparency at all (an alpha band or a transparent colour)."""
+    return image.mode in _ALPHA_MODES or "transparency" in image.info
+
+
 def alpha_channel(image: Image.Image) -> Image.Image | None:
     """The alpha channel as "L", or None when the image has no transparency at all."""
-    if image.mode in ("RGBA", "LA", "La", "RGBa", "PA"):
-        return image.getchannel("A") if image.mode != "PA" else image.convert("RGBA").getchannel("A")
-    if "transparency" in image.info:
-        return image.convert("RGBA").getchannel("A")
-    return None
+    if not has_alpha(image):
+        return None
+    if image.mode in _ALPHA_MODES and image.mode != "PA":
+        return image.getchannel("A")
+    return image.convert("RGBA").getchannel("A")
+
+
+def cutout_alpha(image: Image.Image) -> Image.Image | None:
+    """The alpha channel when ``image`` is a real cut-out (the catalog's own mask), else None."""
+    alpha = alpha_channel(image)
+    return alpha if alpha is not None and is_cutout_alpha(alpha) else None
 
 
 def is_cutout_alpha(alpha: Image.Image) -> bool:

@@ -31,9 +31,8 @@ from PIL import Image
 from processors.imaging.masks import (
     DEFAULT_PARAMS,
     SegmentationParams,
-    alpha_channel,
     compute_mask,
-    is_cutout_alpha,
+    cutout_alpha,
     mask_coverage,
 )
 
@@ -174,8 +173,8 @@ def segment_product(
     max_coverage: float = MAX_MODEL_COVERAGE,
 ) -> ProductMask:
     """The product mask and which method produced it (see ``compute_product_mask``)."""
-    alpha = alpha_channel(image)
-    if alpha is not None and is_cutout_alpha(alpha):
+    alpha = cutout_alpha(image)
+    if alpha is not None:
         # A real cut-out is ground truth from the catalog; a model would only approximate it (and
         # sees the transparent backdrop as whatever colour hides under the alpha).
         return ProductMask(alpha, "alpha")

@@ -13,10 +13,8 @@ Every refusal is a ReferenceFetchError with a stable reason code. What is enforc
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import io
 import logging
-import random
 import socket
 import time
 from dataclasses import dataclass
@@ -29,6 +27,9 @@ from aiohttp.resolver import ThreadedResolver
 from PIL import Image, ImageFile
 from yarl import URL
 
+from processors.backoff import jittered_delay
+from processors.imaging.formats import BY_MIME
+from processors.imaging.limits import DimensionError, check_dimensions
 from processors.references import sniff as sniffing
 from processors.references.url_policy import (
     AddressResolver,
@@ -39,23 +40,12 @@ from processors.references.url_policy import (
     check_url,
     host_is_allowlisted,
 )
+from processors.storage import sha256_hex
 
 log = logging.getLogger(__name__)
 
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _CHUNK_BYTES = 64 * 1024
-
-# Only these decoders ever see downloaded bytes: Pillow would otherwise try every plugin it has
-# (EPS hands data to Ghostscript, for one), whatever the bytes were sniffed as.
-_PILLOW_FORMATS: dict[str, tuple[str, ...]] = {
-    sniffing.JPEG: ("JPEG",),
-    sniffing.PNG: ("PNG",),
-    sniffing.GIF: ("GIF",),
-    sniffing.WEBP: ("WEBP",),
-    sniffing.BMP: ("BMP",),
-    sniffing.TIFF: ("TIFF",),
-    sniffing.AVIF: ("AVIF",),
-}
 
 
 @dataclass(frozen=True)
@@ -127,9 +117,12 @@ def inspect_image(data: bytes, policy: FetchPolicy) -> ImageInfo:
             Reason.NOT_AN_IMAGE, f"content sniffed as {mime or 'unknown'}; starts {data[:8]!r}"
         )
     assert mime is not None
-    formats = _PILLOW_FORMATS.get(mime)
-    if formats is None:
+    # Only the sniffed type's decoder ever sees downloaded bytes: Pillow would otherwise try
+    # every plugin it has (EPS hands data to Ghostscript, for one), whatever the bytes are.
+    decoder = BY_MIME[mime].pillow
+    if decoder is None:
         raise ReferenceFetchError(Reason.UNSUPPORTED_FORMAT, f"{mime} cannot be decoded here")
+    formats = (decoder,)
     _require_strict_truncation()
     try:
         return _decode(data, mime, formats, policy)
@@ -148,15 +141,11 @@ def inspect_image(data: bytes, policy: FetchPolicy) -> ImageInfo:
 def _decode(data: bytes, mime: str, formats: tuple[str, ...], policy: FetchPolicy) -> ImageInfo:
     with Image.open(io.BytesIO(data), formats=list(formats)) as image:
         width, height = image.size
-        if width <= 0 or height <= 0:
-            raise ReferenceFetchError(Reason.CORRUPT_IMAGE, f"dimensions {width}x{height}")
-        # Checked from the header before load(): the global Image.MAX_IMAGE_PIXELS is shared
-        # with the rest of the process, so the policy's own limit is applied here instead.
-        if width * height > policy.max_pixels:
-            raise ReferenceFetchError(
-                Reason.DECOMPRESSION_BOMB,
-                f"{width}x{height} = {width * height} pixels > {policy.max_pixels}",
-            )
+        try:
+            check_dimensions(image.size, policy.max_pixels)
+        except DimensionError as exc:
+            reason = Reason.DECOMPRESSION_BOMB if exc.oversized else Reason.CORRUPT_IMAGE
+            raise ReferenceFetchError(reason, str(exc)) from exc
         image.load()
         return ImageInfo(mime, image.format or formats[0], width, height)
 
@@ -250,13 +239,15 @@ class ReferenceFetcher:
             height=info.height,
             format=info.format,
             final_url=final_url,
-            sha256=hashlib.sha256(data).hexdigest(),
+            sha256=sha256_hex(data),  # the digest its content-addressed key is made from
         )
 
     def _backoff(self, attempt: int) -> float:
-        base = min(self.policy.backoff_max_s, self.policy.backoff_initial_s * 2**attempt)
-        # Jitter: many jobs citing one flaky CDN should not retry in lockstep.
-        return base * random.uniform(0.5, 1.0)
+        """Before retry number ``attempt + 1``. Jittered (many jobs citing one flaky CDN should
+        not retry in lockstep) but at least half the step: a host that just failed gets a pause."""
+        return jittered_delay(
+            attempt + 1, self.policy.backoff_initial_s, self.policy.backoff_max_s, floor=0.5
+        )
 
     async def _attempt(self, url: str) -> tuple[bytes, str]:
         progress = _Progress()

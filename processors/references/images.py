@@ -14,9 +14,7 @@ from typing import Any
 from minio.error import S3Error
 from PIL import Image
 
-from processors.storage import ObjectStore
-
-MISSING = ("NoSuchKey", "NoSuchObject", "NotFound")
+from processors.storage import ObjectStore, is_missing
 
 
 class ReferenceImages:
@@ -28,9 +26,11 @@ class ReferenceImages:
         try:
             data = self._store.get_bytes(key)
         except S3Error as exc:
-            if exc.code in MISSING:
+            if is_missing(exc):
                 raise FileNotFoundError(f"stored reference {key} is missing from storage") from exc
             raise
+        # No decode limit here on purpose: these bytes were proven by fetcher.inspect_image (pixel
+        # limit included) before they were stored, and their key is their digest.
         image = Image.open(io.BytesIO(data))
         image.load()  # decode now: a lazily loaded image is not safe to share between threads
         return image.convert("L") if as_mask else image

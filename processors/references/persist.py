@@ -1,7 +1,7 @@
 """Persist first: a reference URL becomes a content-addressed object in storage, once.
 
-An already-persisted URL costs no network: a small JSON entry under
-``<prefix>/url-cache/<sha256 of url>.json`` points at the stored object, and is trusted while it
+An already-persisted URL costs no network: a small JSON entry (storage_keys.url_cache_key:
+``<prefix>/url-cache/<sha256 of url>.json``) points at the stored object, and is trusted while it
 is younger than the policy's cache TTL and the object it names still exists. The same bytes under
 many URLs are stored once (content addressing); each URL gets its own cache entry.
 
@@ -25,11 +25,11 @@ from typing import Any, Protocol
 from minio.error import S3Error
 from yarl import URL
 
+from processors.imaging.formats import extension_for
 from processors.references.fetcher import FetchedImage, ReferenceFetcher
-from processors.references.sniff import EXTENSIONS
 from processors.references.url_policy import ReferenceFetchError, check_url, parse_url
-from processors.storage import StoredObject
-from processors.storage_keys import url_cache_key
+from processors.storage import StoredObject, is_missing
+from processors.storage_keys import REFS_PREFIX, url_cache_key
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 _CLOCK_SKEW_S = 300.0
 # S3 caps user metadata at 2 KiB in total; URLs may be up to the policy's 2048 characters.
 _MAX_METADATA_URL = 1024
-_MISSING_CODES = frozenset({"NoSuchKey", "NoSuchObject", "NotFound"})
 
 
 class ReferenceStorage(Protocol):
@@ -164,7 +163,9 @@ class _CacheEntry:
 class ReferencePersister:
     """Turns reference URLs into stored objects. One per event loop; share it across jobs."""
 
-    def __init__(self, store: ReferenceStorage, fetcher: ReferenceFetcher, *, prefix: str = "refs") -> None:
+    def __init__(
+        self, store: ReferenceStorage, fetcher: ReferenceFetcher, *, prefix: str = REFS_PREFIX
+    ) -> None:
         self._store = store
         self._fetcher = fetcher
         self._prefix = prefix.rstrip("/")
@@ -259,7 +260,7 @@ class ReferencePersister:
         try:
             raw = await asyncio.to_thread(self._store.get_bytes, key)
         except S3Error as exc:
-            if exc.code in _MISSING_CODES:
+            if is_missing(exc):
                 return None
             raise
         try:
@@ -280,7 +281,7 @@ class ReferencePersister:
                 self._prefix,
                 image.data,
                 image.content_type,
-                EXTENSIONS.get(image.content_type, ""),
+                extension_for(image.content_type),
                 metadata,
             )
 

@@ -8,32 +8,30 @@ from __future__ import annotations
 
 import re
 
-JPEG = "image/jpeg"
-PNG = "image/png"
-GIF = "image/gif"
-WEBP = "image/webp"
-BMP = "image/bmp"
-TIFF = "image/tiff"
-AVIF = "image/avif"
-HEIC = "image/heic"
+from processors.imaging.formats import AVIF, BMP, BY_MIME, GIF, HEIC, JPEG, PNG, TIFF, WEBP
+
 SVG = "image/svg+xml"
 HTML = "text/html"
 XML = "application/xml"
 
-RASTER_TYPES = frozenset({JPEG, PNG, GIF, WEBP, BMP, TIFF, AVIF, HEIC})
+RASTER_TYPES = frozenset(BY_MIME)
 TEXT_TYPES = frozenset({SVG, HTML, XML})
 
-# Conventional file extension per raster type, for human-readable content-addressed keys.
-EXTENSIONS: dict[str, str] = {
-    JPEG: "jpg",
-    PNG: "png",
-    GIF: "gif",
-    WEBP: "webp",
-    BMP: "bmp",
-    TIFF: "tiff",
-    AVIF: "avif",
-    HEIC: "heic",
-}
+__all__ = [
+    "AVIF",
+    "BMP",
+    "GIF",
+    "HEIC",
+    "HTML",
+    "JPEG",
+    "PNG",
+    "SVG",
+    "TIFF",
+    "WEBP",
+    "XML",
+    "is_raster",
+    "sniff",
+]
 
 # Valid BITMAPINFOHEADER family sizes; "BM" alone is too weak a signature.
 _BMP_DIB_SIZES = frozenset({12, 16, 40, 52, 56, 64, 108, 124})

@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 
 from yarl import URL
 
+from processors.config import ReferenceSettings
+
 MiB = 1024 * 1024
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -77,30 +79,50 @@ class ReferenceFetchError(Exception):
         self.retryable = retryable
 
 
+# The limits configuration names (processors.config.ReferenceSettings) default to the same values
+# here, so a FetchPolicy() in a test or tool is the policy a stage runs with by default.
+_CONFIGURED = ReferenceSettings()
+
+
 @dataclass(frozen=True)
 class FetchPolicy:
-    connect_timeout_s: float = 5.0
+    connect_timeout_s: float = _CONFIGURED.connect_timeout_s
     # Per attempt; a fetch makes at most 1 + retries attempts.
-    total_timeout_s: float = 20.0
+    total_timeout_s: float = _CONFIGURED.total_timeout_s
     # No byte for this long mid-response: the connection is considered dead (retryable).
     read_timeout_s: float = 10.0
     # After the grace period, a body arriving slower than this is cut off as slow_body: a server
     # dripping a byte a second must not hold a worker for the whole total timeout.
     min_body_bytes_per_s: float = 16 * 1024
     slow_body_grace_s: float = 2.0
-    max_bytes: int = 20 * MiB
-    max_redirects: int = 3
-    max_pixels: int = 40_000_000
+    max_bytes: int = _CONFIGURED.max_bytes
+    max_redirects: int = _CONFIGURED.max_redirects
+    max_pixels: int = _CONFIGURED.max_pixels
     max_url_length: int = 2048
-    per_host_concurrency: int = 4
-    retries: int = 3
+    per_host_concurrency: int = _CONFIGURED.per_host_concurrency
+    retries: int = _CONFIGURED.retries
     backoff_initial_s: float = 0.2
     backoff_max_s: float = 5.0
     allowed_schemes: tuple[str, ...] = ("http", "https")
     # Host names (exact, case-insensitive) or IPs/CIDRs admitted even if private or loopback.
-    allow_hosts: tuple[str, ...] = ()
-    cache_ttl_s: float = 86400.0
+    allow_hosts: tuple[str, ...] = tuple(_CONFIGURED.allow_hosts)
+    cache_ttl_s: float = _CONFIGURED.cache_ttl_s
     user_agent: str = "Lightbox-ReferenceFetcher/1.0"
+
+    @classmethod
+    def from_settings(cls, settings: ReferenceSettings) -> FetchPolicy:
+        """The policy a references stage runs with; what configuration does not name keeps its default."""
+        return cls(
+            allow_hosts=tuple(settings.allow_hosts),
+            connect_timeout_s=settings.connect_timeout_s,
+            total_timeout_s=settings.total_timeout_s,
+            max_bytes=settings.max_bytes,
+            max_redirects=settings.max_redirects,
+            max_pixels=settings.max_pixels,
+            per_host_concurrency=settings.per_host_concurrency,
+            retries=settings.retries,
+            cache_ttl_s=settings.cache_ttl_s,
+        )
 
 
 @dataclass(frozen=True)

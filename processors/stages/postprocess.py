@@ -12,13 +12,11 @@ from typing import Any, ClassVar
 
 from PIL import Image
 
-from processors.imaging.derivatives import CHANNEL_DERIVATIVES, derivative_name, render_derivative
+from processors.imaging.derivatives import content_type, derivative_name, derivatives_for, render_derivative
 from processors.runtime import InputRecord, Outcome, Stage
 from processors.storage import sha256_hex
 from processors.storage_keys import derivative_key
 from schemas.topics import Topic
-
-MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 
 
 def lineage_of(job: dict[str, Any]) -> dict[str, str]:
@@ -55,15 +53,15 @@ class PostprocessStage(Stage):
         return Outcome.forward(Topic.ASSETS_READY, job, "completed", derivatives=str(len(job["derivatives"])))
 
     def _render_all(self, job: dict[str, Any]) -> list[dict[str, Any]]:
+        # The quality stage decoded this asset within its pixel limit before it got here.
         image = Image.open(io.BytesIO(self.ctx.store.get_bytes(job["asset_key"])))
         image.load()
         lineage = lineage_of(job)
-        specs = CHANNEL_DERIVATIVES.get(job["spec"]["channel"]) or CHANNEL_DERIVATIVES["default"]
         derivatives = []
-        for spec in specs:
+        for spec in derivatives_for(job["spec"]["channel"]):
             data = render_derivative(image, spec, lineage)
             key = derivative_key(derivative_name(job["job_id"], spec))
-            self.ctx.store.put_bytes(key, data, MIME[spec.format], {"job-id": job["job_id"]})
+            self.ctx.store.put_bytes(key, data, content_type(spec), {"job-id": job["job_id"]})
             derivatives.append(
                 {
                     "name": spec.name,

@@ -17,7 +17,13 @@ import aiohttp
 
 from processors.runtime import InputRecord, Outcome, Output, PermanentError, Stage, TransientError
 from processors.runtime.records import job_event
-from processors.storage_keys import decided_key, pending_key, published_prefix
+from processors.storage_keys import (
+    LINEAGE_FILENAME,
+    decided_key,
+    pending_key,
+    published_key,
+    published_prefix,
+)
 from schemas.serde import AvroSerde
 from schemas.topics import Topic
 
@@ -158,7 +164,7 @@ class PublishStage(Stage):
 
     async def _publish(self, job: dict[str, Any]) -> Outcome:
         prefix = published_prefix(self.settings.publish_prefix, job)
-        keys = await self.run_blocking(self._copy_all, job, prefix)
+        keys = await self.run_blocking(self._copy_all, job)
         job["published_keys"] = keys
         refused = await self._notify(job) if self.settings.webhook_url else None
         reviewer = job["review"]["reviewer"]
@@ -178,14 +184,14 @@ class PublishStage(Stage):
             )
         return Outcome(outputs=[Output(Topic.ASSETS_PUBLISHED, job["job_id"], job)], events=events)
 
-    def _copy_all(self, job: dict[str, Any], prefix: str) -> list[str]:
+    def _copy_all(self, job: dict[str, Any]) -> list[str]:
         store = self.ctx.store
         keys = []
         for derivative in job["derivatives"]:
-            dest = f"{prefix}/{derivative['key'].rsplit('/', 1)[-1]}"
+            dest = published_key(self.settings.publish_prefix, job, derivative["key"].rsplit("/", 1)[-1])
             store.copy(derivative["key"], dest)
             keys.append(dest)
-        lineage_key = f"{prefix}/lineage.json"
+        lineage_key = published_key(self.settings.publish_prefix, job, LINEAGE_FILENAME)
         document = {k: v for k, v in job.items() if k != "source_references"}
         store.put_bytes(lineage_key, json.dumps(document, default=str, indent=2).encode(), "application/json")
         keys.append(lineage_key)

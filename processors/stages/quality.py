@@ -8,11 +8,21 @@ review or failed, as configured.
 
 from __future__ import annotations
 
+import contextlib
+import math
 from typing import Any, ClassVar
 
 from PIL import Image
 
-from processors.imaging.checks import ImageCheckError, check_output, decode_image, product_preservation
+from processors.imaging.checks import (
+    REASON_PRODUCT_NOT_PRESERVED,
+    ImageCheckError,
+    QualityThresholds,
+    check_output,
+    decode_image,
+    failed_reasons,
+    product_preservation,
+)
 from processors.imaging.ocr import OcrUnavailable, text_match_score
 from processors.references.images import ReferenceImages, product_reference
 from processors.runtime import InputRecord, Outcome, Output, Stage
@@ -28,6 +38,8 @@ class QualityStage(Stage):
     async def start(self) -> None:
         self.reference_images = ReferenceImages(self.ctx.store)
         settings = self.ctx.settings.quality
+        # One set of thresholds, from configuration, for the one verdict (checks.failed_reasons).
+        self.thresholds = QualityThresholds.from_settings(settings)
         self.clip = None
         if settings.clip_model:
             from processors.imaging.clip_score import ClipScorer
@@ -87,34 +99,30 @@ class QualityStage(Stage):
         except ImageCheckError as exc:
             return {"decodes": 0.0, "overall": 0.0}, [exc.reason]
         scores = {"decodes": 1.0, **check_output(image, spec["width"], spec["height"])}
-        reasons = []
-        if scores.get("size_ok", 1.0) < 1.0:
-            reasons.append("wrong_size")
-        if scores.get("blank_score", 0.0) > settings.max_blank_score:
-            reasons.append("blank_output")
+        # Preservation is always required: with no stored product reference or mask to compare
+        # against it is unscored, and an unscored check never passes silently (retried, then
+        # reviewed). So is the text of a job that carries one, when OCR is on.
+        required = ["preservation"]
         if product is not None and mask is not None:
             scores["preservation"] = product_preservation(image, product, mask)
-            if scores["preservation"] < settings.min_preservation:
-                reasons.append("product_not_preserved")
-        else:
-            # No stored product reference or mask to compare against: preservation cannot be
-            # scored, and an unscored check never passes silently (retried, then reviewed).
-            reasons.append("preservation_unscored")
         if self.clip is not None:
             scores["clip_score"] = self.clip.score(image, job["prompt"]["positive"])
-            if scores["clip_score"] < settings.min_clip_score:
-                reasons.append("low_prompt_adherence")
         text = spec.get("text_overlay")
         if text and settings.ocr_for_text:
-            try:
+            required.append("ocr_score")
+            # Tesseract missing here: the score stays unmeasured and a person must look.
+            with contextlib.suppress(OcrUnavailable):
                 scores["ocr_score"] = text_match_score(text, image)
-                if scores["ocr_score"] < settings.min_ocr_score:
-                    reasons.append("text_mismatch")
-            except OcrUnavailable:
-                # The text cannot be verified here: a person must look, never a silent pass.
-                reasons.append("ocr_unavailable")
-        scores["overall"] = scores.get("preservation", 1.0) * (1.0 - scores.get("blank_score", 0.0))
+        reasons = failed_reasons(scores, self.thresholds, required=required)
+        scores["overall"] = _overall(scores)
         return {k: float(v) for k, v in scores.items()}, reasons
+
+
+def _overall(scores: dict[str, float]) -> float:
+    """What picks the best variant: preservation times non-blankness. A NaN part counts as the
+    worst (0), so an unmeasurable variant never outranks a measured one."""
+    parts = (scores.get("preservation", 1.0), 1.0 - scores.get("blank_score", 0.0))
+    return 0.0 if any(math.isnan(p) for p in parts) else parts[0] * parts[1]
 
 
 def _adjusted(params: dict[str, str], reason: str) -> dict[str, str]:
@@ -122,6 +130,6 @@ def _adjusted(params: dict[str, str], reason: str) -> dict[str, str]:
     adjusted = dict(params)
     if "steps" in adjusted:
         adjusted["steps"] = str(min(60, int(adjusted["steps"]) + 5))
-    if reason == "product_not_preserved" and "guidance" in adjusted:
+    if reason == REASON_PRODUCT_NOT_PRESERVED and "guidance" in adjusted:
         adjusted["guidance"] = f"{min(12.0, float(adjusted['guidance']) + 1.0):.1f}"
     return adjusted

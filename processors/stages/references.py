@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 from PIL import Image
 
 from processors import storage_keys
+from processors.imaging import formats
 from processors.imaging.segmenter import ModelSegmenter, segment_product
 from processors.references.fetcher import ReferenceFetcher
 from processors.references.persist import PersistedReference, ReferencePersister
@@ -32,17 +33,7 @@ class ReferencesStage(Stage):
     async def start(self) -> None:
         settings = self.ctx.settings
         refs = settings.references
-        self.policy = FetchPolicy(
-            allow_hosts=tuple(refs.allow_hosts),
-            connect_timeout_s=refs.connect_timeout_s,
-            total_timeout_s=refs.total_timeout_s,
-            max_bytes=refs.max_bytes,
-            max_redirects=refs.max_redirects,
-            max_pixels=refs.max_pixels,
-            per_host_concurrency=refs.per_host_concurrency,
-            retries=refs.retries,
-            cache_ttl_s=refs.cache_ttl_s,
-        )
+        self.policy = FetchPolicy.from_settings(refs)
         self.fetcher = ReferenceFetcher(self.policy)
         await self.fetcher.__aenter__()
         self.persister = ReferencePersister(self.ctx.store, self.fetcher)
@@ -120,5 +111,5 @@ class ReferencesStage(Stage):
         product_mask.image.save(buf, format="PNG")
         # How the mask was made (alpha, model, classical) travels with it, for lineage.
         metadata = {"source-sha256": digest, "mask-source": product_mask.source}
-        self.ctx.store.put_bytes(mask_key, buf.getvalue(), "image/png", metadata)
+        self.ctx.store.put_bytes(mask_key, buf.getvalue(), formats.PNG, metadata)
         return mask_key

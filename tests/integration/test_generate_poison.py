@@ -15,6 +15,7 @@ from PIL import Image
 
 from deploy.local.stack import LocalStack
 from gpu_workers.worker import GenerateStage
+from processors import storage_keys
 from processors.runtime.dlq import parse_headers
 from processors.runtime.runner import StageRunner
 from processors.runtime.stage import StageContext
@@ -31,7 +32,7 @@ def _job(store: ObjectStore, steps: str) -> dict:
     image.paste((30, 90, 200, 255), (10, 10, 30, 30))
     buf = io.BytesIO()
     image.save(buf, format="PNG")
-    obj, _ = store.put_content_addressed("refs", buf.getvalue(), "image/png", "png")
+    obj, _ = store.put_content_addressed(storage_keys.REFS_PREFIX, buf.getvalue(), "image/png", "png")
     job = copy.deepcopy(JOB_V1)
     job["job_id"] = f"poison-{uuid.uuid4().hex[:8]}"
     job["references"] = [

@@ -17,6 +17,7 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
+from processors import storage_keys
 from processors.references.fetcher import ReferenceFetcher
 from processors.references.persist import ReferencePersister, url_sha256
 from processors.references.url_policy import FetchPolicy, Reason
@@ -108,7 +109,7 @@ async def test_same_image_under_ten_urls_is_stored_once(
     stored = list(store.list_keys(f"{prefix}/sha256/"))
     assert stored == [persisted[0].key]
     assert store.get_bytes(stored[0]) == SAME
-    assert len(list(store.list_keys(f"{prefix}/url-cache/"))) == 10
+    assert len(list(store.list_keys(storage_keys.url_cache_prefix(prefix)))) == 10
     meta = store.metadata(stored[0])
     assert meta["content-type"] == "image/png"
     assert meta["x-amz-meta-source-url"] in urls
@@ -192,4 +193,4 @@ async def test_failures_become_dropped_references(origin: Origin, store: ObjectS
     assert record["url_sha256"] == url_sha256("file:///etc/passwd")
     assert "url" not in record
     # Nothing about a failed fetch is cached: the next attempt tries again.
-    assert len(list(store.list_keys(f"{prefix}/url-cache/"))) == 1
+    assert len(list(store.list_keys(storage_keys.url_cache_prefix(prefix)))) == 1

@@ -19,6 +19,7 @@ from PIL import Image
 from deploy.local.stack import LocalStack
 from gpu_workers.registry import ModelRegistry
 from gpu_workers.worker import GenerateStage
+from processors import storage_keys
 from processors.runtime.runner import StageRunner
 from processors.runtime.stage import StageContext
 from processors.storage import ObjectStore
@@ -64,11 +65,11 @@ def _product_refs(store: ObjectStore) -> list[dict]:
     image.paste((200, 40, 40, 255), (12, 12, 36, 36))
     buf = io.BytesIO()
     image.save(buf, format="PNG")
-    obj, _ = store.put_content_addressed("refs", buf.getvalue(), "image/png", "png")
+    obj, _ = store.put_content_addressed(storage_keys.REFS_PREFIX, buf.getvalue(), "image/png", "png")
     mask = image.getchannel("A")
     mbuf = io.BytesIO()
     mask.save(mbuf, format="PNG")
-    store.put_bytes(f"masks/{obj.sha256}.png", mbuf.getvalue(), "image/png")
+    store.put_bytes(storage_keys.mask_key(obj.sha256), mbuf.getvalue(), "image/png")
     return [
         {
             "role": "PRODUCT",
@@ -78,7 +79,7 @@ def _product_refs(store: ObjectStore) -> list[dict]:
             "width": 48,
             "height": 48,
             "size_bytes": obj.size,
-            "mask_key": f"masks/{obj.sha256}.png",
+            "mask_key": storage_keys.mask_key(obj.sha256),
         }
     ]
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import numpy as np
@@ -7,13 +8,17 @@ import pytest
 from PIL import Image, ImageDraw
 
 from gpu_workers.backends.compositor import composite
+from processors.config import QualitySettings
 from processors.imaging.checks import (
     REASON_BLANK,
     REASON_CORRUPT,
+    REASON_OCR_UNAVAILABLE,
     REASON_OVERSIZED,
+    REASON_PRESERVATION_UNSCORED,
     REASON_PRODUCT_NOT_PRESERVED,
     REASON_WRONG_SIZE,
     ImageCheckError,
+    QualityThresholds,
     check_output,
     decode_image,
     failed_reasons,
@@ -87,13 +92,13 @@ def test_flat_output_is_blank() -> None:
     scores = check_output(Image.new("RGB", (64, 64), (250, 250, 250)), 64, 64)
     assert scores["blank_score"] == pytest.approx(1.0)
     assert scores["std"] == 0.0 and scores["mean"] == pytest.approx(250, abs=0.5)
-    assert failed_reasons(scores, {}) == [REASON_BLANK]
+    assert failed_reasons(scores) == [REASON_BLANK]
 
 
 def test_nearly_flat_jpeg_is_still_blank() -> None:
     noisy = np.full((64, 64, 3), 30, dtype=np.int16) + np.random.default_rng(1).integers(-1, 2, (64, 64, 3))
     decoded = decode_image(_encode(Image.fromarray(noisy.astype(np.uint8)), "JPEG"), 10_000)
-    assert REASON_BLANK in failed_reasons(check_output(decoded, 64, 64), {})
+    assert REASON_BLANK in failed_reasons(check_output(decoded, 64, 64))
 
 
 def test_real_composite_passes_basic_checks() -> None:
@@ -101,23 +106,69 @@ def test_real_composite_passes_basic_checks() -> None:
     scores = check_output(output, 128, 128)
     assert scores["size_ok"] == 1.0 and scores["width"] == 128.0
     assert scores["blank_score"] < 0.5
-    assert failed_reasons(scores, {}) == []
+    assert failed_reasons(scores) == []
 
 
 def test_wrong_size_is_reported() -> None:
     scores = check_output(_noise((64, 48)), 64, 64)
     assert scores["size_ok"] == 0.0 and scores["height"] == 48.0
-    assert failed_reasons(scores, {}) == [REASON_WRONG_SIZE]
+    assert failed_reasons(scores) == [REASON_WRONG_SIZE]
 
 
-def test_failed_reasons_apply_only_present_scores_and_configured_thresholds() -> None:
-    assert failed_reasons({"decode_ok": 0.0}) == [REASON_CORRUPT]
-    assert failed_reasons({"product_preservation": 0.3}) == [REASON_PRODUCT_NOT_PRESERVED]
-    assert failed_reasons({"product_preservation": 0.3}, {"min_product_preservation": 0.2}) == []
-    assert failed_reasons({"clip_score": 0.1}) == []  # no default threshold for model scores
-    assert failed_reasons({"clip_score": 0.1}, {"min_clip_score": 0.2}) == ["low_prompt_adherence"]
-    assert failed_reasons({"ocr_score": 0.5}, {"min_ocr_score": 0.9}) == ["text_mismatch"]
-    assert failed_reasons({"blank_score": float("nan")}) == [REASON_BLANK]
+def _limits(**overrides: float) -> QualityThresholds:
+    return dataclasses.replace(QualityThresholds.defaults(), **overrides)
+
+
+def test_default_thresholds_are_the_configured_defaults() -> None:
+    settings = QualitySettings()
+    assert QualityThresholds.defaults() == QualityThresholds(
+        max_blank_score=settings.max_blank_score,
+        min_preservation=settings.min_preservation,
+        min_clip_score=settings.min_clip_score,
+        min_ocr_score=settings.min_ocr_score,
+    )
+
+
+def test_failed_reasons_apply_only_present_scores_and_the_given_thresholds() -> None:
+    assert failed_reasons({}) == []
+    assert failed_reasons({"preservation": 0.3}) == [REASON_PRODUCT_NOT_PRESERVED]
+    assert failed_reasons({"preservation": 0.3}, _limits(min_preservation=0.2)) == []
+    assert failed_reasons({"clip_score": 0.1}, _limits(min_clip_score=None)) == []
+    assert failed_reasons({"clip_score": 0.1}, _limits(min_clip_score=0.2)) == ["low_prompt_adherence"]
+    assert failed_reasons({"ocr_score": 0.5}, _limits(min_ocr_score=0.9)) == ["text_mismatch"]
+
+
+def test_failed_reasons_keep_one_order() -> None:
+    scores = {"size_ok": 0.0, "blank_score": 1.0, "preservation": 0.0, "clip_score": -1.0, "ocr_score": 0.0}
+    assert failed_reasons(scores) == [
+        REASON_WRONG_SIZE,
+        REASON_BLANK,
+        REASON_PRODUCT_NOT_PRESERVED,
+        "low_prompt_adherence",
+        "text_mismatch",
+    ]
+
+
+@pytest.mark.parametrize("key", ["size_ok", "blank_score", "preservation", "clip_score", "ocr_score"])
+def test_a_nan_score_fails_its_check(key: str) -> None:
+    assert len(failed_reasons({key: float("nan")})) == 1
+
+
+def test_limits_are_inclusive_on_the_failing_side() -> None:
+    limits = _limits(max_blank_score=0.9, min_preservation=0.6)
+    assert failed_reasons({"blank_score": 0.9}, limits) == [REASON_BLANK]
+    assert failed_reasons({"blank_score": 0.8999}, limits) == []
+    assert failed_reasons({"preservation": 0.6}, limits) == []
+    assert failed_reasons({"preservation": 0.5999}, limits) == [REASON_PRODUCT_NOT_PRESERVED]
+
+
+def test_a_missing_required_score_is_unscored_in_its_place() -> None:
+    assert failed_reasons({"size_ok": 0.0}, required=["preservation", "ocr_score"]) == [
+        REASON_WRONG_SIZE,
+        REASON_PRESERVATION_UNSCORED,
+        REASON_OCR_UNAVAILABLE,
+    ]
+    assert failed_reasons({"preservation": 0.9}, required=["preservation"]) == []
 
 
 # --- product preservation --------------------------------------------------------------------

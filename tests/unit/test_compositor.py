@@ -12,7 +12,9 @@ from gpu_workers.backends.compositor import (
     composite,
     composite_with_placement,
 )
+from gpu_workers.backends.compositor.scenes import keyed_by_scene_names
 from processors.imaging.checks import product_preservation
+from processors.prompting.scenes import SCENE_NAMES
 
 
 def _textured_cutout(size: int = 100, inner: int = 70) -> Image.Image:
@@ -151,3 +153,17 @@ def test_old_backdrop_colour_does_not_leak_into_the_edge() -> None:
         photo.paste(colour, (0, 0), coverage)
         shots.append(np.asarray(composite(photo, coverage, 150, 150, "kitchen", 1), np.int16))
     assert np.abs(shots[0] - shots[1]).max() <= 12
+
+
+def test_the_scene_table_is_exactly_the_scene_names() -> None:
+    assert tuple(SCENES) == SCENE_NAMES
+    assert all(SCENES[name].name == name for name in SCENE_NAMES)
+
+
+def test_a_scene_name_without_a_drawing_or_a_drawing_without_a_name_is_refused() -> None:
+    drawings = {name: (scene.draw, scene.shadow_rgb, scene.shadow_opacity) for name, scene in SCENES.items()}
+    missing = dict(list(drawings.items())[1:])
+    with pytest.raises(RuntimeError, match=f"no drawing for \\['{SCENE_NAMES[0]}'\\]"):
+        keyed_by_scene_names(missing)
+    with pytest.raises(RuntimeError, match="drawings not listed \\['moon'\\]"):
+        keyed_by_scene_names({**drawings, "moon": drawings[SCENE_NAMES[0]]})

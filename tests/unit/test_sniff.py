@@ -7,6 +7,7 @@ import io
 import pytest
 from PIL import Image, features
 
+from processors.imaging.formats import BY_MIME, extension_for
 from processors.references import sniff as s
 
 
@@ -30,6 +31,18 @@ def encode(fmt: str, mode: str = "RGB", **params: object) -> bytes:
 def test_raster_formats_from_real_encoders(fmt: str, mime: str) -> None:
     assert s.sniff(encode(fmt)) == mime
     assert s.is_raster(mime)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "extension"),
+    [("JPEG", "jpg"), ("PNG", "png"), ("GIF", "gif"), ("WEBP", "webp"), ("BMP", "bmp"), ("TIFF", "tiff")],
+)
+def test_what_is_sniffed_is_decoded_by_its_own_codec_and_stored_under_its_extension(
+    fmt: str, extension: str
+) -> None:
+    """One table (processors.imaging.formats) answers sniffing, decoding and key naming alike."""
+    known = BY_MIME[s.sniff(encode(fmt)) or ""]
+    assert (known.pillow, known.extension, extension_for(known.mime)) == (fmt, extension, extension)
 
 
 def test_big_endian_tiff() -> None:

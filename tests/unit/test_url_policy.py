@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
+from processors.config import ReferenceSettings
 from processors.references.url_policy import (
     AddressResolver,
     FetchPolicy,
@@ -170,3 +171,11 @@ def test_http_status_reasons() -> None:
     assert Reason.http_status(404) == "http_404"
     assert Reason.http_status(403) == "http_403"
     assert Reason.http_status(503) == Reason.HTTP_5XX == "http_5xx"
+
+
+def test_the_default_policy_is_the_configured_default() -> None:
+    """FetchPolicy's limits default to configuration's, so a test's FetchPolicy() is what ships."""
+    assert FetchPolicy() == FetchPolicy.from_settings(ReferenceSettings())
+    tight = ReferenceSettings(max_pixels=1000, retries=0, allow_hosts=["cdn.internal"])
+    policy = FetchPolicy.from_settings(tight)
+    assert (policy.max_pixels, policy.retries, policy.allow_hosts) == (1000, 0, ("cdn.internal",))
