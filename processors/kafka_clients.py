@@ -1,10 +1,12 @@
-"""confluent-kafka client factories with the settings every stage relies on."""
+"""confluent-kafka clients: the factories with the settings every stage relies on, and the one
+produce loop (produce_and_confirm) that the stage runner and the gateway's tools send through."""
 
 from __future__ import annotations
 
 import socket
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
@@ -53,19 +55,36 @@ def group_id_for(settings: Settings, stage: str) -> str:
     return f"{settings.kafka.topic_prefix}lightbox.{stage}"
 
 
-# (topic, key, value, headers): one message for produce_and_confirm.
+# (topic, key, value, headers): one message for produce_and_confirm, partitioned by key.
 Message = tuple[str, bytes | None, bytes | None, Sequence[tuple[str, bytes]] | None]
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One message for produce_and_confirm as a record; unlike the tuple, it can name a partition."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]] | None = None
+    # None: partitioned by key. Set only for state changelogs co-partitioned with an input.
+    partition: int | None = None
 
 
 class DeliveryFailed(RuntimeError):
     """Messages were not delivered; the message names the topic(s) and the broker's error."""
 
 
-def produce_and_confirm(producer: Producer, messages: Iterable[Message], timeout_s: float = 30.0) -> int:
+def produce_and_confirm(
+    producer: Producer, messages: Iterable[Message | Outgoing], timeout_s: float = 30.0
+) -> int:
     """Produce every message, wait for the broker to acknowledge each, and raise DeliveryFailed
-    unless all of them were delivered. flush() alone is not enough: a message that failed
-    (rejected by the broker, timed out) leaves the queue too, so flush() returns 0 for it;
-    only the delivery report says it failed. Returns the number of messages delivered."""
+    unless all of them were delivered. Returns the number of messages delivered.
+
+    The one produce loop: the stage runner's outbox and the gateway's tools (submit, review, DLQ
+    replay) all send through it. flush() alone is not enough: a message that failed (rejected by
+    the broker, timed out) leaves the queue too, so flush() returns 0 for it; only the delivery
+    report says it failed."""
     failures: list[tuple[str, str]] = []
 
     def on_delivery(err: KafkaError | None, msg: Any) -> None:
@@ -75,12 +94,19 @@ def produce_and_confirm(producer: Producer, messages: Iterable[Message], timeout
     deadline = time.monotonic() + timeout_s
     count = 0
     topics: set[str] = set()
-    for topic, key, value, headers in messages:
-        topics.add(topic)
+    for message in messages:
+        out = message if isinstance(message, Outgoing) else Outgoing(*message)
+        topics.add(out.topic)
+        extra = {} if out.partition is None else {"partition": out.partition}
         while True:
             try:
                 producer.produce(
-                    topic, key=key, value=value, headers=list(headers or []), on_delivery=on_delivery
+                    out.topic,
+                    key=out.key,
+                    value=out.value,
+                    headers=list(out.headers or []),
+                    on_delivery=on_delivery,
+                    **extra,
                 )
                 break
             except BufferError:
@@ -96,7 +122,7 @@ def produce_and_confirm(producer: Producer, messages: Iterable[Message], timeout
                 error = exc.args[0]
                 detail = error.str() if isinstance(error, KafkaError) else str(error)
                 producer.flush(max(0.0, deadline - time.monotonic()))
-                raise DeliveryFailed(f"could not produce to {topic}: {detail}") from exc
+                raise DeliveryFailed(f"could not produce to {out.topic}: {detail}") from exc
         producer.poll(0)
         count += 1
     remaining = producer.flush(max(0.0, deadline - time.monotonic()))

@@ -2,12 +2,12 @@
 
 Permanent errors (bad data, a bug on this input) go to the dead-letter topic at once: retrying
 cannot help and would block the partition. Everything else is presumed transient (a broker, MinIO
-or a backend hiccup) and retried with backoff up to the stage's attempt limit, then dead-lettered.
+or a backend hiccup) and retried with backoff (processors/backoff.py) up to the stage's attempt
+limit, then dead-lettered.
 """
 
 from __future__ import annotations
 
-from processors.backoff import backoff_delay  # noqa: F401  (re-exported for the runtime)
 from schemas.serde import SerdeError
 
 
@@ -19,8 +19,8 @@ class PermanentError(Exception):
     """Retrying cannot help: the message itself is unprocessable."""
 
 
-class DeliveryError(RuntimeError):
-    """The producer could not deliver a batch's outputs; the batch is not committed."""
+class UndeclaredOutput(PermanentError):
+    """A handler's outcome names a topic its stage does not declare in `outputs`."""
 
 
 _PERMANENT = (SerdeError, PermanentError, KeyError, TypeError, ValueError, AttributeError)

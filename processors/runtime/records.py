@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
 from schemas.topics import Topic
+
+
+def now_ms() -> int:
+    """Epoch millis: how every runtime timestamp (events, dead letters) is written."""
+    return int(time.time() * 1000)
+
+
+def to_millis(value: dt.datetime | int | None) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        return int(value.timestamp() * 1000)
+    return int(value)
 
 
 @dataclass

@@ -27,6 +27,7 @@ class SlowStage(Stage):
 
     name: ClassVar[str] = "slowtest"
     inputs: ClassVar[tuple[Topic, ...]] = (Topic.REVIEW_DECISIONS,)
+    outputs: ClassVar[tuple[Topic, ...]] = ()
     seen: list[str]
 
     async def start(self) -> None:
@@ -97,6 +98,7 @@ class UploadingStage(Stage):
 
     name: ClassVar[str] = "uploadtest"
     inputs: ClassVar[tuple[Topic, ...]] = (Topic.REVIEW_DECISIONS,)
+    outputs: ClassVar[tuple[Topic, ...]] = ()
 
     async def start(self) -> None:
         self.prefetch_batches = 2

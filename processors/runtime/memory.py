@@ -1,0 +1,354 @@
+"""An in-memory broker with a consumer and a producer that stand in for confluent-kafka's, so the
+real StageRunner can be driven batch by batch without Kafka (after bytewax's testing source and
+sink: inputs are lists, outputs are captured lists).
+
+- MemoryBroker: topics as lists of partitions, each a list of messages with offsets, keys,
+  headers and timestamps; what each consumer group committed, and every commit in order.
+- MemoryConsumer: subscribe() with rebalance callbacks, consume(), pause()/resume(), position(),
+  watermarks and a synchronous commit() that records offsets. A subscription is assigned every
+  partition of its topics on the first consume(), like a lone member of a group; revoke() and
+  assign() queue a rebalance that runs inside the next consume(), as librdkafka runs its
+  callbacks. fail_commits() makes commits fail.
+- MemoryProducer: produce() queues, poll()/flush() deliver (append to the broker, then call the
+  delivery callback), as librdkafka serves reports only in poll/flush. fail_next() makes a
+  delivery fail with a KafkaError; queue_limit makes produce() raise BufferError when full.
+
+Only what the runtime and the gateway's produce loop call is here; it is not a Kafka emulator
+(no replication, no transactions, one member per group).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import TIMESTAMP_CREATE_TIME, KafkaError, KafkaException, Message, TopicPartition
+
+Headers = Sequence[tuple[str, bytes]] | None
+Partition = tuple[str, int]
+RebalanceCallback = Callable[[Any, list[TopicPartition]], None]
+
+
+def _bytes(value: str | bytes | None) -> bytes | None:
+    return value.encode() if isinstance(value, str) else value
+
+
+@dataclass(frozen=True)
+class Commit:
+    group: str
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass
+class MemoryBroker:
+    """Topics and committed offsets, shared by the consumers and producers made from it."""
+
+    default_partitions: int = 1
+    topics: dict[str, list[list[Message]]] = field(default_factory=dict)
+    committed: dict[tuple[str, str, int], int] = field(default_factory=dict)
+    commits: list[Commit] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.lock = threading.Condition()
+
+    def create_topic(self, name: str, partitions: int | None = None) -> None:
+        with self.lock:
+            self.topics.setdefault(name, [[] for _ in range(partitions or self.default_partitions)])
+
+    def partitions(self, name: str) -> int:
+        with self.lock:
+            return len(self.topics.get(name, []))
+
+    def append(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: str | bytes | None = None,
+        headers: Headers = None,
+        partition: int | None = None,
+    ) -> Message:
+        """Write one message (partitioned by key unless `partition` is given); returns it with
+        its offset."""
+        self.create_topic(topic)
+        key_bytes = _bytes(key)
+        with self.lock:
+            parts = self.topics[topic]
+            if partition is None or partition < 0:
+                partition = zlib.crc32(key_bytes or b"") % len(parts)
+            if partition >= len(parts):
+                raise KafkaException(KafkaError(KafkaError._UNKNOWN_PARTITION, f"{topic}/{partition}"))
+            message = Message(
+                topic=topic,
+                partition=partition,
+                offset=len(parts[partition]),
+                key=key_bytes,
+                value=value,
+                headers=list(headers) if headers else None,
+                timestamp=(TIMESTAMP_CREATE_TIME, int(time.time() * 1000)),
+            )
+            parts[partition].append(message)
+            self.lock.notify_all()
+            return message
+
+    def messages(self, topic: str) -> list[Message]:
+        """Every message of a topic, partition by partition."""
+        with self.lock:
+            return [m for part in self.topics.get(topic, []) for m in part]
+
+    def committed_offset(self, group: str, topic: str, partition: int) -> int | None:
+        with self.lock:
+            return self.committed.get((group, topic, partition))
+
+    def _commit(self, group: str, topic: str, partition: int, offset: int) -> None:
+        with self.lock:
+            self.committed[(group, topic, partition)] = offset
+            self.commits.append(Commit(group, topic, partition, offset))
+
+
+class MemoryConsumer:
+    def __init__(self, broker: MemoryBroker, group_id: str) -> None:
+        self.broker = broker
+        self.group_id = group_id
+        self._topics: list[str] = []
+        self._on_assign: RebalanceCallback | None = None
+        self._on_revoke: RebalanceCallback | None = None
+        self._joined = False
+        self._positions: dict[Partition, int] = {}  # assigned partitions and their next offset
+        self._paused: set[Partition] = set()
+        self._rebalances: list[tuple[str, list[Partition]]] = []
+        self._commit_error: KafkaException | None = None
+        self._commit_failures = 0
+        self.closed = False
+        self.consume_calls = 0
+        # Every pause() and resume() call, in order, with the partitions it named.
+        self.flow_control: list[tuple[str, list[Partition]]] = []
+
+    # -- group membership --------------------------------------------------------------------
+
+    def subscribe(
+        self,
+        topics: list[str],
+        on_assign: RebalanceCallback | None = None,
+        on_revoke: RebalanceCallback | None = None,
+    ) -> None:
+        for topic in topics:
+            self.broker.create_topic(topic)
+        self._topics = list(topics)
+        self._on_assign, self._on_revoke = on_assign, on_revoke
+
+    def revoke(self, partitions: Iterable[Partition]) -> None:
+        """Queue a rebalance that takes these partitions away inside the next consume()."""
+        self._rebalances.append(("revoke", list(partitions)))
+
+    def assign(self, partitions: Iterable[Partition]) -> None:
+        """Queue a rebalance that (re)assigns these partitions inside the next consume(); each
+        starts at its group's committed offset, as after a real rebalance."""
+        self._rebalances.append(("assign", list(partitions)))
+
+    def _rebalance(self) -> None:
+        if not self._joined:
+            self._joined = True
+            everything = [(t, p) for t in self._topics for p in range(self.broker.partitions(t))]
+            self._rebalances.insert(0, ("assign", everything))
+        while self._rebalances:
+            kind, partitions = self._rebalances.pop(0)
+            tps = [TopicPartition(t, p) for t, p in partitions]
+            if kind == "revoke":
+                if self._on_revoke is not None:
+                    self._on_revoke(self, tps)
+                for tp in partitions:
+                    self._positions.pop(tp, None)
+                    self._paused.discard(tp)
+            else:
+                for t, p in partitions:
+                    committed = self.broker.committed_offset(self.group_id, t, p)
+                    self._positions[(t, p)] = committed if committed is not None else 0
+                if self._on_assign is not None:
+                    self._on_assign(self, tps)
+
+    def assignment(self) -> list[TopicPartition]:
+        return [TopicPartition(t, p) for t, p in self._positions]
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Message]:
+        self.consume_calls += 1
+        self._rebalance()
+        deadline = time.monotonic() + max(0.0, timeout)
+        with self.broker.lock:
+            while True:
+                batch = self._take(num_messages)
+                remaining = deadline - time.monotonic()
+                if batch or remaining <= 0:
+                    return batch
+                self.broker.lock.wait(remaining)
+
+    def _take(self, limit: int) -> list[Message]:
+        taken: list[Message] = []
+        for tp, position in sorted(self._positions.items()):
+            if tp in self._paused:
+                continue
+            log = self.broker.topics.get(tp[0], [])[tp[1]]
+            while position < len(log) and len(taken) < limit:
+                taken.append(log[position])
+                position += 1
+            self._positions[tp] = position
+        return taken
+
+    def pause(self, partitions: list[TopicPartition]) -> None:
+        named = [(tp.topic, tp.partition) for tp in partitions]
+        self.flow_control.append(("pause", named))
+        self._paused.update(named)
+
+    def resume(self, partitions: list[TopicPartition]) -> None:
+        named = [(tp.topic, tp.partition) for tp in partitions]
+        self.flow_control.append(("resume", named))
+        self._paused.difference_update(named)
+
+    @property
+    def paused(self) -> set[Partition]:
+        return set(self._paused)
+
+    def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        return [
+            TopicPartition(tp.topic, tp.partition, self._positions.get((tp.topic, tp.partition), -1001))
+            for tp in partitions
+        ]
+
+    def get_watermark_offsets(
+        self, partition: TopicPartition, timeout: float | None = None, cached: bool = False
+    ) -> tuple[int, int]:
+        with self.broker.lock:
+            log = self.broker.topics.get(partition.topic, [])
+            return (0, len(log[partition.partition]) if partition.partition < len(log) else -1)
+
+    # -- committing --------------------------------------------------------------------------
+
+    def fail_commits(self, error: KafkaException, times: int = 1) -> None:
+        """Make the next `times` commit() calls raise `error` (e.g. after a lost rebalance)."""
+        self._commit_error, self._commit_failures = error, times
+
+    def commit(
+        self,
+        message: Message | None = None,
+        offsets: list[TopicPartition] | None = None,
+        asynchronous: bool = True,
+    ) -> list[TopicPartition] | None:
+        if self._commit_failures > 0:
+            self._commit_failures -= 1
+            assert self._commit_error is not None
+            raise self._commit_error
+        results = []
+        for tp in offsets or []:
+            self.broker._commit(self.group_id, tp.topic, tp.partition, tp.offset)
+            results.append(TopicPartition(tp.topic, tp.partition, tp.offset))
+        return None if asynchronous else results
+
+    def committed(
+        self, partitions: list[TopicPartition], timeout: float | None = None
+    ) -> list[TopicPartition]:
+        found = []
+        for tp in partitions:
+            offset = self.broker.committed_offset(self.group_id, tp.topic, tp.partition)
+            found.append(TopicPartition(tp.topic, tp.partition, -1001 if offset is None else offset))
+        return found
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@dataclass
+class _Queued:
+    topic: str
+    value: bytes | None
+    key: bytes | None
+    headers: Headers
+    partition: int | None
+    on_delivery: Callable[[KafkaError | None, Message], None] | None
+
+
+class MemoryProducer:
+    def __init__(self, broker: MemoryBroker, queue_limit: int | None = None) -> None:
+        self.broker = broker
+        self.queue_limit = queue_limit
+        self._queue: list[_Queued] = []
+        self._failures: list[tuple[str | None, KafkaError]] = []
+        self._lock = threading.Lock()
+        self.delivered: list[Message] = []
+        self.failed: list[tuple[str, KafkaError]] = []
+
+    def fail_next(self, topic: str | None = None, error: KafkaError | None = None, times: int = 1) -> None:
+        """Make the next `times` deliveries (to `topic`, or to any topic) fail with `error`."""
+        err = error or KafkaError(KafkaError._MSG_TIMED_OUT, "delivery failed (in-memory)")
+        with self._lock:
+            self._failures.extend([(topic, err)] * times)
+
+    def produce(
+        self,
+        topic: str,
+        value: str | bytes | None = None,
+        key: str | bytes | None = None,
+        partition: int = -1,
+        on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
+        headers: Headers = None,
+        **_: Any,
+    ) -> None:
+        with self._lock:
+            if self.queue_limit is not None and len(self._queue) >= self.queue_limit:
+                raise BufferError("Local: Queue full")
+            self._queue.append(
+                _Queued(
+                    topic,
+                    _bytes(value),
+                    _bytes(key),
+                    headers,
+                    None if partition < 0 else partition,
+                    on_delivery,
+                )
+            )
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._queue)
+
+    def poll(self, timeout: float = 0) -> int:
+        return self._deliver()
+
+    def flush(self, timeout: float = -1) -> int:
+        self._deliver()
+        return len(self)
+
+    def _failure_for(self, topic: str) -> KafkaError | None:
+        for i, (wanted, error) in enumerate(self._failures):
+            if wanted is None or wanted == topic:
+                del self._failures[i]
+                return error
+        return None
+
+    def _deliver(self) -> int:
+        with self._lock:
+            queued, self._queue = self._queue, []
+            outcomes: list[tuple[_Queued, KafkaError | None]] = [
+                (q, self._failure_for(q.topic)) for q in queued
+            ]
+        for q, error in outcomes:
+            if error is None:
+                message = self.broker.append(q.topic, q.value, q.key, q.headers, q.partition)
+                self.delivered.append(message)
+            else:
+                message = Message(
+                    topic=q.topic, key=q.key, value=q.value, headers=list(q.headers or []) or None
+                )
+                self.failed.append((q.topic, error))
+            if q.on_delivery is not None:
+                q.on_delivery(error, message)
+        return len(outcomes)
+
+    def delivered_to(self, topic: str) -> list[Message]:
+        return [m for m in self.delivered if m.topic() == topic]
