@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from schemas.topics import COMPACTED, SCHEMA_OF, Topic
+from schemas.topics import COMPACTED, RUNTIME_TOPICS, SCHEMA_OF, Topic
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class StageSpec:
 
 # Every stage may also write pipeline events and dead letters: the runtime adds those, so they
 # are not listed per stage.
-RUNTIME_OUTPUTS: tuple[Topic, ...] = (Topic.PIPELINE_EVENTS, Topic.PIPELINE_DLQ)
+RUNTIME_OUTPUTS: tuple[Topic, ...] = tuple(t for t in Topic if t in RUNTIME_TOPICS)
 
 # Topics nobody in the pipeline consumes: the published assets are for downstream systems.
 TERMINAL_TOPICS: frozenset[Topic] = frozenset({Topic.ASSETS_PUBLISHED, Topic.PIPELINE_DLQ})

@@ -36,6 +36,9 @@ SCHEMA_OF: dict[Topic, str] = {
     Topic.INTAKE_SEEN: "seen_event",
 }
 
+# Written by the runtime for every stage (pipeline events, dead letters), whatever it declares.
+RUNTIME_TOPICS: frozenset[Topic] = frozenset({Topic.PIPELINE_EVENTS, Topic.PIPELINE_DLQ})
+
 # Topics that hold state, not a stream: compacted, so the latest value per key is kept forever.
 COMPACTED: frozenset[Topic] = frozenset({Topic.INTAKE_SEEN})
 

@@ -35,13 +35,10 @@ from processors.runtime.dlq import DeadLetter, Source
 from processors.runtime.errors import UndeclaredOutput
 from processors.runtime.records import Event, InputRecord, Outcome, now_ms, to_millis
 from schemas.serde import SerdeError
-from schemas.topics import Topic
+from schemas.topics import RUNTIME_TOPICS, Topic
 
 EVENT_NAMESPACE = uuid.UUID("6f1f7c52-3a0e-4c59-9a57-1d1f3f0c9b11")
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
-# Every stage may write these: the runtime does, for every stage. Kept beside
-# processors.topology.RUNTIME_OUTPUTS on purpose: the runtime imports no topology or stage module.
-RUNTIME_TOPICS: frozenset[Topic] = frozenset({Topic.PIPELINE_EVENTS, Topic.PIPELINE_DLQ})
 DELIVERY_TIMEOUT_S = 30.0
 
 

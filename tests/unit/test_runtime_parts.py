@@ -8,9 +8,7 @@ from processors.backoff import backoff_delay
 from processors.config import load_settings
 from processors.runtime.dlq import DeadLetter, parse_headers
 from processors.runtime.errors import PermanentError, TransientError, is_permanent
-from processors.runtime.outbox import RUNTIME_TOPICS
 from processors.runtime.records import Outcome, job_event
-from processors.topology import RUNTIME_OUTPUTS
 from schemas.serde import AvroSerde, SerdeError
 from schemas.topics import SCHEMA_OF, Topic, TopicNames
 from tests.fixtures.avro_samples import JOB_V1
@@ -85,8 +83,3 @@ def test_a_missing_config_file_is_a_clear_error(tmp_path, monkeypatch) -> None:
     monkeypatch.delenv("LIGHTBOX_CONFIG", raising=False)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_settings(tmp_path / "missing.yaml")
-
-
-def test_the_runtime_allows_the_topics_the_topology_says_every_stage_writes() -> None:
-    # Two lists on purpose (the runtime imports no topology); they must not drift apart.
-    assert frozenset(RUNTIME_OUTPUTS) == RUNTIME_TOPICS
