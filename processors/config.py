@@ -42,6 +42,35 @@ class StorageSettings(BaseModel):
     minio_version: str = "v0.0.0-20260212201848-7aac2a2c5b7c"
 
 
+class RegistrySettings(BaseModel):
+    """The schema registry (Apicurio Registry 3.x; clients use its Confluent-compatible API)."""
+
+    # What serializers, kcat and `lightbox schemas` talk to. The local stack serves it on the
+    # host and port of this URL, which must be loopback.
+    url: str = "http://127.0.0.1:18081/apis/ccompat/v7"
+    # The rule set on every subject the tooling registers (a Confluent compatibility level).
+    compatibility: Literal[
+        "BACKWARD",
+        "BACKWARD_TRANSITIVE",
+        "FORWARD",
+        "FORWARD_TRANSITIVE",
+        "FULL",
+        "FULL_TRANSITIVE",
+        "NONE",
+    ] = "BACKWARD"
+    # A JDK or JRE of 21+ (its home, or its bin/java); empty: JAVA_HOME, then /usr/lib/jvm/*.
+    java_home: str = ""
+    # Pinned io.apicurio:apicurio-registry-app release (Maven Central, the `all` tar.gz).
+    version: str = "3.3.3"
+    # The registry's health and metrics interface (Quarkus management port), loopback too.
+    management_port: int = 18082
+    # KafkaSQL storage: the registry's state lives in these topics of the stack's Kafka.
+    journal_topic: str = "kafkasql-journal"
+    snapshots_topic: str = "kafkasql-snapshots"
+    # Per HTTP request to the registry; the serdes call it only for ids they have not seen.
+    timeout_s: float = 5.0
+
+
 class ClickHouseSettings(BaseModel):
     # Empty means the embedded engine (chDB) under the data dir; an http(s):// URL means a server.
     url: str = ""
@@ -50,6 +79,16 @@ class ClickHouseSettings(BaseModel):
     embedded_path: str = ""
     # Where the event-log sink, which owns the embedded engine, answers queries.
     query_port: int = 18123
+    # Analyst SQL (`lightbox sql`, the sink's /query) runs on connections of its own, apart from
+    # the sink's inserts, under these limits; the engine enforces them (readonly session).
+    analyst_max_execution_s: float = 20.0  # below the reader's 30 s HTTP timeout
+    analyst_max_result_rows: int = 100_000
+    analyst_max_result_bytes: int = 64 * 1024 * 1024
+    analyst_max_memory_bytes: int = 1024 * 1024 * 1024
+    analyst_max_threads: int = 0  # 0: the engine's default
+    # Analyst queries running at once; past this a query is refused (busy), never queued behind.
+    analyst_concurrency: int = 2
+    analyst_max_query_chars: int = 64 * 1024
 
 
 class ReferenceSettings(BaseModel):
@@ -64,7 +103,26 @@ class ReferenceSettings(BaseModel):
     max_redirects: int = 3
     max_pixels: int = 40_000_000
     per_host_concurrency: int = 4
-    retries: int = 3
+    # Retryable failures (timeouts, 5xx, refused connections) are retried with backoff for this
+    # long after the first one, then the reference is dropped (a required one fails the job).
+    # Kept under Kafka's max.poll.interval.ms (300 s) less one attempt's total_timeout_s: the
+    # references stage refuses to start otherwise.
+    retry_window_s: float = 180.0
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+    # At most this many retries within the window; None: as many as the window allows.
+    retries: int | None = None
+    # Downloads in flight at once in one references process (every job of a batch together).
+    max_concurrent_downloads: int = 8
+    # Decoded pixels in memory at once (proof decodes and mask decodes); one image larger than
+    # this still decodes, alone.
+    decode_budget_bytes: int = 512 * 1024 * 1024
+    # Decoded product images and masks kept by processors.references.images (quality, generate).
+    decoded_cache_bytes: int = 256 * 1024 * 1024
+    # A product reference whose product region covers less of the frame than this is refused
+    # (product_not_visible), as is one that is fully transparent or one colour, and one whose
+    # mask separates nothing while less than this of the frame differs from its background.
+    min_product_coverage: float = 0.01
     # A URL fetched within this long is answered from storage, with no network call.
     cache_ttl_s: float = 86400.0
     # Local path of a segmentation model for product masks; empty: the classical segmenter.
@@ -84,6 +142,18 @@ class StageSettings(BaseModel):
     backoff_max_s: float = 5.0
     metrics_port: int = 0  # 0: no HTTP endpoint; metrics still collected
     session_timeout_ms: int = 10000
+    # The producer's message.max.bytes. Every output, event and dead letter is checked against it
+    # (and the broker's max.message.bytes of its topic) before it is produced.
+    max_message_bytes: int = 1_000_000
+    # A batch still in hand after this long pauses the stage's partitions and keeps polling, so
+    # the group's max.poll.interval never runs out however long a dependency takes.
+    keepalive_after_s: float = 20.0
+    # While a dependency is down: a `retry` event per waiting job on the first failure, then at
+    # most this often.
+    outage_event_interval_s: float = 60.0
+    # How long a batch's produce waits for the broker's acknowledgements before the stage treats
+    # the broker as down (pauses, and waits on).
+    delivery_timeout_s: float = 30.0
 
 
 class QualitySettings(BaseModel):
@@ -91,6 +161,10 @@ class QualitySettings(BaseModel):
     max_attempts: int = 3
     min_preservation: float = 0.6
     max_blank_score: float = 0.97
+    # Product region (solid product pixels of the stored reference, as a fraction of its frame)
+    # below which preservation is not scored but failed as product_missing. Looser than
+    # references.min_product_coverage: the solid core is a little smaller than the soft mask.
+    min_product_coverage: float = 0.005
     max_pixels: int = 40_000_000
     # What happens to a job still below threshold after its last attempt.
     on_exhausted: Literal["review", "fail"] = "review"
@@ -108,6 +182,51 @@ class ReviewSettings(BaseModel):
     policy: Literal["auto", "hold"] = "auto"
     publish_prefix: str = "published/"
     webhook_url: str = ""
+    # Notifications go out from an outbox in storage, apart from publishing (publish.py):
+    # per POST; between tries of one delivery (capped exponential); how long one is tried before
+    # it is given up (notify_failed); how often due ones are looked for; and after how long
+    # without a try an entry of another (dead) publish process is taken over.
+    notify_timeout_s: float = 10.0
+    notify_backoff_initial_s: float = 1.0
+    notify_backoff_max_s: float = 60.0
+    notify_give_up_after_s: float = 86400.0
+    notify_poll_s: float = 0.5
+    notify_adopt_after_s: float = 300.0
+    # What a reviewer may send (CLI `lightbox review` and the HTTP review route check these at
+    # entry): a decision record has to fit in one Kafka message with room for the job beside it.
+    max_reason_chars: int = 2000
+    max_reviewer_chars: int = 200
+
+
+class IntakeSettings(BaseModel):
+    """Intake's de-duplication table (processors/state/seen_table.py) and its changelog."""
+
+    # An entry not written for this long is forgotten in memory and tombstoned on the changelog,
+    # so both stay bounded. It is also how long intake remembers an event id, a slot's content
+    # and its newest event time: see docs/intake.md for what forgetting means.
+    dedup_ttl_s: float = 30 * 86400.0
+    # How often expired entries are swept out while the stage runs (they are skipped on restore).
+    sweep_interval_s: float = 600.0
+    # A restore must finish within floor + per_record x the records it has to read, then it fails
+    # loudly rather than serve with a partial table. 0.5 ms a record allows 2,000 records/s.
+    restore_floor_s: float = 60.0
+    restore_per_record_s: float = 0.0005
+    # Seconds between restore progress log lines.
+    restore_progress_s: float = 5.0
+
+
+class SupervisorSettings(BaseModel):
+    """`lightbox run all` (deploy/local/supervisor.py): how a stage that dies is restarted."""
+
+    # A stage that dies again soon after a restart waits initial, 2x, 4x ... up to max before the
+    # next start (processors/backoff.py); a run that lasted healthy_after_s resets the wait.
+    restart_initial_s: float = 1.0
+    restart_max_s: float = 60.0
+    # A process counts as started once it logs that it started, or once it has lived this long.
+    healthy_after_s: float = 10.0
+    # A stage that never started fails this many times in a row: a configuration error, and
+    # `run all` stops with its log tail.
+    first_start_attempts: int = 3
 
 
 class GenerationSettings(BaseModel):
@@ -120,12 +239,40 @@ class GenerationSettings(BaseModel):
     queue_batches: int = 2
 
 
+class ProvenanceSettings(BaseModel):
+    """Content credentials on published files (processors/provenance/, docs/provenance.md)."""
+
+    # Off: published files carry the XMP digital source type but no C2PA manifest.
+    sign: bool = True
+    # The signing certificate chain (PEM, signer first, then intermediates) and its private key.
+    # Empty: the local TEST chain under <home>/keys/, made by `lightbox keys init` (or on first
+    # use), which no one outside this machine trusts.
+    cert_path: str = ""
+    key_path: str = ""
+    alg: Literal["ES256", "ES384", "PS256"] = "ES256"
+    # RFC 3161 timestamp authority; empty: no timestamp (the signature is then only as good as
+    # the certificate's validity window at verification time).
+    tsa_url: str = ""
+    # PEM bundle of root certificates `lightbox verify` trusts; empty: the local test CA, if any.
+    trust_anchors_path: str = ""
+    # The prompt text is the brand's creative brief: kept out of published files unless asked.
+    include_prompt: bool = False
+
+
+class ChannelSettings(BaseModel):
+    """Channel presets and their marketplace rules (processors/channels/)."""
+
+    # YAML of presets; empty: the packaged processors/channels/presets.yaml.
+    presets_file: str = ""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LIGHTBOX_", env_nested_delimiter="__", extra="ignore")
 
     home: Path = Field(default_factory=_default_home)
     kafka: KafkaSettings = KafkaSettings()
     storage: StorageSettings = StorageSettings()
+    registry: RegistrySettings = RegistrySettings()
     clickhouse: ClickHouseSettings = ClickHouseSettings()
     stage: StageSettings = StageSettings()
     references: ReferenceSettings = ReferenceSettings()
@@ -133,6 +280,10 @@ class Settings(BaseSettings):
     quality: QualitySettings = QualitySettings()
     review: ReviewSettings = ReviewSettings()
     generation: GenerationSettings = GenerationSettings()
+    supervisor: SupervisorSettings = SupervisorSettings()
+    intake: IntakeSettings = IntakeSettings()
+    provenance: ProvenanceSettings = ProvenanceSettings()
+    channels: ChannelSettings = ChannelSettings()
     log_level: str = "INFO"
 
     @classmethod

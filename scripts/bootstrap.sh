@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Installs what a fresh machine needs: system packages (Java 17, Maven, Go, Tesseract), a Python
-# virtual environment with Lightbox and its extras. Idempotent: a second run only checks.
+# Installs what a fresh machine needs: system packages (Java 17, Maven, Go, Tesseract, kcat), a
+# Python virtual environment with Lightbox and its extras. Idempotent: a second run only checks.
+# The schema registry also needs a Java 21+, which Debian 12 does not package: this script says
+# so when none is found (`lightbox stack up` refuses to start without one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +14,7 @@ command -v java >/dev/null 2>&1 || need_apt+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || need_apt+=(maven)
 command -v go >/dev/null 2>&1 || need_apt+=(golang)
 command -v tesseract >/dev/null 2>&1 || need_apt+=(tesseract-ocr)
+command -v kcat >/dev/null 2>&1 || need_apt+=(kcat)
 if ((${#need_apt[@]})); then
   echo "==> installing system packages: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -30,5 +33,11 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q -e ".[$EXTRAS]"
   rm -f .venv/.lightbox-installed-*
   touch "$stamp"
+fi
+# The registry's JDK is found the way `lightbox stack up` finds it (deploy/local/registry.py).
+if ! jdk_error=$(.venv/bin/python -c 'from deploy.local.registry import find_jdk
+from processors.config import load_settings
+find_jdk(load_settings().registry)' 2>&1); then
+  echo "==> warning: ${jdk_error##*StackError: }" >&2
 fi
 echo "==> ready: .venv/bin/lightbox"

@@ -1,9 +1,11 @@
-"""The local stack: real Kafka and MinIO as local processes on loopback, for machines without
-Docker. Installs once into the cache, starts detached (the services outlive the CLI), is found
-again by the next call, and creates the pipeline's topics and bucket.
+"""The local stack: real Kafka, MinIO and a schema registry (Apicurio, stored in that Kafka) as
+local processes on loopback, for machines without Docker. Installs once into the cache, starts
+detached (the services outlive the CLI), is found again by the next call, and creates the
+pipeline's topics, bucket and schema subjects.
 
     stack = LocalStack(load_settings())
-    stack.up()      # install if needed, start or reuse, wait for health, topics + bucket
+    stack.up()      # install if needed, start or reuse, wait for health, topics + bucket + schemas
+    stack.ensure_topics("test-1234."); stack.ensure_schemas("test-1234.")   # another prefix
     stack.status()
     stack.down()    # stop, keep data;  stack.reset() also deletes the data
 """
@@ -32,12 +34,15 @@ from urllib3.exceptions import HTTPError
 
 from deploy.local.kafka import KafkaService, admin_client
 from deploy.local.minio import MinioService
+from deploy.local.registry import RegistryService
 from deploy.local.service import ManagedService, ServiceStatus, StackError
 from processors.config import Settings
 from processors.storage import ObjectStore
+from schemas.compat import CompatibilityError, register
+from schemas.registry_client import RegistryUnavailableError
 from schemas.topics import COMPACTED, Topic, TopicNames
 
-__all__ = ["LocalStack", "ServiceStatus", "StackError"]
+__all__ = ["LocalStack", "SchemaRefusedError", "ServiceStatus", "StackError"]
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -55,19 +60,25 @@ def topic_configs(topic: Topic) -> dict[str, str]:
     return {}
 
 
+class SchemaRefusedError(StackError):
+    """The registry is up but refused (or the check refused) a committed schema version."""
+
+
 class LocalStack:
     def __init__(self, settings: Settings, progress: Callable[[str], None] = print) -> None:
         self.settings = settings
         self.progress = progress
         self.kafka = KafkaService(settings, progress)
         self.minio = MinioService(settings, progress)
+        self.registry = RegistryService(settings, progress)
 
     @property
     def services(self) -> list[ManagedService]:
-        return [self.kafka, self.minio]
+        """In start order: the registry keeps its state in Kafka, so it comes after it."""
+        return [self.kafka, self.minio, self.registry]
 
     def install(self) -> None:
-        """Resolve Kafka's jars and build MinIO, unless already cached. Idempotent."""
+        """Resolve Kafka's jars and the registry, build MinIO, unless cached. Idempotent."""
         with self._lock():
             for service in self.services:
                 if service.installed():
@@ -76,9 +87,9 @@ class LocalStack:
                     service.install()
 
     def up(self, timeout_s: float = 120) -> list[ServiceStatus]:
-        """Start whatever is not running (installing first if needed), wait until both answer,
-        then create the topics and the bucket. timeout_s bounds the wait for health, not the
-        one-time install."""
+        """Start whatever is not running (installing first if needed), wait until all answer,
+        then create the topics, the bucket and the schema subjects under the settings' topic
+        prefix. timeout_s bounds each service's wait for health, not the one-time install."""
         with self._lock():
             self.progress(
                 f"local stack under {self.settings.home} (logs: {self.settings.log_dir}, "
@@ -86,20 +97,35 @@ class LocalStack:
             )
             for service in self.services:
                 service.preflight()
-            # Both start before either is awaited, so their startups overlap, and both are
-            # watched together, so one dying is reported while the other is still starting.
-            pending = [(service, service.start()) for service in self.services]
-            deadline = time.monotonic() + timeout_s
-            while pending:
-                pending = [(s, since) for s, since in pending if not s.check_ready(deadline, since)]
+            if not self.registry.running_already() and not self.registry.installed():
+                self.registry.install()  # minutes on a first run: not while the others wait
+            # Kafka and MinIO start before either is awaited, so their startups overlap, and all
+            # are watched together, so one dying is reported while another is still starting.
+            # The registry starts as soon as Kafka answers: it replays its journal from there.
+            pending = [(s, s.start(), time.monotonic() + timeout_s) for s in (self.kafka, self.minio)]
+            waiting_for_kafka = True
+            while pending or waiting_for_kafka:
+                pending = [(s, since, d) for s, since, d in pending if not s.check_ready(d, since)]
+                if waiting_for_kafka and all(s is not self.kafka for s, _, _ in pending):
+                    waiting_for_kafka = False
+                    pending.append((self.registry, self.registry.start(), time.monotonic() + timeout_s))
+                    continue
                 if pending:
                     time.sleep(0.5)
             self.ensure_topics()
             self.ensure_bucket()
+            try:
+                self.ensure_schemas()
+            except SchemaRefusedError as exc:
+                # The stack itself is up, and the whole team's tests run under prefixes of their
+                # own: one schema file edited in a working tree must not take `up` down for
+                # everyone. Said loudly; the writers of that subject fail until it is fixed.
+                self.progress(f"WARNING: {exc}")
             return [service.status() for service in self.services]
 
     def down(self) -> None:
-        """Stop both services (SIGTERM, SIGKILL after a grace period); data is kept."""
+        """Stop the services (SIGTERM, SIGKILL after a grace period), the registry first; data is
+        kept."""
         with self._lock():
             self._down()
 
@@ -107,7 +133,8 @@ class LocalStack:
         return [service.status() for service in self.services]
 
     def reset(self) -> None:
-        """Stop both and delete their data (topics, offsets, objects). The cache stays."""
+        """Stop all and delete their data (topics, offsets, objects, and with Kafka's data the
+        registry's journal: every schema and id). The cache stays."""
         with self._lock():
             self._down()
             for service in self.services:
@@ -115,11 +142,12 @@ class LocalStack:
                     self.progress(f"{service.name}: deleting {service.data_dir}")
                     shutil.rmtree(service.data_dir)
 
-    def ensure_topics(self) -> None:
-        """Create every pipeline topic that does not exist yet; existing ones are left as they
-        are (a partition count is never changed behind a running consumer group's back)."""
+    def ensure_topics(self, prefix: str | None = None) -> None:
+        """Create every pipeline topic under the prefix (default: the settings') that does not
+        exist yet; existing ones are left as they are (a partition count is never changed behind
+        a running consumer group's back)."""
         kafka = self.settings.kafka
-        names = TopicNames(kafka.topic_prefix)
+        names = TopicNames(kafka.topic_prefix if prefix is None else prefix)
         admin = admin_client(kafka.bootstrap)
         existing = self._topic_metadata(admin)
         wanted = [
@@ -147,6 +175,31 @@ class LocalStack:
                     f"{kafka.partitions}); left unchanged"
                 )
 
+    def ensure_schemas(self, prefix: str | None = None) -> None:
+        """Register every committed schema version under each topic's subject for the prefix
+        (default: the settings'), oldest first, with the compatibility rule of the settings.
+        Idempotent; also works against docker compose's registry. SchemaRefusedError when a
+        version is incompatible or a registered one was edited (nothing registered then);
+        StackError when the registry does not answer."""
+        settings = self.settings
+        if prefix is not None and prefix != settings.kafka.topic_prefix:
+            kafka = settings.kafka.model_copy(update={"topic_prefix": prefix})
+            settings = settings.model_copy(update={"kafka": kafka})
+        try:
+            reports = register(settings, progress=self.progress)
+        except CompatibilityError as exc:
+            raise SchemaRefusedError(
+                f"registry: {exc}\n(a version already registered never changes: put the change in "
+                "a new version file; in a local stack, `lightbox stack reset` forgets every schema)"
+            ) from exc
+        except RegistryUnavailableError as exc:
+            raise StackError(f"registry: {exc}") from exc
+        added = sum(len(r.registered_now) for r in reports)
+        self.progress(
+            f"registry: {len(reports)} subjects under prefix {settings.kafka.topic_prefix!r} up to "
+            f"date ({added} versions registered now, rule {settings.registry.compatibility})"
+        )
+
     def ensure_bucket(self) -> None:
         bucket = self.settings.storage.bucket
         try:
@@ -163,7 +216,7 @@ class LocalStack:
     # Internals.
 
     def _down(self) -> None:
-        for service in self.services:
+        for service in reversed(self.services):
             service.stop()
         self.progress(f"local stack stopped; data kept in {self.settings.data_dir}")
 

@@ -24,6 +24,7 @@ from deploy.local.kafka import (
     render_server_properties,
 )
 from deploy.local.minio import MinioService, go_version
+from deploy.local.registry import RegistryService
 from deploy.local.service import (
     TAIL_LINES,
     ManagedService,
@@ -33,7 +34,7 @@ from deploy.local.service import (
     tail,
 )
 from deploy.local.stack import LocalStack, ServiceStatus, StackError, topic_configs
-from processors.config import KafkaSettings, Settings, StorageSettings
+from processors.config import KafkaSettings, RegistrySettings, Settings, StorageSettings
 from schemas.topics import Topic
 
 
@@ -50,6 +51,9 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
         home=tmp_path / "home",
         kafka=KafkaSettings(bootstrap=f"127.0.0.1:{free_port()}", controller_port=free_port()),
         storage=StorageSettings(endpoint=f"127.0.0.1:{free_port()}", console_port=free_port()),
+        registry=RegistrySettings(
+            url=f"http://127.0.0.1:{free_port()}/apis/ccompat/v7", management_port=free_port()
+        ),
     )
 
 
@@ -231,6 +235,10 @@ def test_cached_tools_need_no_toolchain(settings: Settings) -> None:
     minio = MinioService(settings, print)
     minio.binary.parent.mkdir(parents=True)
     minio.binary.touch(mode=0o755)
+    registry = RegistryService(settings, print)
+    registry.app_dir.mkdir(parents=True)
+    registry.runner_jar.touch()
+    (registry.home / ".complete").touch()
     LocalStack(settings, progress=lambda _: None).install()  # no mvn or go on PATH: no error
 
 
@@ -449,13 +457,14 @@ def test_recycled_pid_of_another_program_is_not_ours(settings: Settings) -> None
 
 def test_status_of_a_stopped_stack(settings: Settings) -> None:
     statuses = LocalStack(settings, progress=lambda _: None).status()
-    assert [s.name for s in statuses] == ["kafka", "minio"]
+    assert [s.name for s in statuses] == ["kafka", "minio", "registry"]
     for status in statuses:
         assert status.running is False and status.pid is None and status.detail == "stopped"
         assert status.log_file.parent == settings.log_dir
         assert status.data_dir.parent == settings.data_dir
     assert statuses[0].address == settings.kafka.bootstrap
     assert statuses[1].address == settings.storage.endpoint
+    assert settings.registry.url.startswith(f"http://{statuses[2].address}/")
 
 
 def test_up_fails_fast_when_a_port_is_taken(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -489,6 +498,7 @@ def test_reset_deletes_only_the_services_data(settings: Settings) -> None:
     stack.reset()
     assert not (settings.data_dir / "kafka").exists()
     assert not (settings.data_dir / "minio").exists()
+    assert not (settings.data_dir / "registry").exists()
     assert keep.exists()
 
 
@@ -509,3 +519,150 @@ def test_a_just_launched_pid_is_trusted_before_it_execs_the_service(settings: Se
     finally:
         child.kill()
         child.wait()
+
+
+# --- the registry in the stack -----------------------------------------------------------------
+
+
+def test_up_without_java_21_fails_before_starting_anything(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from deploy.local import registry as registry_mod
+
+    monkeypatch.setattr(registry_mod, "JVM_ROOTS", ())
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    empty = tmp_path / "no-java"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    monkeypatch.setattr(kafka_mod.KafkaService, "start", lambda self: pytest.fail("started kafka"))
+    with pytest.raises(StackError, match="needs Java 21 or newer"):
+        LocalStack(settings, progress=lambda _: None).up(timeout_s=5)
+
+
+def test_up_fails_fast_when_the_registry_port_is_taken(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kafka_mod.KafkaService, "start", lambda self: pytest.fail("started kafka"))
+    port = settings.registry.management_port
+    with socket.socket() as stranger:
+        stranger.bind(("127.0.0.1", port))
+        stranger.listen()
+        with pytest.raises(StackError, match=rf"registry: port {port} .*registry\.management_port"):
+            LocalStack(settings, progress=lambda _: None).up(timeout_s=5)
+
+
+def test_registry_starts_once_kafka_answers_and_schemas_follow_topics(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[str] = []
+    stack = LocalStack(settings, progress=lambda _: None)
+    polls = {"kafka": 0}
+
+    def ready(service: ManagedService) -> bool:
+        if service.name == "kafka":
+            polls["kafka"] += 1
+            done = polls["kafka"] >= 3  # Kafka answers on its third look
+        else:
+            done = True
+        if done:
+            events.append(f"{service.name} ready")
+        return done
+
+    for service in stack.services:
+        monkeypatch.setattr(service, "preflight", lambda: None)
+        monkeypatch.setattr(service, "installed", lambda: True)
+        monkeypatch.setattr(service, "running_already", lambda: False)
+        monkeypatch.setattr(service, "start", lambda s=service: events.append(f"{s.name} start") or 0)
+        monkeypatch.setattr(service, "check_ready", lambda deadline, since, s=service: ready(s))
+        monkeypatch.setattr(service, "status", lambda s=service: s.name)
+    for step in ("ensure_topics", "ensure_bucket", "ensure_schemas"):
+        monkeypatch.setattr(stack, step, lambda step=step: events.append(step))
+    monkeypatch.setattr(time, "sleep", lambda _: None)
+
+    assert stack.up(timeout_s=5) == ["kafka", "minio", "registry"]
+    assert events.index("registry start") > events.index("kafka ready")
+    assert events[:2] == ["kafka start", "minio start"]
+    assert events[-3:] == ["ensure_topics", "ensure_bucket", "ensure_schemas"]
+
+
+def test_down_stops_the_registry_before_kafka(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    stopped: list[str] = []
+    stack = LocalStack(settings, progress=lambda _: None)
+    for service in stack.services:
+        monkeypatch.setattr(service, "stop", lambda s=service: stopped.append(s.name))
+    stack.down()
+    assert stopped.index("registry") < stopped.index("kafka")
+
+
+def test_ensure_schemas_registers_for_the_prefix_asked(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deploy.local import stack as stack_mod
+
+    seen: list[str] = []
+    monkeypatch.setattr(
+        stack_mod, "register", lambda s, progress=None: seen.append(s.kafka.topic_prefix) or []
+    )
+    stack = LocalStack(settings, progress=lambda _: None)
+    stack.ensure_schemas()
+    stack.ensure_schemas("test-1234.")
+    assert seen == ["", "test-1234."]
+    assert settings.kafka.topic_prefix == ""  # the stack's own settings are left alone
+
+
+def test_a_refused_schema_stops_up_with_the_registrys_message(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deploy.local import stack as stack_mod
+    from schemas.compat import CompatibilityError, SubjectReport
+
+    report = SubjectReport("jobs.accepted-value", "job", [1], ["job.v2"], "BACKWARD")
+    report.problems.append("schemas/avro/job/v2.avsc is not BACKWARD-compatible: new_required at /fields/9")
+
+    def refuse(settings: Settings, progress: object = None) -> list[SubjectReport]:
+        raise CompatibilityError([report])
+
+    monkeypatch.setattr(stack_mod, "register", refuse)
+    with pytest.raises(StackError, match=r"(?s)registry: .*new_required at /fields/9"):
+        LocalStack(settings, progress=lambda _: None).ensure_schemas()
+
+
+def test_up_survives_a_refused_schema_and_says_so(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One working tree's edited schema must not stop the shared stack (and every test session,
+    # which registers under a prefix of its own) from coming up.
+    from deploy.local import stack as stack_mod
+
+    said: list[str] = []
+    stack = LocalStack(settings, progress=said.append)
+    for service in stack.services:
+        monkeypatch.setattr(service, "preflight", lambda: None)
+        monkeypatch.setattr(service, "running_already", lambda: True)
+        monkeypatch.setattr(service, "start", lambda: 0)
+        monkeypatch.setattr(service, "check_ready", lambda deadline, since: True)
+        monkeypatch.setattr(service, "status", lambda s=service: s.name)
+    monkeypatch.setattr(stack, "ensure_topics", lambda: None)
+    monkeypatch.setattr(stack, "ensure_bucket", lambda: None)
+
+    def refuse(settings: Settings, progress: object = None) -> None:
+        raise stack_mod.CompatibilityError([])
+
+    monkeypatch.setattr(stack_mod, "register", refuse)
+    assert stack.up(timeout_s=5) == ["kafka", "minio", "registry"]
+    assert any(line.startswith("WARNING: registry: schemas not registered") for line in said)
+    assert any("stack reset" in line for line in said)
+
+
+def test_up_fails_when_the_registry_does_not_answer_registration(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deploy.local import stack as stack_mod
+    from schemas.registry_client import RegistryUnavailableError
+
+    def unreachable(settings: Settings, progress: object = None) -> None:
+        raise RegistryUnavailableError("registry at http://127.0.0.1:1 did not answer")
+
+    monkeypatch.setattr(stack_mod, "register", unreachable)
+    with pytest.raises(StackError, match="did not answer"):
+        LocalStack(settings, progress=lambda _: None).ensure_schemas()
