@@ -21,7 +21,6 @@ from deploy.local.stack import LocalStack
 from deploy.local.supervisor import Supervisor, all_stages
 from gateway.ops.submit import parse_lines, publish
 from processors.config import Settings
-from processors.eventlog.queries import CURRENT_STATE_SQL, LIFECYCLE_SQL
 from processors.eventlog.reader import EventLogReader
 from processors.intake.fanout import fan_out
 from processors.job_states import is_terminal
@@ -102,7 +101,13 @@ class PipelineSession:
         if start_stack:
             stack.up()
         LocalStack(self.settings, progress=lambda _: None).ensure_topics()
-        self.supervisor = Supervisor(self.stages, self.log_dir, env=self.env)
+        self.supervisor = Supervisor(
+            self.stages,
+            self.log_dir,
+            env=self.env,
+            settings=self.settings.supervisor,
+            state_file=self.log_dir / "supervisor.json",
+        )
         self.supervisor.start()
         self.progress(f"started {len(self.supervisor.children)} stage processes; logs in {self.log_dir}")
         if "eventlog" in self.stages:
@@ -170,17 +175,7 @@ class PipelineSession:
     def states(self, job_ids: list[str]) -> dict[str, str]:
         if not job_ids:
             return {}
-        reader = EventLogReader(self.settings)
-        ids = ",".join(f"'{j}'" for j in job_ids if all(c.isalnum() or c == "-" for c in j))
-        table = f"{self.settings.clickhouse.database}.pipeline_events"
-        result = asyncio.run(
-            reader.sql(
-                f"""SELECT job_id, {CURRENT_STATE_SQL} FROM {table}
-                    WHERE job_id IN ({ids}) AND has({LIFECYCLE_SQL}, state)
-                    GROUP BY job_id"""
-            )
-        )
-        return {row[0]: row[1] for row in result["rows"]}
+        return asyncio.run(EventLogReader(self.settings).states(job_ids))
 
     def wait_for(
         self,

@@ -1,38 +1,87 @@
-"""`lightbox run all`: every stage as its own process, restarted if it dies.
+"""`lightbox run all`: every stage as its own process, restarted if it dies, never given up on once
+it has started.
 
 Separate processes, not tasks in one loop: stages scale and fail independently as they would in
 production, and the event-log sink can own the embedded ClickHouse engine alone.
+
+The supervisor isolates:
+- A stage that dies is restarted with capped exponential backoff (processors/backoff.py): the
+  first restart after `restart_initial_s`, then twice as long each time it dies again soon after,
+  up to `restart_max_s`; a run that lasted `healthy_after_s` resets the wait. Each restart is
+  reported with the exit code and the last lines of the stage's log.
+- The other stages keep running: one stage's crash loop stops nothing else.
+- Only a stage that never started (it never logged that it started, and never lived
+  `healthy_after_s`) and failed `first_start_attempts` times in a row stops `run all`, with its log
+  tail: that is a configuration error, and the pipeline cannot run without the stage.
+- Every change is written to a small JSON state file (atomically replaced), which `lightbox ps`
+  reads: each process, its pid, state, restarts and last error.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from processors.backoff import backoff_delay
+from processors.config import SupervisorSettings
 from processors.topology import STAGE_NAMES, STAGES
 
-CRASH_LOOP_EXITS = 3  # consecutive quick failures before the supervisor gives up on a stage
-QUICK_S = 10.0  # an exit this soon after a start counts as a failure to start
+# What the stage runtime logs once the stage's start() returned (processors/runtime/runner.py):
+# the process is up, so a later exit is a crash, not a failure to start.
+STARTED_MARKER = b'"msg": "stage started"'
+LOG_TAIL_LINES = 25
+REPORT_TAIL_LINES = 8
 
 
 class StageCrashLoop(RuntimeError):
-    """A stage keeps failing right after it starts: a bug or bad configuration, not a hiccup."""
+    """A stage failed again and again without ever starting: a configuration error, not a hiccup."""
+
+
+# How to start one stage's process: argv for `lightbox run STAGE` (tests start stand-ins).
+Command = Callable[[str], list[str]]
+
+
+def stage_command(stage: str) -> list[str]:
+    return [sys.executable, "-m", "gateway.cli.main", "run", stage]
 
 
 @dataclass
 class Child:
     stage: str
     log_file: Path
+    name: str = ""  # the stage, or stage-N when there are copies
     process: subprocess.Popen[bytes] | None = None
+    state: str = "starting"  # starting | running | restarting | stopped | failed
     restarts: int = 0
-    quick_failures: int = 0
-    started_at: float = field(default=0.0)
+    # Deaths in a row that came soon after a start; the next start waits backoff_delay of it.
+    failures_in_a_row: int = 0
+    ever_started: bool = False
+    start_failures: int = 0  # exits of its own in a row before it ever started
+    started: bool = False  # this run logged that it started
+    started_at: float = field(default=0.0)  # monotonic
+    started_wall: float = 0.0
+    next_start_at: float | None = None  # monotonic; set while restarting
+    last_exit_code: int | None = None
+    last_error: str = ""
+    log_offset: int = 0  # where this run's output begins in the log file
     metrics_port: int = 0
+
+    def __post_init__(self) -> None:
+        self.name = self.name or self.stage
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
 
 
 def copies_of(stage: str, copies: int) -> int:
@@ -42,11 +91,58 @@ def copies_of(stage: str, copies: int) -> int:
     return 1 if singleton else copies
 
 
-def log_tail(path: Path, lines: int = 25) -> str:
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES, since: int = 0) -> str:
+    """The last lines of a log; since: a byte offset, so a report shows only one run's output."""
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        with path.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(since, fh.tell() - 64 * 1024))  # the tail only, however large the log
+            text = fh.read().decode("utf-8", "replace")
     except OSError:
         return "(no log)"
+    return "\n".join(text.splitlines()[-lines:]) or "(nothing logged by this run)"
+
+
+def last_error_of(tail: str) -> str:
+    """One line saying why a process died: the last log line, its message if it is a JSON log
+    line (with the last line of the traceback it carries), cut short."""
+    for line in reversed(tail.splitlines()):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            return line[:300]
+        if not isinstance(record, dict):
+            return line[:300]
+        text = str(record.get("msg", line))
+        error = str(record.get("error", "")).strip().splitlines()
+        return (f"{text}: {error[-1]}" if error else text)[:300]
+    return ""
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def write_state(path: Path, state: dict[str, Any]) -> None:
+    """Replace the state file atomically: a reader sees the old file or the new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(state, fh, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 class Supervisor:
@@ -58,39 +154,55 @@ class Supervisor:
         copies: int = 1,
         echo: bool = False,
         metrics_base_port: int = 0,
+        settings: SupervisorSettings | None = None,
+        state_file: Path | None = None,
+        command: Command = stage_command,
     ) -> None:
         if copies < 1:
             raise ValueError(f"copies must be at least 1, not {copies}")
-        self.children = [
-            Child(stage, log_dir / f"{stage}{'' if copies == 1 else f'-{i}'}.log")
-            for stage in stages
-            for i in range(copies_of(stage, copies))
-        ]
+        self.children = []
+        for stage in stages:
+            n = copies_of(stage, copies)
+            for i in range(n):
+                name = stage if n == 1 else f"{stage}-{i}"
+                self.children.append(Child(stage, log_dir / f"{name}.log", name=name))
         # One Prometheus port per process (base, base+1, ...): they cannot share one.
         if metrics_base_port:
             for offset, child in enumerate(self.children):
                 child.metrics_port = metrics_base_port + offset
         self.env = {**os.environ, **(env or {})}
         self.echo = echo
+        self.settings = settings or SupervisorSettings()
+        self.state_file = state_file
+        self.command = command
+        self.started_wall = time.time()
         self._stopping = False
+        self._echo_offsets: dict[str, int] = {}
         log_dir.mkdir(parents=True, exist_ok=True)
 
+    # -- processes ---------------------------------------------------------------------------
+
     def _spawn(self, child: Child) -> None:
-        out = None if self.echo else open(child.log_file, "ab")  # noqa: SIM115 - owned by the child
-        env = self.env
-        if child.metrics_port:
-            env = {**env, "LIGHTBOX_STAGE__METRICS_PORT": str(child.metrics_port)}
-        child.process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli.main", "run", child.stage],
-            stdout=out,
-            stderr=subprocess.STDOUT if out else None,
-            env=env,
-        )
+        # Always to the log file, echo or not: the log is how a start is recognised, and the
+        # tail is what a crash report shows.
+        with child.log_file.open("ab") as out:
+            child.log_offset = out.tell()
+            env = self.env
+            if child.metrics_port:
+                env = {**env, "LIGHTBOX_STAGE__METRICS_PORT": str(child.metrics_port)}
+            child.process = subprocess.Popen(
+                self.command(child.stage), stdout=out, stderr=subprocess.STDOUT, env=env
+            )
         child.started_at = time.monotonic()
+        child.started_wall = time.time()
+        child.started = False
+        child.next_start_at = None
+        child.state = "starting"
 
     def start(self) -> None:
         for child in self.children:
             self._spawn(child)
+        self._write_state()
 
     def stop(self, grace_s: float = 15.0) -> None:
         self._stopping = True
@@ -99,53 +211,175 @@ class Supervisor:
                 child.process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + grace_s
         for child in self.children:
-            if child.process is None:
-                continue
-            try:
-                child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.process.kill()
+            if child.process is not None:
+                try:
+                    child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    child.process.kill()
+                    child.process.wait()
+            if child.state != "failed":
+                child.state = "stopped"
+            child.next_start_at = None
+        self._write_state()
+
+    # -- one look at every child ------------------------------------------------------------
 
     def check(self) -> list[str]:
-        """Restart children that died; returns what happened, for the caller to report.
+        """Restart children that died when their backoff is up; returns what happened, for the
+        caller to print. Never waits: a stage backing off does not delay the others.
 
-        Raises StageCrashLoop when a stage failed on its own (exit code > 0; a kill by signal does
-        not count) right after starting several times in a row.
-        """
-        notes = []
+        Raises StageCrashLoop when a stage that never started has failed `first_start_attempts`
+        times in a row (exit code > 0; a kill by signal is not a failure to start)."""
+        notes: list[str] = []
+        if self._stopping:
+            return notes
+        changed = False
+        now = time.monotonic()
         for child in self.children:
-            if self._stopping or child.process is None or child.process.poll() is None:
+            if child.process is not None and child.process.poll() is None:
+                changed |= self._note_started(child, now)
                 continue
-            code = child.process.returncode
-            child.restarts += 1
-            quick = time.monotonic() - child.started_at < QUICK_S
-            child.quick_failures = child.quick_failures + 1 if quick and code > 0 else 0
-            if child.quick_failures >= CRASH_LOOP_EXITS:
-                raise StageCrashLoop(
-                    f"stage {child.stage} failed {child.quick_failures} times right after starting "
-                    f"(exit {code}); last lines of {child.log_file}:\n{log_tail(child.log_file)}"
-                )
-            # Back off a child that dies right after starting, so a broken config does not spin.
-            if quick:
-                time.sleep(min(10, child.restarts))
-            notes.append(f"{child.stage} exited with {code}; restarting (see {child.log_file})")
-            self._spawn(child)
+            if child.next_start_at is None and child.process is not None:
+                notes.append(self._on_exit(child, now))
+                changed = True
+            if child.next_start_at is not None and now >= child.next_start_at:
+                child.restarts += 1
+                self._spawn(child)
+                changed = True
+        if changed:
+            self._write_state()
+        if self.echo:
+            self._echo_logs()
         return notes
+
+    def _note_started(self, child: Child, now: float) -> bool:
+        if child.started:
+            if child.failures_in_a_row and now - child.started_at >= self.settings.healthy_after_s:
+                child.failures_in_a_row = 0  # a healthy run: the next crash restarts quickly again
+            return False
+        if now - child.started_at >= self.settings.healthy_after_s or self._logged_start(child):
+            child.started = child.ever_started = True
+            child.state = "running"
+            if now - child.started_at >= self.settings.healthy_after_s:
+                child.failures_in_a_row = 0
+            return True
+        return False
+
+    def _logged_start(self, child: Child) -> bool:
+        try:
+            with child.log_file.open("rb") as fh:
+                fh.seek(child.log_offset)
+                return STARTED_MARKER in fh.read(1024 * 1024)
+        except OSError:
+            return False
+
+    def _on_exit(self, child: Child, now: float) -> str:
+        assert child.process is not None
+        code = int(child.process.returncode)
+        self._note_started(child, now)  # it may have logged its start just before dying
+        uptime = now - child.started_at
+        healthy_run = uptime >= self.settings.healthy_after_s
+        tail = log_tail(child.log_file, LOG_TAIL_LINES, since=child.log_offset)
+        child.last_exit_code = code
+        child.last_error = f"{describe_exit(code)}: {last_error_of(tail)}".rstrip(": ")
+        child.failures_in_a_row = 1 if healthy_run else child.failures_in_a_row + 1
+        # Only exits of its own count towards "cannot start": a kill by signal is someone else's.
+        child.start_failures = child.start_failures + 1 if code > 0 and not child.ever_started else 0
+        if child.start_failures >= self.settings.first_start_attempts:
+            child.state = "failed"
+            self._write_state()
+            raise StageCrashLoop(
+                f"stage {child.name} failed {child.start_failures} times without ever starting "
+                f"({describe_exit(code)}): a configuration error? Last lines of {child.log_file}:\n{tail}"
+            )
+        delay = backoff_delay(
+            child.failures_in_a_row, self.settings.restart_initial_s, self.settings.restart_max_s
+        )
+        child.next_start_at = now + delay
+        child.state = "restarting"
+        short_tail = "\n".join(f"    {line}" for line in tail.splitlines()[-REPORT_TAIL_LINES:])
+        return (
+            f"{child.name} (pid {child.pid}) died after {uptime:.1f}s with {describe_exit(code)}; "
+            f"restart #{child.restarts + 1} in {delay:.1f}s. Last lines of {child.log_file}:\n{short_tail}"
+        )
+
+    # -- what `lightbox ps` reads ------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        now, wall = time.monotonic(), time.time()
+        processes = []
+        for child in self.children:
+            alive = child.process is not None and child.process.poll() is None
+            processes.append(
+                {
+                    "name": child.name,
+                    "stage": child.stage,
+                    "pid": child.pid if alive else None,
+                    "state": child.state,
+                    "restarts": child.restarts,
+                    "started_at": child.started_wall if alive else None,
+                    # Wall-clock time, so a reader later still knows when.
+                    "next_restart_at": (
+                        wall + max(0.0, child.next_start_at - now)
+                        if child.next_start_at is not None
+                        else None
+                    ),
+                    "last_exit_code": child.last_exit_code,
+                    "last_error": child.last_error,
+                    "log_file": str(child.log_file),
+                    "metrics_port": child.metrics_port or None,
+                }
+            )
+        return {
+            "supervisor_pid": os.getpid(),
+            "started_at": self.started_wall,
+            "updated_at": wall,
+            "processes": processes,
+        }
+
+    def _write_state(self) -> None:
+        if self.state_file is not None:
+            write_state(self.state_file, self.snapshot())
+
+    def _echo_logs(self) -> None:
+        """With --echo: print what each process logged since the last look, prefixed by its name."""
+        for child in self.children:
+            offset = self._echo_offsets.get(child.name, 0)
+            try:
+                with child.log_file.open("rb") as fh:
+                    fh.seek(offset)
+                    data = fh.read()
+            except OSError:
+                continue
+            complete = data.rfind(b"\n") + 1
+            for line in data[:complete].decode("utf-8", "replace").splitlines():
+                print(f"[{child.name}] {line}", flush=True)
+            self._echo_offsets[child.name] = offset + complete
 
     def run_forever(self) -> None:
         signal.signal(signal.SIGTERM, lambda *_: self.stop())
+        if self.echo:
+            # Only what is logged from now on.
+            for child in self.children:
+                with contextlib.suppress(OSError):
+                    self._echo_offsets[child.name] = child.log_file.stat().st_size
         self.start()
         try:
             while not self._stopping:
                 for note in self.check():
                     print(note, file=sys.stderr, flush=True)
-                time.sleep(1)
+                time.sleep(0.5)
         except StageCrashLoop as exc:
             print(f"error: {exc}", file=sys.stderr, flush=True)
             self.stop()
             raise SystemExit(1) from None
         except KeyboardInterrupt:
             self.stop()
+
+
+def state_file_of(home: Path) -> Path:
+    """Where `lightbox run all` keeps its state for `lightbox ps`."""
+    return home / "run" / "supervisor.json"
 
 
 def all_stages() -> list[str]:

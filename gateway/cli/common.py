@@ -19,11 +19,11 @@ def settings_of(args: argparse.Namespace) -> Settings:
 
 def event_log(args: argparse.Namespace, query: str, *query_args: Any) -> Any:
     """One event-log query; None (after saying why) when the event log cannot be reached."""
-    from processors.eventlog.reader import EventLogReader, EventLogUnavailable
+    from processors.eventlog.reader import EventLogError, EventLogReader
 
     reader = EventLogReader(settings_of(args))
     try:
         return asyncio.run(getattr(reader, query)(*query_args))
-    except EventLogUnavailable as exc:
+    except EventLogError as exc:  # unreachable, or a query refused or stopped (it says which)
         print(f"error: {exc}", file=sys.stderr)
         return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from gateway.cli.common import Commands, event_log
@@ -21,6 +22,13 @@ def _print_timeline(timeline: dict[str, Any]) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from gateway.ops.entry import EntryError, check_id
+
+    try:
+        check_id(args.job, "job_id")
+    except EntryError as exc:
+        print(f"error: JOB: {exc.detail}", file=sys.stderr)
+        return 2
     timeline = event_log(args, "timeline", args.job)
     if timeline is None:
         return 1
@@ -85,8 +93,12 @@ def register(commands: Commands) -> None:
     p = commands.add_parser(
         "sql",
         help="run one read-only SQL query on the event log (table lightbox.pipeline_events)",
-        description="One read-only statement (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN), run with "
-        f"readonly=1; a query containing OUTFILE anywhere is refused. {NEEDS_SINK}",
+        description="One read-only statement (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN) on a read-only "
+        "connection of its own, never the one events are written on: it stops at "
+        "clickhouse.analyst_max_execution_s (20 s), analyst_max_result_rows and analyst_max_memory_bytes "
+        "with an error naming the limit. Functions that read files, URLs or other servers (file, url, "
+        "s3, remote, mysql, ...) are refused, and so is a query containing OUTFILE or INFILE anywhere. "
+        f"{NEEDS_SINK}",
     )
     p.add_argument("query", help='e.g. "SELECT stage, count() FROM lightbox.pipeline_events GROUP BY stage"')
     p.set_defaults(func=cmd_sql)

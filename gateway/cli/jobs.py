@@ -49,11 +49,18 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_review(args: argparse.Namespace) -> int:
+    from gateway.ops.entry import EntryError, check_review
     from gateway.ops.review import submit_decision
 
     settings = settings_of(args)
     if args.decision == "reject" and not args.reason:
         print("error: a rejection needs --reason", file=sys.stderr)
+        return 2
+    try:
+        # At entry, before a producer is even made: a 1 MB reason never reaches the broker.
+        check_review(settings.review, args.job, args.reviewer, args.reason or "")
+    except EntryError as exc:
+        print(f"error: {_option(exc.field)}: {exc.detail}", file=sys.stderr)
         return 2
     from processors.kafka_clients import DeliveryFailed
 
@@ -67,8 +74,17 @@ def cmd_review(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from gateway.ops.entry import EntryError, check_id
     from gateway.ops.replay import ReplayError, replay_job
 
+    try:
+        check_id(args.job, "job_id")
+        for name in ("model", "backend"):
+            if getattr(args, name) is not None:
+                check_id(getattr(args, name), name)
+    except EntryError as exc:
+        print(f"error: {_option(exc.field)}: {exc.detail}", file=sys.stderr)
+        return 2
     try:
         new_topic, job_id = asyncio.run(
             replay_job(settings_of(args), args.job, args.from_stage, args.model, args.backend)
@@ -78,6 +94,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return 1
     print(f"job {job_id} re-sent to {new_topic}; follow it with `lightbox status {job_id}`")
     return 0
+
+
+def _option(field: str) -> str:
+    """How the user typed the field: `--reason`, or the JOB argument."""
+    return "JOB" if field == "job_id" else f"--{field}"
 
 
 def register_submit(commands: Commands) -> None:
@@ -105,8 +126,10 @@ def register_review(commands: Commands) -> None:
     )
     p.add_argument("decision", choices=["approve", "reject"])
     p.add_argument("job", help="the held job's id")
-    p.add_argument("--reviewer", default="cli", help="who decides (recorded in the lineage)")
-    p.add_argument("--reason", default="", help="why (required to reject)")
+    p.add_argument(
+        "--reviewer", default="cli", help="who decides (recorded in the lineage; review.max_reviewer_chars)"
+    )
+    p.add_argument("--reason", default="", help="why (required to reject; at most review.max_reason_chars)")
     p.set_defaults(func=cmd_review)
 
 

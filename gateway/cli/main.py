@@ -21,6 +21,7 @@ Typical first run on a fresh machine:
 Day to day:
   lightbox stack up          install (once) and start Kafka and MinIO on loopback
   lightbox run all           run every stage (or `lightbox run STAGE` for one)
+  lightbox ps                the supervised processes: pid, state, restarts, last error
   lightbox topology          the flow: what each stage reads and writes, consumer groups
   lightbox submit FILE       publish catalog events from a JSON-lines file
   lightbox status JOB        a job's state and timeline from the event log
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     # In the order `lightbox --help` lists them.
     stack.register(commands)
     pipeline.register_run(commands)
+    pipeline.register_ps(commands)
     topology.register(commands)
     jobs.register_submit(commands)
     eventlog.register(commands)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from gateway.cli.common import Commands, settings_of
 from processors.topology import STAGE_NAMES, STAGES
@@ -12,7 +13,7 @@ from processors.topology import STAGE_NAMES, STAGES
 def cmd_run(args: argparse.Namespace) -> int:
     settings = settings_of(args)
     if args.stage == "all":
-        from deploy.local.supervisor import Supervisor, all_stages
+        from deploy.local.supervisor import Supervisor, all_stages, state_file_of
 
         supervisor = Supervisor(
             all_stages(),
@@ -20,8 +21,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             copies=args.copies,
             echo=args.echo,
             metrics_base_port=settings.stage.metrics_port,
+            settings=settings.supervisor,
+            state_file=state_file_of(settings.home),
         )
-        print(f"running {len(supervisor.children)} stage processes; logs in {settings.log_dir / 'stages'}")
+        print(
+            f"running {len(supervisor.children)} stage processes; logs in {settings.log_dir / 'stages'}; "
+            "`lightbox ps` lists them"
+        )
         for child in supervisor.children:
             if child.metrics_port:
                 print(f"  {child.stage}: metrics on http://127.0.0.1:{child.metrics_port}/metrics")
@@ -31,6 +37,29 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     main_run_stage(args.stage, settings)
     return 0
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    from gateway.ops.processes import read_processes
+
+    settings = settings_of(args)
+    try:
+        report = read_processes(settings.home)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+        return 0 if report.supervisor_running else 1
+    print(report.headline())
+    if report.processes:
+        print(f"{'process':<14} {'pid':>8} {'state':<11} {'restarts':>8} {'up':>8}  last error")
+        for row in report.processes:
+            print(
+                f"{row.name:<14} {row.pid or '-':>8} {row.state:<11} {row.restarts:>8} {row.uptime():>8}  "
+                f"{row.last_error or '-'}"
+            )
+    return 0 if report.supervisor_running else 1
 
 
 def cmd_lag(args: argparse.Namespace) -> int:
@@ -59,8 +88,13 @@ def register_run(commands: Commands) -> None:
         "run",
         help="run one stage, or all of them as supervised processes",
         description="Run one stage in this process, or every stage as its own supervised process "
-        "(restarted if it dies; logs under LIGHTBOX_HOME/logs/stages). Any number of copies of a "
-        "stage share one consumer group. `lightbox topology` shows what each stage reads and writes.",
+        "(logs under LIGHTBOX_HOME/logs/stages). With `all`, a stage that dies is restarted with "
+        "capped exponential backoff (supervisor.restart_initial_s .. restart_max_s) and each restart "
+        "is printed with its exit code and log tail; the other stages keep running. Only a stage that "
+        "fails supervisor.first_start_attempts times without ever starting (a configuration error) "
+        "stops `run all`. `lightbox ps` lists the processes, their restarts and last errors. Any "
+        "number of copies of a stage share one consumer group. `lightbox topology` shows what each "
+        "stage reads and writes.",
     )
     p.add_argument("stage", choices=[*STAGE_NAMES, "all"], help="the stage, or all")
     p.add_argument(
@@ -70,9 +104,24 @@ def register_run(commands: Commands) -> None:
         help=f"with `all`: processes per stage (default 1); singletons ({singletons}) always run once",
     )
     p.add_argument(
-        "--echo", action="store_true", help="with `all`: stage logs to this terminal, not log files"
+        "--echo",
+        action="store_true",
+        help="with `all`: also print every stage's log here, each line prefixed by its process",
     )
     p.set_defaults(func=cmd_run)
+
+
+def register_ps(commands: Commands) -> None:
+    p = commands.add_parser(
+        "ps",
+        help="the processes `lightbox run all` supervises: pid, state, restarts, last error",
+        description="Read the state `lightbox run all` keeps under LIGHTBOX_HOME/run/supervisor.json: "
+        "each stage process, its pid, state (starting, running, restarting: waiting out its "
+        "backoff, stopped, failed), how often it was restarted and why it last died. Exits 1 when "
+        "no `run all` is running (the last state it wrote is still shown).",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_ps)
 
 
 def register_lag(commands: Commands) -> None:

@@ -6,6 +6,7 @@ import time
 
 from confluent_kafka import Producer
 
+from gateway.ops.entry import check_review
 from processors.config import Settings
 from processors.kafka_clients import make_producer, produce_and_confirm
 from schemas.serde import AvroSerde
@@ -20,9 +21,13 @@ def submit_decision(
     reason: str,
     producer: Producer | None = None,
 ) -> None:
-    """producer: a long-lived caller's own (the HTTP gateway keeps one); else one for this call."""
+    """producer: a long-lived caller's own (the HTTP gateway keeps one); else one for this call.
+
+    Raises EntryError (a ValueError) for a job id, reviewer or reason over its limit
+    (gateway/ops/entry.py): the CLI and the HTTP route check first, this is for any other caller."""
     if decision not in ("APPROVE", "REJECT"):
         raise ValueError(f"decision must be APPROVE or REJECT, not {decision!r}")
+    check_review(settings.review, job_id, reviewer, reason)
     value = AvroSerde("review_decision").encode(
         {
             "job_id": job_id,

@@ -11,6 +11,7 @@ from typing import Any
 
 from confluent_kafka import Producer
 
+from gateway.ops.entry import MAX_LINE_CHARS, catalog_bounds
 from processors.config import Settings
 from processors.kafka_clients import make_producer, produce_and_confirm
 from schemas.serde import AvroSerde, SerdeError
@@ -50,6 +51,11 @@ def parse_lines(lines: Iterable[str], serde: AvroSerde | None = None) -> ParsedF
     serde = serde or AvroSerde("catalog_event")
     parsed = ParsedFile()
     for number, line in enumerate(lines, start=1):
+        if len(line) > MAX_LINE_CHARS:
+            parsed.errors.append(
+                LineError(number, f"{len(line)} characters of JSON in one event; at most {MAX_LINE_CHARS}")
+            )
+            continue
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         try:
@@ -66,6 +72,11 @@ def parse_lines(lines: Iterable[str], serde: AvroSerde | None = None) -> ParsedF
             payload = serde.encode(event)
         except SerdeError as exc:
             parsed.errors.append(LineError(number, str(exc)))
+            continue
+        # Bounded at entry by intake's own limits, on the record exactly as intake will read it.
+        if oversized := catalog_bounds(serde.decode(payload)):
+            detail = "; ".join(str(r) for r in oversized)
+            parsed.errors.append(LineError(number, f"{detail} (limits: processors/intake/policy.yaml)"))
             continue
         parsed.events.append((number, event, payload))
     return parsed

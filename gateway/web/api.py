@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 from confluent_kafka import KafkaException
 
+from gateway.ops.entry import MAX_EVENTS_PER_REQUEST, EntryError, check_id
 from gateway.ops.submit import parse_lines, publish
 from gateway.web.guards import MAX_BODY_BYTES, from_this_site
 from gateway.web.resources import EVENT_LOG, PRODUCER, SETTINGS
@@ -23,11 +24,19 @@ from processors.eventlog.reader import EventLogUnavailable
 routes = web.RouteTableDef()
 
 
+class TooManyEvents(ValueError):
+    """More events in one request than MAX_EVENTS_PER_REQUEST (answered 413)."""
+
+
 def _events_of(body: Any) -> list[Any]:
     if isinstance(body, dict) and "events" in body:
         events = body["events"]
         if not isinstance(events, list) or not events:
             raise ValueError("'events' must be a non-empty list of catalog events")
+        if len(events) > MAX_EVENTS_PER_REQUEST:
+            raise TooManyEvents(
+                f"{len(events)} events in one request; at most {MAX_EVENTS_PER_REQUEST}: send smaller batches"
+            )
         return events
     if isinstance(body, dict):
         return [body]
@@ -51,6 +60,8 @@ async def post_events(request: web.Request) -> web.Response:
         events = _events_of(json.loads(await request.read()))
     except web.HTTPRequestEntityTooLarge:
         return error(413, f"request body is over {MAX_BODY_BYTES} bytes; send smaller batches")
+    except TooManyEvents as exc:
+        return error(413, str(exc))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         return error(400, f"request body is not JSON: {exc}")
     except ValueError as exc:
@@ -72,6 +83,10 @@ async def post_events(request: web.Request) -> web.Response:
 @routes.get("/v1/jobs/{job_id}")
 async def get_job(request: web.Request) -> web.Response:
     job_id = request.match_info["job_id"]
+    try:
+        check_id(job_id, "job_id")
+    except EntryError as exc:
+        return json_response({"error": str(exc), "field": exc.field, "limit": exc.limit}, 400)
     try:
         timeline = await request.app[EVENT_LOG].timeline(job_id)
     except EventLogUnavailable as exc:

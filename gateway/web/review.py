@@ -15,10 +15,13 @@ from aiohttp import web
 from confluent_kafka import KafkaException
 from minio.error import S3Error
 
+from gateway.ops.entry import MAX_ID_CHARS, EntryError, check_review
 from gateway.ops.review import submit_decision
 from gateway.web.guards import MAX_BODY_BYTES, from_this_site
 from gateway.web.resources import JOB_SERDE, PAGES, PRODUCER, SETTINGS, STORE
 from gateway.web.responses import error, json_response
+from processors.config import ReviewSettings
+from processors.intake.fields import short
 from processors.storage import ObjectStore
 from processors.storage_keys import decided_key, pending_key, pending_prefix
 from schemas.serde import AvroSerde, SerdeError
@@ -114,13 +117,19 @@ async def _decision_fields(request: web.Request, as_json: bool) -> dict[str, str
     return {name: str(body.get(name) or "").strip() for name in ("decision", "reviewer", "reason")}
 
 
-def _decision_problem(fields: dict[str, str]) -> str | None:
+def _decision_problem(fields: dict[str, str], review: ReviewSettings, job_id: str) -> EntryError | None:
+    """What is wrong with the posted decision (field, what, and the limit when it is one)."""
+    # Bounds first: a 1 MB field is refused without being echoed back or looked at further.
+    try:
+        check_review(review, job_id, fields["reviewer"], fields["reason"])
+    except EntryError as exc:
+        return exc
     if fields["decision"] not in DECISIONS:
-        return f"decision must be approve or reject, not {fields['decision']!r}"
+        return EntryError("decision", f"must be approve or reject, not {short(fields['decision'])}")
     if not fields["reviewer"]:
-        return "reviewer is required: the lineage records who decided"
+        return EntryError("reviewer", "required: the lineage records who decided")
     if fields["decision"] == "reject" and not fields["reason"]:
-        return "a rejection needs a reason"
+        return EntryError("reason", "a rejection needs a reason")
     return None
 
 
@@ -136,7 +145,7 @@ async def review_page(request: web.Request) -> web.Response:
         .render(
             cards=[_card(job) for job in jobs],
             unreadable=unreadable,
-            decided=request.query.get("decided", ""),
+            decided=request.query.get("decided", "")[:MAX_ID_CHARS],
         )
     )
     return web.Response(text=html, content_type="text/html")
@@ -171,9 +180,11 @@ async def post_decision(request: web.Request) -> web.Response:
         return error(413, f"request body is over {MAX_BODY_BYTES} bytes", as_json)
     except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
         return error(400, f"request body is not a JSON object: {exc}", as_json)
-    problem = _decision_problem(fields)
+    problem = _decision_problem(fields, request.app[SETTINGS].review, job_id)
     if problem:
-        return error(400, problem, as_json)
+        if as_json:
+            return json_response({"error": str(problem), "field": problem.field, "limit": problem.limit}, 400)
+        return error(400, str(problem), as_json)
     store = request.app[STORE]
     prefix = request.app[SETTINGS].kafka.topic_prefix
     # The first decision wins (the publish stage ignores later ones): say so instead of queueing

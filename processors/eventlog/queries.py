@@ -95,3 +95,14 @@ def job_latencies(client: Client, database: str, job_ids: list[str]) -> dict[str
         parameters={"ids": job_ids},
     ).result_rows
     return {job: {"end_to_end_ms": float(e2e), "handler_ms": float(h)} for job, e2e, h in rows}
+
+
+def job_states(client: Client, database: str, job_ids: list[str]) -> dict[str, str]:
+    """Each known job's current lifecycle state (jobs with no lifecycle event are left out)."""
+    rows = client.query(
+        f"""SELECT job_id, {CURRENT_STATE_SQL} FROM {database}.{EVENTS_TABLE}
+            WHERE job_id IN {{ids:Array(String)}} AND has({LIFECYCLE_SQL}, state)
+            GROUP BY job_id""",
+        parameters={"ids": job_ids},
+    ).result_rows
+    return {job: state for job, state in rows}

@@ -9,24 +9,42 @@ long-lived caller (the HTTP gateway) opens the reader once (`await reader.open()
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import json
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any, Self
 
 import aiohttp
 from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import OperationalError
 
 from processors.config import Settings
 from processors.eventlog import queries
-from processors.eventlog.analyst import READONLY_SETTINGS, analyst_query_problem
-from processors.eventlog.clickhouse import connect
+from processors.eventlog.analyst import (
+    AnalystLimits,
+    AnalystQueryFailed,
+    AnalystQueryRefused,
+    analyst_query_problem,
+    engine_table_functions,
+    run_analyst_query,
+)
+from processors.eventlog.clickhouse import connect, connect_analyst
 
+# Above the analyst's max_execution_time (20 s by default), so a timeout is the engine's, named.
 TIMEOUT = aiohttp.ClientTimeout(total=30)
 
 
-class EventLogUnavailable(RuntimeError):
-    pass
+class EventLogError(RuntimeError):
+    """The event log could not answer this request; the message says why."""
+
+
+class EventLogUnavailable(EventLogError):
+    """The event log cannot be reached, or its engine cannot answer now."""
+
+
+class QueryRefused(EventLogError):
+    """Analyst SQL that may not run, or that ClickHouse stopped (a limit, a syntax error)."""
 
 
 class EventLogReader:
@@ -35,6 +53,8 @@ class EventLogReader:
         self.database = settings.clickhouse.database
         self._base = f"http://127.0.0.1:{settings.clickhouse.query_port}"
         self._client: Client | None = None
+        self._analyst: Client | None = None
+        self._table_functions: frozenset[str] | None = None
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -60,9 +80,10 @@ class EventLogReader:
         if self._session is not None:
             await self._session.close()
             self._session = None
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        for client in (self._client, self._analyst):
+            if client is not None:
+                client.close()
+        self._client = self._analyst = None
 
     async def __aenter__(self) -> Self:
         await self.open()
@@ -84,15 +105,18 @@ class EventLogReader:
     async def _get(self, path: str, **params: Any) -> Any:
         return await self._request("GET", path, params=params)
 
-    async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+    async def _request(self, method: str, path: str, *, refusals: bool = False, **kwargs: Any) -> Any:
+        """refusals: the endpoint answers 400/422/429 for a query it refused or stopped."""
         try:
             async with (
                 self._http() as session,
                 session.request(method, self._base + path, **kwargs) as response,
             ):
+                if refusals and response.status in (400, 422, 429):
+                    raise QueryRefused(await _error_text(response))
                 if response.status >= 400:
                     raise EventLogUnavailable(
-                        f"event log answered {response.status}: {await response.text()}"
+                        f"event log answered {response.status}: {await _error_text(response)}"
                     )
                 return await response.json()
         except aiohttp.ClientConnectionError as exc:
@@ -103,26 +127,54 @@ class EventLogReader:
 
     async def timeline(self, job_id: str) -> dict[str, Any]:
         if self._direct:
-            return queries.job_timeline(self._server(), self.database, job_id)
+            return self._direct_call(queries.job_timeline, job_id)
         return await self._get(f"/jobs/{job_id}")
 
     async def summary(self, since_ms: int = 0) -> dict[str, Any]:
         if self._direct:
-            return queries.summary(self._server(), self.database, since_ms)
+            return self._direct_call(queries.summary, since_ms)
         return await self._get("/summary", since_ms=str(since_ms))
 
     async def latencies(self, job_ids: list[str]) -> dict[str, dict[str, float]]:
         if self._direct:
-            return queries.job_latencies(self._server(), self.database, job_ids)
+            return self._direct_call(queries.job_latencies, job_ids)
         return await self._request("POST", "/latencies", json={"job_ids": job_ids})
 
-    async def sql(self, sql: str) -> dict[str, Any]:
+    async def states(self, job_ids: list[str]) -> dict[str, str]:
+        """Each job's current state (a service query: never queued behind analyst SQL)."""
         if self._direct:
-            if problem := analyst_query_problem(sql):
-                raise EventLogUnavailable(f"refused: {problem}")
-            result = self._server().query(sql, settings=READONLY_SETTINGS)
-            return {"columns": list(result.column_names), "rows": [list(r) for r in result.result_rows]}
-        return await self._request("POST", "/query", json={"sql": sql})
+            return self._direct_call(queries.job_states, job_ids)
+        return await self._request("POST", "/states", json={"job_ids": job_ids})
+
+    async def sql(self, sql: str) -> dict[str, Any]:
+        """One analyst statement, under the analyst's limits (processors/eventlog/analyst.py)."""
+        limits = AnalystLimits.of(self.settings.clickhouse)
+        # Refused from its text here too, before anything is sent.
+        if problem := analyst_query_problem(sql, limits.max_query_chars):
+            raise QueryRefused(problem)
+        if not self._direct:
+            return await self._request("POST", "/query", refusals=True, json={"sql": sql})
+        try:
+            if self._analyst is None:
+                # Its own connection, opened read-only with the limits: never the one the other
+                # queries use, so a long query here holds up nothing else.
+                self._analyst = connect_analyst(self.settings)
+                self._table_functions = engine_table_functions(self._analyst)
+            assert self._table_functions is not None
+            return run_analyst_query(self._analyst, sql, limits, self._table_functions)
+        except (AnalystQueryRefused, AnalystQueryFailed) as exc:
+            raise QueryRefused(str(exc)) from exc
+        except (OperationalError, OSError) as exc:
+            raise self._unreachable(exc) from exc
+
+    def _direct_call(self, query: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return query(self._server(), self.database, *args)
+        except (OperationalError, OSError) as exc:
+            raise self._unreachable(exc) from exc
+
+    def _unreachable(self, exc: BaseException) -> EventLogUnavailable:
+        return EventLogUnavailable(f"cannot reach ClickHouse at {self.settings.clickhouse.url}: {exc}")
 
     async def healthy(self) -> bool:
         try:
@@ -133,3 +185,13 @@ class EventLogReader:
         except Exception:
             return False
         return True
+
+
+async def _error_text(response: aiohttp.ClientResponse) -> str:
+    """The endpoint's {"error": ...} message, or its body as text."""
+    text = await response.text()
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return text
+    return str(body.get("error", text)) if isinstance(body, dict) else text

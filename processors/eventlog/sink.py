@@ -1,21 +1,40 @@
 """The event-log sink: pipeline.events → ClickHouse, in batches, committed after the insert.
 
+It stays up and loses nothing (ingest.py): a ClickHouse outage, embedded or server, pauses
+ingestion (the batch is retried with capped backoff; nothing is committed meanwhile, nothing is
+dead-lettered) and it resumes by itself; a row ClickHouse refuses is found by splitting the batch
+and dead-lettered alone, with the error, while the rest of the batch goes in.
+
 With the embedded engine this process owns chDB, so it also answers queries over HTTP for the CLI
-and the dashboard (server.py). Every ClickHouse call runs on one dedicated thread (engine.py).
+and the dashboard (server.py). Inserts, service queries and analyst SQL each run on connections
+and threads of their own (engine.py), so no query can hold up an insert.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from typing import Any, ClassVar
 
 from aiohttp import web
 
-from processors.eventlog.clickhouse import EVENT_COLUMNS, EVENTS_TABLE, connect
-from processors.eventlog.engine import ClickHouseWorker
-from processors.eventlog.server import build_query_app
-from processors.runtime import BatchStage, InputRecord, Outcome
+from processors.eventlog.analyst import AnalystLimits
+from processors.eventlog.clickhouse import (
+    EVENT_COLUMNS,
+    EVENTS_TABLE,
+    connect,
+    connect_analyst,
+    dsn_problem,
+)
+from processors.eventlog.engine import ClickHouseLane
+from processors.eventlog.ingest import Ingestor, OutageBackoff
+from processors.eventlog.server import QueryLanes, build_query_app
+from processors.runtime import BatchStage, InputRecord, Outcome, PermanentError
 from schemas.topics import Topic
+
+
+class RefusedEvent(PermanentError):
+    """ClickHouse refused this event's row (its values, not the engine's state)."""
 
 
 def _row(event: dict[str, Any]) -> list[Any]:
@@ -34,12 +53,44 @@ class EventLogSink(BatchStage):
 
     async def start(self) -> None:
         settings = self.ctx.settings
+        if problem := dsn_problem(settings):
+            self.ctx.log.error("configuration error, the event-log sink does not start: %s", problem)
+            raise ValueError(problem)
         self.database = settings.clickhouse.database
-        self.clickhouse = ClickHouseWorker(lambda: connect(settings))
-        await self.clickhouse.call(lambda client: None)  # fail fast on a bad DSN or URL
+        # clickhouse-connect logs every value it cannot encode at ERROR with a traceback; while a
+        # batch is split to find a refused row that is one per try. The sink reports the row itself.
+        logging.getLogger("clickhouse_connect.driver.transform").setLevel(logging.CRITICAL)
+        self.ingest = ClickHouseLane("ingest", lambda: connect(settings))
+        self.lanes = QueryLanes(
+            queries=ClickHouseLane("queries", lambda: connect(settings)),
+            analyst=ClickHouseLane(
+                "analyst",
+                lambda: connect_analyst(settings),
+                threads=max(1, settings.clickhouse.analyst_concurrency),
+            ),
+            limits=AnalystLimits.of(settings.clickhouse),
+        )
+        self.ingestor = Ingestor(
+            self.ingest,
+            f"{self.database}.{EVENTS_TABLE}",
+            EVENT_COLUMNS,
+            OutageBackoff(settings.stage.backoff_initial_s, settings.stage.backoff_max_s),
+            self.ctx.log,
+        )
+        if settings.uses_embedded_clickhouse:
+            # The engine is in this process: failing to open it at start is configuration (its
+            # path, its permissions, another process holding it), so fail with the reason.
+            await self.ingest.call(lambda client: None)
+        else:
+            # A server that does not answer yet is an outage, not a configuration error: the
+            # first batch waits for it (ingest.py) and the queries answer 503 meanwhile.
+            try:
+                await self.ingest.call(lambda client: None)
+            except Exception as exc:
+                self.ctx.log.warning("ClickHouse at %s does not answer yet: %s", settings.clickhouse.url, exc)
         self._runner: web.AppRunner | None = None
         if settings.clickhouse.query_port:
-            app = build_query_app(self.clickhouse, self.database)
+            app = build_query_app(self.lanes, self.database)
             self._runner = web.AppRunner(app, access_log=None)
             await self._runner.setup()
             site = web.TCPSite(self._runner, "127.0.0.1", settings.clickhouse.query_port)
@@ -49,11 +100,27 @@ class EventLogSink(BatchStage):
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
-        self.clickhouse.close()
+        for lane in (self.lanes.analyst, self.lanes.queries, self.ingest):
+            lane.close()
 
     async def handle_batch(self, records: list[InputRecord]) -> list[Outcome]:
-        rows = [_row(r.value) for r in records]
-        table = f"{self.database}.{EVENTS_TABLE}"
-        await self.clickhouse.call(lambda c: c.insert(table, rows, column_names=EVENT_COLUMNS))
         # The sink records no events of its own: an event about writing events would loop.
-        return [Outcome() for _ in records]
+        outcomes = [Outcome() for _ in records]
+        rows: list[list[Any]] = []
+        slots: list[int] = []
+        for i, record in enumerate(records):
+            try:
+                rows.append(_row(record.value))
+            except (KeyError, TypeError, ValueError) as exc:
+                outcomes[i] = Outcome(dead_letter=RefusedEvent(f"not an event-log row: {exc!r}"))
+                continue
+            slots.append(i)
+        report = await self.ingestor.insert(rows)
+        for index, exc in report.refused.items():
+            self.ctx.log.error(
+                "ClickHouse refused an event; dead-lettering it: %s",
+                exc,
+                extra={"reason": "clickhouse_refused_row"},
+            )
+            outcomes[slots[index]] = Outcome(dead_letter=RefusedEvent(f"ClickHouse refused the row: {exc}"))
+        return outcomes

@@ -307,3 +307,25 @@ async def test_decided_job_leaves_the_review_queue(client: TestClient, pipeline:
     timeline = await EventLogReader(pipeline.settings).timeline(job["job_id"])
     assert "published" not in [e["state"] for e in timeline["events"]]
     assert timeline["state"] == "rejected"
+
+
+async def test_a_one_megabyte_reason_is_refused_at_entry_and_the_job_stays_held(
+    client: TestClient, pipeline: Any, hold_job: Any
+) -> None:
+    job, _ = await asyncio.to_thread(hold_job, "huge-reason")
+    url = f"/review/{job['job_id']}"
+    limit = pipeline.settings.review.max_reason_chars
+    response = await client.post(url, json={"decision": "reject", "reviewer": "ana", "reason": "x" * 2**20})
+    assert response.status == 400
+    body = await response.json()
+    assert (body["field"], body["limit"]) == ("reason", limit)
+    assert f"at most {limit} (review.max_reason_chars)" in body["error"]
+    store = ObjectStore(pipeline.settings.storage)
+    prefix = pipeline.settings.kafka.topic_prefix
+    assert await asyncio.to_thread(store.exists, pending_key(job["job_id"], prefix)), "still held"
+    # Nothing was sent: a decision within the limit is the first, and it takes effect.
+    decision = {"decision": "reject", "reviewer": "ana", "reason": "x" * limit}
+    assert (await client.post(url, json=decision)).status == 202
+    timeline = await _wait_for_state(pipeline.settings, job["job_id"], "rejected")
+    (rejected,) = [e for e in timeline["events"] if e["state"] == "rejected"]
+    assert len(rejected["detail"]) <= limit
