@@ -19,7 +19,13 @@ from PIL import Image
 
 from processors.imaging.framing import to_rgb
 from processors.imaging.limits import DimensionError, check_dimensions
-from processors.imaging.preservation import PreservationMatch, find_product, product_preservation
+from processors.imaging.preservation import (
+    PreservationMatch,
+    ProductRegion,
+    find_product,
+    product_preservation,
+    product_region,
+)
 
 if TYPE_CHECKING:
     from processors.config import QualitySettings
@@ -31,18 +37,22 @@ __all__ = [
     "REASON_OCR_UNAVAILABLE",
     "REASON_OVERSIZED",
     "REASON_PRESERVATION_UNSCORED",
+    "REASON_PRODUCT_MISSING",
     "REASON_PRODUCT_NOT_PRESERVED",
     "REASON_TEXT_MISMATCH",
     "REASON_WRONG_SIZE",
     "UNSCORED_REASONS",
     "ImageCheckError",
     "PreservationMatch",
+    "ProductRegion",
     "QualityThresholds",
     "check_output",
     "decode_image",
     "failed_reasons",
     "find_product",
+    "preservation_scores",
     "product_preservation",
+    "product_region",
 ]
 
 REASON_CORRUPT = "corrupt_output"
@@ -50,6 +60,8 @@ REASON_OVERSIZED = "oversized_output"
 REASON_WRONG_SIZE = "wrong_size"
 REASON_BLANK = "blank_output"
 REASON_PRODUCT_NOT_PRESERVED = "product_not_preserved"
+# The stored product reference has no product region to look for: preservation cannot be high.
+REASON_PRODUCT_MISSING = "product_missing"
 REASON_LOW_PROMPT_ADHERENCE = "low_prompt_adherence"
 REASON_TEXT_MISMATCH = "text_mismatch"
 REASON_PRESERVATION_UNSCORED = "preservation_unscored"
@@ -70,6 +82,9 @@ class QualityThresholds:
     # CLIP and OCR scales depend on the model; they are applied when the score was measured.
     min_clip_score: float | None = None
     min_ocr_score: float | None = None
+    # The product region score (preservation_scores' "product_region") below which the product
+    # is missing from the reference itself.
+    min_product_region: float = 0.005
 
     @classmethod
     def from_settings(cls, settings: QualitySettings) -> QualityThresholds:
@@ -78,6 +93,7 @@ class QualityThresholds:
             min_preservation=settings.min_preservation,
             min_clip_score=settings.min_clip_score,
             min_ocr_score=settings.min_ocr_score,
+            min_product_region=settings.min_product_coverage,
         )
 
     @classmethod
@@ -191,6 +207,19 @@ def _edge_energy(luminance: np.ndarray) -> float:
     return float(dx + dy)
 
 
+def preservation_scores(
+    output: Image.Image, product: Image.Image, mask: Image.Image | None
+) -> dict[str, float]:
+    """The scores product preservation records: ``preservation`` (scored only over a non-empty
+    product region; 0 when it is empty, never 1) and ``product_region``, the region's coverage
+    of the reference's frame (0 when empty), which failed_reasons turns into product_missing."""
+    region = product_region(product, mask)
+    if region.empty:
+        return {"preservation": 0.0, "product_region": 0.0}
+    match = find_product(output, product, mask, region)
+    return {"preservation": match.score, "product_region": region.coverage}
+
+
 def failed_reasons(
     scores: Mapping[str, float],
     thresholds: QualityThresholds | None = None,
@@ -199,22 +228,27 @@ def failed_reasons(
 ) -> list[str]:
     """The verdict: reason codes for every failed check, in a fixed order (empty: passed).
 
-    Score keys are the ones the quality stage records: size_ok, blank_score, preservation,
-    clip_score, ocr_score. A check applies when its score was recorded; a ``required`` score that
-    is missing fails with its "unscored" reason (preservation_unscored, ocr_unavailable), and a
-    NaN score fails its check: an unmeasured result never passes silently. Decoding is not judged
-    here: decode_image raises with its own reason code.
+    Score keys are the ones the quality stage records: size_ok, blank_score, product_region,
+    preservation, clip_score, ocr_score. A check applies when its score was recorded; a
+    ``required`` score that is missing fails with its "unscored" reason (preservation_unscored,
+    ocr_unavailable), and a NaN score fails its check: an unmeasured result never passes
+    silently. A product region below its limit is product_missing, and then preservation is not
+    judged on its own (it measured nothing). Decoding is not judged here: decode_image raises
+    with its own reason code.
     """
     limits = thresholds or QualityThresholds.defaults()
     checks = (
         ("size_ok", 1.0, _below, REASON_WRONG_SIZE),
         ("blank_score", limits.max_blank_score, _at_least, REASON_BLANK),
+        ("product_region", limits.min_product_region, _below, REASON_PRODUCT_MISSING),
         ("preservation", limits.min_preservation, _below, REASON_PRODUCT_NOT_PRESERVED),
         ("clip_score", limits.min_clip_score, _below, REASON_LOW_PROMPT_ADHERENCE),
         ("ocr_score", limits.min_ocr_score, _below, REASON_TEXT_MISMATCH),
     )
     reasons: list[str] = []
     for key, limit, fails, reason in checks:
+        if key == "preservation" and REASON_PRODUCT_MISSING in reasons:
+            continue
         if key not in scores:
             if key in required:
                 reasons.append(UNSCORED_REASONS.get(key, f"{key}_unscored"))

@@ -60,10 +60,16 @@ def compute_mask(image: Image.Image, params: SegmentationParams = DEFAULT_PARAMS
 
 def mask_coverage(mask: Image.Image) -> float:
     """Fraction of the frame covered by the product, in [0, 1] (soft edges count partially)."""
-    values = np.asarray(mask.convert("L"), dtype=np.float64)
-    if values.size == 0:
+    # From the histogram: a float copy of a camera-sized mask would be hundreds of megabytes.
+    counts = _histogram(mask)
+    total = sum(counts)
+    if total == 0:
         return 0.0
-    return float(values.mean() / 255.0)
+    return sum(level * count for level, count in enumerate(counts)) / (255.0 * total)
+
+
+def _histogram(mask: Image.Image) -> list[int]:
+    return (mask if mask.mode == "L" else mask.convert("L")).histogram()
 
 
 _ALPHA_MODES = frozenset({"RGBA", "LA", "La", "RGBa", "PA"})
@@ -90,17 +96,19 @@ def cutout_alpha(image: Image.Image) -> Image.Image | None:
 
 
 def is_cutout_alpha(alpha: Image.Image) -> bool:
-    values = np.asarray(alpha, dtype=np.uint8)
-    if values.size == 0:
+    counts = _histogram(alpha)
+    total = sum(counts)
+    if total == 0:
         return False
-    transparent = float(np.mean(values < _ALPHA_OPAQUE))
-    opaque = float(np.mean(values >= 128))
+    transparent = sum(counts[:_ALPHA_OPAQUE]) / total
+    opaque = sum(counts[128:]) / total
     return transparent >= _MIN_TRANSPARENT_FRACTION and opaque >= _MIN_OPAQUE_FRACTION
 
 
 def segment_studio(image: Image.Image, params: SegmentationParams = DEFAULT_PARAMS) -> Image.Image:
     """Segment a product shot on a plain (possibly slightly graded) backdrop."""
-    rgb_image = image.convert("RGB")
+    # convert() always copies, even to the same mode: a camera-sized RGB reference is used as is.
+    rgb_image = image if image.mode == "RGB" else image.convert("RGB")
     if max(rgb_image.size) > params.max_side:
         # Camera-sized references: segment a reduced copy and scale the mask back up. The
         # soft, feathered edge hides the interpolation and memory stays bounded.

@@ -14,9 +14,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageChops
 
-from processors.imaging.framing import SOLID_ALPHA, cutout, to_rgb
+from processors.imaging.framing import SOLID_ALPHA, cutout, product_mask, to_rgb
+from processors.imaging.masks import alpha_channel
 
 _COARSE_SIZE = 128
 _FINE_SIZE = 256
@@ -39,6 +40,10 @@ _NCC_LOW, _NCC_HIGH = 0.6, 0.95
 _RANK_WEIGHT = 1e-3
 # Template std below which its structure is too flat for correlation to mean anything.
 _FLAT_STD = 8.0
+# A region covering at least this much of the reference's frame and flatter than this (per
+# channel std) is a placeholder, not a product: nothing in it could be recognised in an output.
+_FULL_FRAME = 0.98
+_FLAT_REGION_STD = 2.0
 
 
 @dataclass(frozen=True)
@@ -54,15 +59,65 @@ class PreservationMatch:
     rank: float = 0.0
 
 
+@dataclass(frozen=True)
+class ProductRegion:
+    """The part of a product reference preservation is scored over: its solid core."""
+
+    # The solid core as RGBA, cropped to it; None when the region is empty.
+    cutout: Image.Image | None
+    pixels: int  # solid product pixels in the reference
+    coverage: float  # those pixels as a fraction of the reference's frame (0 when empty)
+    why_empty: str = ""
+
+    @property
+    def empty(self) -> bool:
+        return self.cutout is None
+
+
+def product_region(product: Image.Image, mask: Image.Image | None) -> ProductRegion:
+    """The product's solid region: the mask (or the product's own) limited to the pixels the
+    product shows, at or above SOLID_ALPHA.
+
+    Empty, so that preservation scores 0 and never 1, when there is nothing to find: no solid
+    pixel, fewer than a template needs, or a whole frame of one colour (a placeholder or a blank
+    reference under a full mask would otherwise "match" any flat patch of that colour). A
+    transparent pixel is never product, whatever a mask computed from the colours hidden under
+    it claims.
+    """
+    region = product_mask(product, mask)
+    alpha = alpha_channel(product)
+    if alpha is not None:
+        region = ImageChops.darker(region, alpha)
+    counts = region.histogram()
+    pixels = sum(counts[math.ceil(SOLID_ALPHA) :])
+    frame = product.width * product.height
+    if pixels < _MIN_TEMPLATE_PIXELS:
+        return ProductRegion(None, pixels, 0.0, f"{pixels} solid product pixels")
+    solid = cutout(product, region, min_alpha=SOLID_ALPHA)
+    if solid is None:  # unreachable with pixels > 0; kept for the type
+        return ProductRegion(None, 0, 0.0, "no solid product pixel")
+    coverage = pixels / frame
+    if coverage >= _FULL_FRAME and _flat(solid):
+        return ProductRegion(None, pixels, 0.0, "a whole frame of one colour")
+    return ProductRegion(solid, pixels, coverage)
+
+
 def product_preservation(output: Image.Image, product: Image.Image, mask: Image.Image | None) -> float:
-    """How well the product's masked pixels appear in ``output``, in [0, 1]."""
+    """How well the product's masked pixels appear in ``output``, in [0, 1]; 0 when the product
+    region is empty (product_region)."""
     return find_product(output, product, mask).score
 
 
-def find_product(output: Image.Image, product: Image.Image, mask: Image.Image | None) -> PreservationMatch:
-    """The best match of the product in ``output`` (score 0 and fit 0 when none is possible)."""
+def find_product(
+    output: Image.Image,
+    product: Image.Image,
+    mask: Image.Image | None,
+    region: ProductRegion | None = None,
+) -> PreservationMatch:
+    """The best match of the product in ``output`` (score 0 and fit 0 when none is possible,
+    an empty product region included)."""
     # Cropped to the solid core: the soft rim blends with the output's background.
-    solid = cutout(product, mask, min_alpha=SOLID_ALPHA)
+    solid = (region or product_region(product, mask)).cutout
     none = PreservationMatch(0.0, 0.0, 0, 0, 0, 0)
     if solid is None:
         return none
@@ -83,6 +138,16 @@ def find_product(output: Image.Image, product: Image.Image, mask: Image.Image | 
         if found is not None and found.rank >= best.rank:
             best = found
     return best
+
+
+def _flat(solid: Image.Image) -> bool:
+    """Whether the solid pixels are all one colour (to within JPEG noise)."""
+    small = _shrink(solid, 256)
+    rgba = np.asarray(small, dtype=np.float64)
+    inside = rgba[..., 3] >= SOLID_ALPHA
+    if not inside.any():
+        return True
+    return bool(rgba[..., :3][inside].std(axis=0).max() < _FLAT_REGION_STD)
 
 
 def _window(match: PreservationMatch, size: tuple[int, int]) -> tuple[int, int, int, int]:

@@ -5,32 +5,45 @@ Every refusal is a ReferenceFetchError with a stable reason code. What is enforc
   never by aiohttp, so a public URL cannot bounce us to 127.0.0.1 or the metadata service);
 - the connector's resolver refuses private answers again at connect time (DNS rebinding);
 - size cap on the declared Content-Length and again while streaming;
-- a total deadline per attempt, an idle-read timeout and a minimum body throughput;
-- the bytes are sniffed, not trusted by header, and fully decoded by Pillow with a pixel cap
-  checked from the header before any pixel is allocated.
+- the first bytes are sniffed before the rest of the body is read: an HTML error page or any
+  other non-image is dropped at its first chunk, not after 20 MB;
+- a total deadline per attempt that runs only while the request holds its connection slots
+  (slots.py: queueing for a busy host is not the host being slow), an idle-read timeout and a
+  minimum body throughput;
+- retryable failures (timeouts, 5xx, refused or reset connections) are retried with backoff for
+  ``retry_window_s`` after the first one;
+- the bytes are proven by decoding (decoding.py), under a budget of decoded bytes shared by every
+  concurrent fetch, and in the caller's own executor when it passes one (the references stage
+  passes its ``run_blocking``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
-from PIL import Image, ImageFile
 from yarl import URL
 
 from processors.backoff import jittered_delay
-from processors.imaging.formats import BY_MIME
-from processors.imaging.limits import DimensionError, check_dimensions
-from processors.references import sniff as sniffing
+from processors.references.decoding import (
+    DecodeBudget,
+    ImageInfo,
+    inspect_image,
+    probe_image,
+    prove_image,
+    refuse_non_raster,
+    require_strict_truncation,
+)
+from processors.references.slots import AttemptClock, DownloadSlots, Origin
 from processors.references.url_policy import (
     AddressResolver,
     FetchPolicy,
@@ -42,10 +55,17 @@ from processors.references.url_policy import (
 )
 from processors.storage import sha256_hex
 
+__all__ = ["FetchedImage", "ImageInfo", "ReferenceFetcher", "inspect_image"]
+
 log = logging.getLogger(__name__)
 
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _CHUNK_BYTES = 64 * 1024
+# Enough for every raster signature and for telling HTML and SVG apart (sniff reads 4 KiB of text).
+_SNIFF_BYTES = 4096
+
+# Runs a synchronous function off the event loop: asyncio.to_thread, or a stage's run_blocking.
+BlockingRunner = Callable[..., Awaitable[Any]]
 
 
 @dataclass(frozen=True)
@@ -63,14 +83,6 @@ class FetchedImage:
         return len(self.data)
 
 
-@dataclass(frozen=True)
-class ImageInfo:
-    content_type: str
-    format: str
-    width: int
-    height: int
-
-
 class BlockedAddressError(OSError):
     """Raised inside the connector's resolver; an OSError so aiohttp wraps it, not loses it."""
 
@@ -86,68 +98,16 @@ class _PolicyResolver(AbstractResolver):
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         results = await self._inner.resolve(host, port, family)
-        if host_is_allowlisted(host, self._policy):
+        if host_is_allowlisted(host, self._policy, port):
             return results
         for result in results:
-            refusal = address_refusal(result["host"], self._policy)
+            refusal = address_refusal(result["host"], self._policy, port)
             if refusal:
                 raise BlockedAddressError(f"{host}: {refusal}")
         return results
 
     async def close(self) -> None:
         await self._inner.close()
-
-
-def _require_strict_truncation() -> None:
-    # Pillow's switch is process-global and cannot be overridden per call; if anything in the
-    # process turned it on, truncated downloads would decode "successfully". Fail loudly.
-    if ImageFile.LOAD_TRUNCATED_IMAGES:
-        raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True; reference validation requires False")
-
-
-def inspect_image(data: bytes, policy: FetchPolicy) -> ImageInfo:
-    """Prove the bytes are a raster image by decoding them fully. CPU-bound: run in a thread."""
-    if not data:
-        raise ReferenceFetchError(Reason.EMPTY_BODY, "zero bytes")
-    mime = sniffing.sniff(data)
-    if mime == sniffing.SVG:
-        raise ReferenceFetchError(Reason.SVG_NOT_ALLOWED, "SVG is refused, not rasterised")
-    if not sniffing.is_raster(mime):
-        raise ReferenceFetchError(
-            Reason.NOT_AN_IMAGE, f"content sniffed as {mime or 'unknown'}; starts {data[:8]!r}"
-        )
-    assert mime is not None
-    # Only the sniffed type's decoder ever sees downloaded bytes: Pillow would otherwise try
-    # every plugin it has (EPS hands data to Ghostscript, for one), whatever the bytes are.
-    decoder = BY_MIME[mime].pillow
-    if decoder is None:
-        raise ReferenceFetchError(Reason.UNSUPPORTED_FORMAT, f"{mime} cannot be decoded here")
-    formats = (decoder,)
-    _require_strict_truncation()
-    try:
-        return _decode(data, mime, formats, policy)
-    except ReferenceFetchError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ReferenceFetchError(Reason.DECOMPRESSION_BOMB, str(exc)) from exc
-    except Exception as exc:
-        # Decoders fed hostile bytes raise all sorts (OSError, SyntaxError, struct.error,
-        # IndexError...): whatever it is, the file did not decode.
-        raise ReferenceFetchError(
-            Reason.CORRUPT_IMAGE, f"{mime} failed to decode: {type(exc).__name__}: {exc}"
-        ) from exc
-
-
-def _decode(data: bytes, mime: str, formats: tuple[str, ...], policy: FetchPolicy) -> ImageInfo:
-    with Image.open(io.BytesIO(data), formats=list(formats)) as image:
-        width, height = image.size
-        try:
-            check_dimensions(image.size, policy.max_pixels)
-        except DimensionError as exc:
-            reason = Reason.DECOMPRESSION_BOMB if exc.oversized else Reason.CORRUPT_IMAGE
-            raise ReferenceFetchError(reason, str(exc)) from exc
-        image.load()
-        return ImageInfo(mime, image.format or formats[0], width, height)
 
 
 @dataclass
@@ -161,10 +121,20 @@ class _Progress:
 class ReferenceFetcher:
     """Async context manager owning one aiohttp session; fetch() is safe to call concurrently."""
 
-    def __init__(self, policy: FetchPolicy | None = None, *, resolver: AddressResolver | None = None) -> None:
+    def __init__(
+        self,
+        policy: FetchPolicy | None = None,
+        *,
+        resolver: AddressResolver | None = None,
+        run_blocking: BlockingRunner | None = None,
+        decode_budget: DecodeBudget | None = None,
+    ) -> None:
         self.policy = policy or FetchPolicy()
         self._resolver = resolver
         self._session: aiohttp.ClientSession | None = None
+        self._run_blocking: BlockingRunner = run_blocking or asyncio.to_thread
+        self.decode_budget = decode_budget or DecodeBudget(self.policy.decode_budget_bytes)
+        self.slots = DownloadSlots(self.policy.per_host_concurrency, self.policy.max_concurrent_downloads)
 
     @property
     def resolver(self) -> AddressResolver | None:
@@ -172,18 +142,22 @@ class ReferenceFetcher:
         return self._resolver
 
     async def __aenter__(self) -> Self:
-        _require_strict_truncation()
+        require_strict_truncation()
         policy = self.policy
         connector = aiohttp.TCPConnector(
-            limit_per_host=policy.per_host_concurrency,
+            # DownloadSlots bounds connections, off the clock; the connector must never make a
+            # request queue (its wait would be on the clock: aiohttp counts it as connecting).
+            limit=0,
+            limit_per_host=0,
             resolver=_PolicyResolver(policy),
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
-            # total is enforced per attempt by fetch() itself, to tell timeout from slow_body.
+            # total is enforced per attempt by fetch() itself (AttemptClock), to tell timeout
+            # from slow_body and to leave slot waits off the clock.
             timeout=aiohttp.ClientTimeout(
                 total=None,
-                connect=policy.connect_timeout_s,
+                connect=None,
                 sock_connect=policy.connect_timeout_s,
                 sock_read=policy.read_timeout_s,
             ),
@@ -213,25 +187,15 @@ class ReferenceFetcher:
 
     async def fetch(self, url: str) -> FetchedImage:
         """Download, prove and describe one reference; retries transient failures."""
-        policy = self.policy
-        attempt = 0
-        while True:
-            try:
-                data, final_url = await self._attempt(url)
-                break
-            except ReferenceFetchError as exc:
-                if not exc.retryable or attempt >= policy.retries:
-                    raise
-                delay = self._backoff(attempt)
-                log.info(
-                    "reference fetch attempt %d failed (%s), retrying in %.2fs",
-                    attempt + 1,
-                    exc.reason,
-                    delay,
-                )
-                attempt += 1
-                await asyncio.sleep(delay)
-        info = await asyncio.to_thread(inspect_image, data, policy)
+        # The download returns holding a total slot: the body counts as a download in flight
+        # until it is proven, so bodies waiting for the decode budget cannot pile up unbounded.
+        data, final_url = await self._download(url)
+        try:
+            info = await self._run_blocking(probe_image, data, self.policy)
+            async with self.decode_budget.hold(info.decoded_bytes):
+                await self._run_blocking(prove_image, data, info)
+        finally:
+            self.slots.release_total()
         return FetchedImage(
             data=data,
             content_type=info.content_type,
@@ -242,6 +206,37 @@ class ReferenceFetcher:
             sha256=sha256_hex(data),  # the digest its content-addressed key is made from
         )
 
+    async def _download(self, url: str) -> tuple[bytes, str]:
+        """The body, after as many attempts as the retry window (and ``retries``) allow."""
+        policy = self.policy
+        attempt = 0
+        first_failure: float | None = None
+        while True:
+            try:
+                return await self._attempt(url)
+            except ReferenceFetchError as exc:
+                if not exc.retryable:
+                    raise
+                now = time.monotonic()
+                first_failure = now if first_failure is None else first_failure
+                delay = self._backoff(attempt)
+                out_of_retries = policy.retries is not None and attempt >= policy.retries
+                if out_of_retries or now + delay - first_failure > policy.retry_window_s:
+                    raise ReferenceFetchError(
+                        exc.reason,
+                        f"{exc.detail} (gave up after {attempt + 1} attempt(s), "
+                        f"{now - first_failure:.1f}s after the first failure)",
+                        retryable=True,
+                    ) from exc
+                log.info(
+                    "reference fetch attempt %d failed (%s), retrying in %.2fs",
+                    attempt + 1,
+                    exc.reason,
+                    delay,
+                )
+                attempt += 1
+                await asyncio.sleep(delay)
+
     def _backoff(self, attempt: int) -> float:
         """Before retry number ``attempt + 1``. Jittered (many jobs citing one flaky CDN should
         not retry in lockstep) but at least half the step: a host that just failed gets a pause."""
@@ -251,33 +246,46 @@ class ReferenceFetcher:
 
     async def _attempt(self, url: str) -> tuple[bytes, str]:
         progress = _Progress()
+        clock = AttemptClock(self.policy.total_timeout_s)
         try:
-            async with asyncio.timeout(self.policy.total_timeout_s) as deadline:
-                return await self._follow(url, progress)
+            return await self._follow(url, progress, clock)
         except TimeoutError as exc:
-            if deadline.expired() and progress.in_body:
+            if clock.expired and progress.in_body:
                 raise ReferenceFetchError(
                     Reason.SLOW_BODY,
                     f"{progress.body_bytes} bytes within {self.policy.total_timeout_s}s",
                 ) from exc
-            which = "total deadline" if deadline.expired() else "connect or read timeout"
+            which = "total deadline" if clock.expired else "connect or read timeout"
             raise ReferenceFetchError(Reason.TIMEOUT, which, retryable=True) from exc
         except aiohttp.ClientError as exc:
             raise _client_error(exc) from exc
 
-    async def _follow(self, url: str, progress: _Progress) -> tuple[bytes, str]:
+    async def _follow(self, url: str, progress: _Progress, clock: AttemptClock) -> tuple[bytes, str]:
         session = self._session
         if session is None:
             raise RuntimeError("ReferenceFetcher used outside 'async with'")
         current: str | URL = url
         for _hop in range(self.policy.max_redirects + 1):
-            target = await check_url(current, self.policy, self._resolver)
-            async with session.get(target.url, allow_redirects=False) as response:
-                if response.status in _REDIRECT_STATUSES:
-                    current = _redirect_target(response)
-                    continue
-                _check_status(response)
-                return await self._read_body(response, progress), str(response.url)
+            async with clock.running():
+                target = await check_url(current, self.policy, self._resolver)
+            origin = Origin(target.url.scheme, target.host, target.port)
+            async with self.slots.host(origin):
+                await self.slots.acquire_total()
+                try:
+                    async with (
+                        clock.running(),
+                        session.get(target.url, allow_redirects=False) as response,
+                    ):
+                        if response.status in _REDIRECT_STATUSES:
+                            current = _redirect_target(response)
+                        else:
+                            _check_status(response)
+                            # Success keeps the total slot: fetch() gives it back once proven.
+                            return await self._read_body(response, progress), str(response.url)
+                except BaseException:
+                    self.slots.release_total()
+                    raise
+                self.slots.release_total()  # a redirect: no body in hand
         raise ReferenceFetchError(
             Reason.TOO_MANY_REDIRECTS, f"more than {self.policy.max_redirects} redirects"
         )
@@ -291,6 +299,7 @@ class ReferenceFetcher:
             raise ReferenceFetchError(Reason.TOO_LARGE, f"declared Content-Length {declared} > {limit}")
         progress.in_body = True
         body = bytearray()
+        sniffed = False
         started = time.monotonic()
         while True:
             chunk = await response.content.read(min(_CHUNK_BYTES, limit + 1 - len(body)))
@@ -301,8 +310,19 @@ class ReferenceFetcher:
             if len(body) > limit:
                 response.close()
                 raise ReferenceFetchError(Reason.TOO_LARGE, f"body exceeds {limit} bytes")
+            if not sniffed and len(body) >= _SNIFF_BYTES:
+                sniffed = True
+                self._refuse_junk(bytes(body[:_SNIFF_BYTES]), response)
             self._check_throughput(len(body), time.monotonic() - started, response)
         return bytes(body)
+
+    @staticmethod
+    def _refuse_junk(head: bytes, response: aiohttp.ClientResponse) -> None:
+        try:
+            refuse_non_raster(head)
+        except ReferenceFetchError:
+            response.close()  # the rest of the body is never read
+            raise
 
     def _check_throughput(self, received: int, elapsed: float, response: aiohttp.ClientResponse) -> None:
         policy = self.policy

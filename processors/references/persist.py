@@ -17,8 +17,8 @@ import hashlib
 import json
 import logging
 import weakref
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -77,9 +77,11 @@ class PersistedReference:
     stored_new: bool  # these bytes were uploaded by this call (False: already in storage)
     role: str = ""
     url: str = ""  # for the stage's pipeline event only; never put it on the job
-    # The bytes when this call downloaded them (None for a cache hit), so a caller that needs the
-    # image (the product mask) does not download what was just uploaded.
+    # The bytes when this call downloaded them (None for a cache hit, or when persist_all was
+    # told not to keep them), so a caller that needs the image (the product mask) does not
+    # download what was just uploaded.
     data: bytes | None = field(default=None, repr=False, compare=False)
+    required: bool = False  # as the job asked (persist_all); not part of the job's record
 
     def to_record(self, mask_key: str | None = None) -> dict[str, Any]:
         """The job's StoredReference record (schemas/avro/job/v1.avsc)."""
@@ -103,6 +105,20 @@ class DroppedReference:
     url_sha256: str
     reason: str
     detail: str
+    # Extra machine-readable facts for the drop's pipeline event (e.g. a product's coverage).
+    attributes: dict[str, str] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def for_url(
+        cls,
+        url: str,
+        role: str,
+        required: bool,
+        reason: str,
+        detail: str,
+        attributes: dict[str, str] | None = None,
+    ) -> DroppedReference:
+        return cls(role, required, url, url_sha256(url), reason, detail, dict(attributes or {}))
 
     def to_record(self) -> dict[str, Any]:
         """The job's DroppedReference record: the URL itself never goes on the job."""
@@ -181,7 +197,7 @@ class ReferencePersister:
         """Stored reference for the URL; raises ReferenceFetchError when it cannot be had."""
         # Syntax-level refusals (scheme, credentials, length) cost no storage round trip.
         parse_url(url, self._fetcher.policy)
-        async with _lock_for(self._url_locks, url):
+        async with lock_for(self._url_locks, url):
             cached = await self._from_cache(url, role)
             if cached is not None:
                 return cached
@@ -202,13 +218,19 @@ class ReferencePersister:
             return _persisted(entry, role, url, from_cache=False, stored_new=created, data=image.data)
 
     async def persist_all(
-        self, refs: Sequence[tuple[str, str, bool]]
+        self,
+        refs: Sequence[tuple[str, str, bool]],
+        *,
+        keep_bytes_for: Collection[str] | None = None,
     ) -> tuple[list[PersistedReference], list[DroppedReference]]:
-        """(url, role, required) each, concurrently. A reference that cannot be fetched or
-        decoded becomes a DroppedReference (the caller fails the job when a required one drops);
-        storage failures are not the reference's fault and propagate."""
+        """(url, role, required) each, concurrently (the fetcher caps downloads in flight). A
+        reference that cannot be fetched or decoded becomes a DroppedReference (the caller fails
+        the job when a required one drops); storage failures are not the reference's fault and
+        propagate. ``keep_bytes_for``: the roles whose downloaded bytes the caller still needs
+        (None: every role); the others' bytes are released as soon as they are stored."""
         tasks = [
-            asyncio.create_task(self._persist_or_drop(url, role, required)) for url, role, required in refs
+            asyncio.create_task(self._persist_or_drop(url, role, required, keep_bytes_for))
+            for url, role, required in refs
         ]
         try:
             outcomes = await asyncio.gather(*tasks)
@@ -222,20 +244,15 @@ class ReferencePersister:
         return persisted, dropped
 
     async def _persist_or_drop(
-        self, url: str, role: str, required: bool
+        self, url: str, role: str, required: bool, keep_bytes_for: Collection[str] | None
     ) -> PersistedReference | DroppedReference:
         try:
-            return await self.persist(url, role)
+            persisted = await self.persist(url, role)
         except ReferenceFetchError as exc:
             log.info("reference dropped: role=%s required=%s reason=%s", role, required, exc.reason)
-            return DroppedReference(
-                role=role,
-                required=required,
-                url=url,
-                url_sha256=url_sha256(url),
-                reason=exc.reason,
-                detail=exc.detail,
-            )
+            return DroppedReference.for_url(url, role, required, exc.reason, exc.detail)
+        keep = keep_bytes_for is None or role in keep_bytes_for
+        return replace(persisted, required=required, data=persisted.data if keep else None)
 
     async def _from_cache(self, url: str, role: str) -> PersistedReference | None:
         entry = await self._read_cache(url)
@@ -275,7 +292,7 @@ class ReferencePersister:
         # argument). Repeating it as "content-type" metadata makes the minio SDK send the header
         # twice and MinIO rejects the upload with SignatureDoesNotMatch.
         metadata = {"source-url": _metadata_url(url)}
-        async with _lock_for(self._digest_locks, image.sha256):
+        async with lock_for(self._digest_locks, image.sha256):
             return await asyncio.to_thread(
                 self._store.put_content_addressed,
                 self._prefix,
@@ -304,7 +321,8 @@ def _persisted(
     )
 
 
-def _lock_for(table: weakref.WeakValueDictionary[str, asyncio.Lock], key: str) -> asyncio.Lock:
+def lock_for(table: weakref.WeakValueDictionary[str, asyncio.Lock], key: str) -> asyncio.Lock:
+    """The lock for ``key`` in a table that forgets locks nobody holds or waits for."""
     lock = table.get(key)
     if lock is None:
         lock = asyncio.Lock()

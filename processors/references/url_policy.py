@@ -4,7 +4,9 @@ A reference URL comes from an upstream catalog event, so it is untrusted input: 
 checks it is a server-side request forgery primitive (cloud metadata, loopback admin ports,
 internal services). Every hop of a redirect chain goes through ``check_url``; the fetcher's
 connector re-checks the addresses it actually connects to, so DNS answers that change between
-the check and the connect (rebinding) gain nothing.
+the check and the connect (rebinding) gain nothing. What is not public is decided by the deny
+table in address_table.py (the IANA special-purpose registries and the cloud metadata endpoints),
+never by the interpreter's ipaddress flags, which differ between Python patch releases.
 """
 
 from __future__ import annotations
@@ -16,11 +18,17 @@ import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from yarl import URL
 
 from processors.config import ReferenceSettings
+from processors.references.address_table import (
+    is_metadata_hostname,
+    metadata_endpoint,
+    special_block,
+)
 
 MiB = 1024 * 1024
 
@@ -29,12 +37,6 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # Resolves (host, port) to IP address strings.
 AddressResolver = Callable[[str, int], Awaitable[Sequence[str]]]
-
-# Cloud instance-metadata endpoints (AWS/GCP/Azure/OpenStack IPv4, AWS IPv6). Refused even when a
-# broader allowlisted network covers them: only listing the exact address admits one.
-METADATA_ADDRESSES: frozenset[IPAddress] = frozenset(
-    {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")}
-)
 
 
 class Reason:
@@ -87,7 +89,8 @@ _CONFIGURED = ReferenceSettings()
 @dataclass(frozen=True)
 class FetchPolicy:
     connect_timeout_s: float = _CONFIGURED.connect_timeout_s
-    # Per attempt; a fetch makes at most 1 + retries attempts.
+    # Per attempt, counted only while the request holds its connection slot (time spent waiting
+    # for a slot to the host is not the origin being slow).
     total_timeout_s: float = _CONFIGURED.total_timeout_s
     # No byte for this long mid-response: the connection is considered dead (retryable).
     read_timeout_s: float = 10.0
@@ -99,15 +102,30 @@ class FetchPolicy:
     max_redirects: int = _CONFIGURED.max_redirects
     max_pixels: int = _CONFIGURED.max_pixels
     max_url_length: int = 2048
+    # Requests in flight to one host (scheme, host, port); the rest wait, off the clock.
     per_host_concurrency: int = _CONFIGURED.per_host_concurrency
-    retries: int = _CONFIGURED.retries
-    backoff_initial_s: float = 0.2
-    backoff_max_s: float = 5.0
+    # Downloads in flight through one fetcher, all hosts together; also waited for off the clock.
+    max_concurrent_downloads: int = _CONFIGURED.max_concurrent_downloads
+    # Retryable failures are retried for this long after the first one (and at most ``retries``
+    # times, when that is set).
+    retry_window_s: float = _CONFIGURED.retry_window_s
+    retries: int | None = _CONFIGURED.retries
+    backoff_initial_s: float = _CONFIGURED.backoff_initial_s
+    backoff_max_s: float = _CONFIGURED.backoff_max_s
+    # Decoded pixel bytes in memory at once across concurrent proofs (decoding.DecodeBudget).
+    decode_budget_bytes: int = _CONFIGURED.decode_budget_bytes
     allowed_schemes: tuple[str, ...] = ("http", "https")
-    # Host names (exact, case-insensitive) or IPs/CIDRs admitted even if private or loopback.
+    # Admitted even if private or loopback: host names (exact, case-insensitive), IPs or CIDRs,
+    # each optionally with a port ("minio.internal:9000", "[fd00::5]:443", "10.0.0.0/8:8080"),
+    # which then admits that host on that port only.
     allow_hosts: tuple[str, ...] = tuple(_CONFIGURED.allow_hosts)
     cache_ttl_s: float = _CONFIGURED.cache_ttl_s
     user_agent: str = "Lightbox-ReferenceFetcher/1.0"
+
+    def __post_init__(self) -> None:
+        # A malformed allowlist entry is a configuration error: refuse it when the policy is
+        # made (at stage start), not at the first URL.
+        _allowlist(self)
 
     @classmethod
     def from_settings(cls, settings: ReferenceSettings) -> FetchPolicy:
@@ -120,7 +138,12 @@ class FetchPolicy:
             max_redirects=settings.max_redirects,
             max_pixels=settings.max_pixels,
             per_host_concurrency=settings.per_host_concurrency,
+            max_concurrent_downloads=settings.max_concurrent_downloads,
+            retry_window_s=settings.retry_window_s,
             retries=settings.retries,
+            backoff_initial_s=settings.backoff_initial_s,
+            backoff_max_s=settings.backoff_max_s,
+            decode_budget_bytes=settings.decode_budget_bytes,
             cache_ttl_s=settings.cache_ttl_s,
         )
 
@@ -135,88 +158,131 @@ class ResolvedTarget:
     host_allowlisted: bool
 
 
+# None: any port; else the only ports admitted.
+Ports = frozenset[int] | None
+
+
+@dataclass(frozen=True)
+class AllowEntry:
+    host: str  # a normalised host name, or an IP network in text form
+    port: int | None
+
+
+def parse_allow_entry(raw: str) -> AllowEntry:
+    """``host``, ``host:port``, ``1.2.3.4[:port]``, ``10.0.0.0/8[:port]``, ``::1``, ``fd00::/8``,
+    ``[::1]:port``. A bare IPv6 address has several colons and so never carries a port: write
+    ``[v6]:port`` for that."""
+    text = raw.strip()
+    if not text:
+        raise ValueError("empty allow_hosts entry")
+    port_text: str | None = None
+    if text.startswith("["):
+        close = text.find("]")
+        if close < 0:
+            raise ValueError(f"allow_hosts entry {raw!r}: unclosed '['")
+        host, rest = text[1:close], text[close + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"allow_hosts entry {raw!r}: unexpected {rest!r} after ']'")
+            port_text = rest[1:]
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    else:
+        host = text
+    port = None
+    if port_text is not None:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ValueError(f"allow_hosts entry {raw!r}: port {port_text!r} is not 1-65535")
+        port = int(port_text)
+    if not host:
+        raise ValueError(f"allow_hosts entry {raw!r} has no host")
+    return AllowEntry(host, port)
+
+
 @dataclass(frozen=True)
 class _Allowlist:
-    names: frozenset[str]
-    networks: tuple[IPNetwork, ...]
-    exact_addresses: frozenset[IPAddress]
+    names: dict[str, Ports]
+    networks: tuple[tuple[IPNetwork, Ports], ...]
+    exact_addresses: dict[IPAddress, Ports]
+
+
+K = TypeVar("K")
+
+
+def _merge(table: dict[K, Ports], key: K, port: int | None) -> None:
+    """Add one entry's port to a host's admitted ports (no port: every port, which wins)."""
+    if key in table and table[key] is None:
+        return
+    table[key] = None if port is None else frozenset({*(table.get(key) or ()), port})
 
 
 @lru_cache(maxsize=64)
 def _allowlist(policy: FetchPolicy) -> _Allowlist:
-    names: set[str] = set()
-    networks: list[IPNetwork] = []
-    exact: set[IPAddress] = set()
-    for entry in policy.allow_hosts:
+    names: dict[str, Ports] = {}
+    networks: list[tuple[IPNetwork, Ports]] = []
+    exact: dict[IPAddress, Ports] = {}
+    for raw in policy.allow_hosts:
+        entry = parse_allow_entry(raw)
         try:
-            network = ipaddress.ip_network(entry.strip("[]"), strict=False)
+            network = ipaddress.ip_network(entry.host, strict=False)
         except ValueError:
-            names.add(_normalise_host(entry))
+            _merge(names, _normalise_host(entry.host), entry.port)
             # Match the IDNA form too: URLs are compared by their wire (punycode) host.
             with contextlib.suppress(ValueError):
-                names.add(_normalise_host(URL.build(scheme="http", host=entry).raw_host or ""))
+                wire = URL.build(scheme="http", host=entry.host).raw_host or ""
+                _merge(names, _normalise_host(wire), entry.port)
             continue
-        networks.append(network)
+        networks.append((network, None if entry.port is None else frozenset({entry.port})))
         if network.num_addresses == 1:
-            exact.add(network.network_address)
-    return _Allowlist(frozenset(names), tuple(networks), frozenset(exact))
+            _merge(exact, network.network_address, entry.port)
+    return _Allowlist(names, tuple(networks), exact)
 
 
-def host_is_allowlisted(host: str, policy: FetchPolicy) -> bool:
-    return _normalise_host(host) in _allowlist(policy).names
+def _admits(ports: Ports, port: int | None) -> bool:
+    return ports is None or (port is not None and port in ports)
+
+
+def host_is_allowlisted(host: str, policy: FetchPolicy, port: int | None = None) -> bool:
+    """Whether the host name is allowlisted for this port (an entry without a port: any port)."""
+    table = _allowlist(policy).names
+    name = _normalise_host(host)
+    return name in table and _admits(table[name], port)
 
 
 def _normalise_host(host: str) -> str:
     return host.lower().rstrip(".")
 
 
-def address_refusal(address: str, policy: FetchPolicy) -> str | None:
-    """Why this resolved address may not be contacted, or None when it may."""
+def address_refusal(address: str, policy: FetchPolicy, port: int | None = None) -> str | None:
+    """Why this resolved address may not be contacted (on ``port``), or None when it may.
+
+    The deny table (address_table.py) decides what is not public; an allowlisted network or
+    address admits it, on the entry's port when it names one. A metadata address needs an entry
+    naming exactly it.
+    """
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
         return f"{address!r} is not an IP address"
-    ip = _embedded_ipv4(ip) or ip
     allow = _allowlist(policy)
-    if ip in METADATA_ADDRESSES:
-        return None if ip in allow.exact_addresses else f"{ip} is a cloud metadata address"
-    if any(ip in network for network in allow.networks):
+    endpoint = metadata_endpoint(ip)
+    if endpoint is not None:
+        exact = ipaddress.ip_address(endpoint.address)
+        for candidate in (ip, exact):
+            if candidate in allow.exact_addresses and _admits(allow.exact_addresses[candidate], port):
+                return None
+        return f"{ip} is a cloud metadata address ({endpoint.provider})"
+    refusal = special_block(ip)
+    if refusal is None:
         return None
-    kind = _non_public_kind(ip)
-    return f"{ip} is {kind}" if kind else None
-
-
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
-
-
-def _embedded_ipv4(ip: IPAddress) -> ipaddress.IPv4Address | None:
-    """IPv6 forms that deliver to an IPv4 address (mapped, NAT64, 6to4, Teredo) are judged by
-    that IPv4 address: ::ffff:127.0.0.1 reaches 127.0.0.1."""
-    if not isinstance(ip, ipaddress.IPv6Address):
+    covering = [ports for network, ports in allow.networks if ip in network]
+    if any(_admits(ports, port) for ports in covering):
         return None
-    if ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    if ip in _NAT64:
-        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-    if ip.sixtofour is not None:
-        return ip.sixtofour
-    if ip.teredo is not None:
-        return ip.teredo[1]
-    return None
-
-
-def _non_public_kind(ip: IPAddress) -> str | None:
-    checks = (
-        ("unspecified", ip.is_unspecified),
-        ("loopback", ip.is_loopback),
-        ("link-local", ip.is_link_local),
-        ("multicast", ip.is_multicast),
-        ("private", ip.is_private),
-        ("reserved", ip.is_reserved),
-        # Catches what the named classes miss, e.g. 100.64.0.0/10 carrier-grade NAT.
-        ("not globally routable", not ip.is_global),
-    )
-    return next((name for name, hit in checks if hit), None)
+    text = refusal.describe(ip)
+    if covering:
+        allowed = sorted({p for ports in covering for p in ports or ()})
+        text += f"; allowlisted on port {', '.join(map(str, allowed))} only"
+    return text
 
 
 async def system_resolve(host: str, port: int) -> list[str]:
@@ -264,13 +330,18 @@ async def check_url(
     host = parsed.raw_host
     port = parsed.port
     assert host is not None and port is not None  # parse_url guarantees both
+    allowlisted = host_is_allowlisted(host, policy, port)
+    if is_metadata_hostname(host) and not allowlisted:
+        # Refused by name before any lookup: outside the cloud the name may resolve to anything,
+        # inside it to the credentials service.
+        raise ReferenceFetchError(Reason.PRIVATE_ADDRESS, f"{host} is a cloud metadata host name")
     addresses = await _resolve(host, port, policy, resolver or system_resolve)
-    if host_is_allowlisted(host, policy):
+    if allowlisted:
         return ResolvedTarget(parsed, host, port, addresses, host_allowlisted=True)
     # All of them: a host that answers with one public and one private address would let the
     # connector pick the private one.
     for address in addresses:
-        refusal = address_refusal(address, policy)
+        refusal = address_refusal(address, policy, port)
         if refusal:
             raise ReferenceFetchError(Reason.PRIVATE_ADDRESS, f"{host}: {refusal}")
     return ResolvedTarget(parsed, host, port, addresses, host_allowlisted=False)

@@ -53,7 +53,9 @@ async def serve(images: list[bytes], latency_s: float) -> tuple[web.AppRunner, s
 async def run(
     store: ObjectStore, prefix: str, urls: list[str], concurrency: int, total_bytes: int, label: str
 ) -> float:
-    policy = FetchPolicy(allow_hosts=("127.0.0.1",), per_host_concurrency=concurrency)
+    policy = FetchPolicy(
+        allow_hosts=("127.0.0.1",), per_host_concurrency=concurrency, max_concurrent_downloads=concurrency
+    )
     gate = asyncio.Semaphore(concurrency)
     async with ReferenceFetcher(policy) as fetcher:
         persister = ReferencePersister(store, fetcher, prefix=prefix)

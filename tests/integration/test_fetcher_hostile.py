@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import io
 import random
+import socket
 import struct
 import time
 import zlib
@@ -74,6 +75,16 @@ def png_declaring(width: int, height: int) -> bytes:
 
 
 PNG = png_bytes()
+
+
+@cache
+def big_png_bytes() -> bytes:
+    """1000x1000 RGB: 4 MB once decoded (Pillow keeps RGB at four bytes a pixel)."""
+    out = io.BytesIO()
+    Image.effect_noise((1000, 1000), 30).convert("RGB").save(out, "PNG", compress_level=1)
+    return out.getvalue()
+
+
 JPEG = jpeg_bytes()
 SVG = b'<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64"><rect width="64"/></svg>'
 HTML = b"<!DOCTYPE html><html><body><h1>Image not found</h1></body></html>"
@@ -87,6 +98,8 @@ class Hostile:
     hits: Counter[str] = field(default_factory=Counter)
     in_flight: int = 0
     max_in_flight: int = 0
+    body_bytes_sent: int = 0
+    first_hit: dict[str, float] = field(default_factory=dict)
 
     def url(self, path: str, host: str = "127.0.0.1") -> str:
         return f"http://{host}:{self.port}{path}"
@@ -138,6 +151,42 @@ def build_app(state: Hostile) -> web.Application:
             await response.write(block)
         return response
 
+    async def html_endless(request: web.Request) -> web.StreamResponse:
+        # An error page that never ends: only its first bytes may ever be read.
+        response = web.StreamResponse(headers={"Content-Type": "image/jpeg"})
+        await response.prepare(request)
+        await response.write(HTML + b" " * (8 * 1024))
+        try:
+            for _ in range(2000):
+                await response.write(b"<p>" + b"x" * (64 * 1024) + b"</p>")
+                state.body_bytes_sent += 64 * 1024
+        except (ConnectionResetError, ConnectionError):
+            pass
+        return response
+
+    async def slow_many(_: web.Request) -> web.Response:
+        state.in_flight += 1
+        state.max_in_flight = max(state.max_in_flight, state.in_flight)
+        try:
+            await asyncio.sleep(0.3)
+        finally:
+            state.in_flight -= 1
+        return web.Response(body=PNG, content_type="image/png")
+
+    async def unavailable_for_a_while(request: web.Request) -> web.Response:
+        started = state.first_hit.setdefault(request.path, time.monotonic())
+        if time.monotonic() - started < 0.8:
+            return web.Response(status=503, text="warming up")
+        return web.Response(body=PNG, content_type="image/png")
+
+    async def hangs_twice(request: web.Request) -> web.Response:
+        if state.hits[request.path] <= 2:
+            await asyncio.sleep(10)
+        return web.Response(body=PNG, content_type="image/png")
+
+    async def big_png(request: web.Request) -> web.Response:
+        return web.Response(body=big_png_bytes(), content_type="image/png")
+
     async def html_as_jpeg(_: web.Request) -> web.Response:
         return web.Response(body=HTML, content_type="image/jpeg")
 
@@ -185,6 +234,11 @@ def build_app(state: Hostile) -> web.Application:
     app.router.add_get("/drip", drip)
     app.router.add_get("/endless", endless)
     app.router.add_get("/html-as-jpeg", html_as_jpeg)
+    app.router.add_get("/html-endless", html_endless)
+    app.router.add_get("/slow-many", slow_many)
+    app.router.add_get("/unavailable-for-a-while", unavailable_for_a_while)
+    app.router.add_get("/hangs-twice", hangs_twice)
+    app.router.add_get("/big-{n}.png", big_png)
     app.router.add_get("/truncated.jpg", truncated)
     app.router.add_get("/empty", empty)
     app.router.add_get("/bomb.png", bomb)
@@ -453,3 +507,132 @@ async def test_very_long_url_is_refused(server: Hostile) -> None:
     url = server.url("/png?pad=" + "x" * FAST.max_url_length)
     assert (await fetch_error(url)).reason == Reason.URL_TOO_LONG
     assert server.hits["/png"] == 0
+
+
+# --- junk is refused at its first bytes -------------------------------------------------------
+
+
+async def test_a_non_image_is_refused_before_its_body_is_read(server: Hostile) -> None:
+    started = time.monotonic()
+    error = await fetch_error(server.url("/html-endless"))
+    assert error.reason == Reason.NOT_AN_IMAGE
+    assert server.hits["/html-endless"] == 1
+    await asyncio.sleep(0.2)  # let the server notice the closed connection
+    # Cut at the first chunk: well under the 20 MB size cap it would otherwise have read.
+    assert server.body_bytes_sent < 4 * 1024 * 1024
+    assert time.monotonic() - started < 1.5
+
+
+# --- slow origins, busy origins, retries over a window -----------------------------------------
+
+
+async def test_many_references_on_one_slow_origin_queue_instead_of_timing_out(server: Hostile) -> None:
+    """20 references, 2 connections to the host, 0.3 s a response, a 1 s deadline and no retry:
+    the last waits about 3 s for its slot, and waiting for a slot is not the origin being slow."""
+    policy = replace(FAST, per_host_concurrency=2, total_timeout_s=1.0, retries=0, retry_window_s=0.0)
+    started = time.monotonic()
+    async with ReferenceFetcher(policy) as fetcher:
+        results = await asyncio.gather(
+            *(fetcher.fetch(server.url(f"/slow-many?n={n}")) for n in range(20)), return_exceptions=True
+        )
+    failures = [r for r in results if isinstance(r, BaseException)]
+    assert failures == []
+    assert server.hits["/slow-many"] == 20
+    assert server.max_in_flight == 2
+    assert time.monotonic() - started >= 20 / 2 * 0.3 * 0.9
+
+
+async def test_downloads_in_flight_are_capped_across_the_fetcher(server: Hostile) -> None:
+    policy = replace(FAST, per_host_concurrency=10, max_concurrent_downloads=3)
+    async with ReferenceFetcher(policy) as fetcher:
+        await asyncio.gather(*(fetcher.fetch(server.url("/slow-many")) for _ in range(9)))
+    assert server.max_in_flight == 3
+
+
+async def test_a_5xx_is_retried_until_the_origin_recovers_within_the_window(server: Hostile) -> None:
+    policy = replace(FAST, retries=None, retry_window_s=5.0, backoff_initial_s=0.05, backoff_max_s=0.2)
+    async with ReferenceFetcher(policy) as fetcher:
+        image = await fetcher.fetch(server.url("/unavailable-for-a-while"))
+    assert image.content_type == "image/png"
+    assert server.hits["/unavailable-for-a-while"] > 3  # the old three tries would have given up
+
+
+async def test_a_5xx_outlasting_the_window_fails_with_its_reason(server: Hostile) -> None:
+    policy = replace(FAST, retries=None, retry_window_s=0.5, backoff_initial_s=0.05, backoff_max_s=0.1)
+    started = time.monotonic()
+    error = await fetch_error(server.url("/always-503"), policy)
+    elapsed = time.monotonic() - started
+    assert error.reason == Reason.HTTP_5XX
+    assert "gave up after" in error.detail
+    assert server.hits["/always-503"] > 3
+    assert 0.4 <= elapsed < 2.0
+
+
+async def test_timeouts_are_retried_within_the_window(server: Hostile) -> None:
+    policy = replace(
+        FAST, total_timeout_s=0.3, retries=None, retry_window_s=5.0, backoff_initial_s=0.05, backoff_max_s=0.1
+    )
+    async with ReferenceFetcher(policy) as fetcher:
+        image = await fetcher.fetch(server.url("/hangs-twice"))
+    assert image.width == 32
+    assert server.hits["/hangs-twice"] == 3
+
+
+async def test_a_refused_connection_is_retried_until_the_origin_comes_up() -> None:
+    """Nothing listens on the port for the first 0.7 s (connection refused), then an origin does."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    state = Hostile(port=port)
+    runner = web.AppRunner(build_app(state), shutdown_timeout=0.2, handler_cancellation=True)
+    await runner.setup()
+
+    async def come_up_later() -> None:
+        await asyncio.sleep(0.7)
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+
+    policy = replace(FAST, retries=None, retry_window_s=5.0, backoff_initial_s=0.05, backoff_max_s=0.2)
+    later = asyncio.create_task(come_up_later())
+    try:
+        async with ReferenceFetcher(policy) as fetcher:
+            image = await fetcher.fetch(state.url("/png"))
+        assert image.data == PNG
+    finally:
+        await later
+        await runner.cleanup()
+
+
+async def test_a_refused_connection_past_the_window_fails_as_a_connection_error() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    policy = replace(FAST, retries=None, retry_window_s=0.3, backoff_initial_s=0.05, backoff_max_s=0.1)
+    error = await fetch_error(f"http://127.0.0.1:{port}/png", policy)
+    assert error.reason == Reason.CONNECTION_ERROR
+    assert "gave up after" in error.detail
+
+
+# --- decodes: in the caller's executor, under the decode budget --------------------------------
+
+
+async def test_decodes_run_in_the_callers_executor_within_the_decode_budget(server: Hostile) -> None:
+    """Six 4 MB decodes with a 6 MB budget: never two proofs at once, and each in the runner the
+    caller gave (the references stage gives its own run_blocking)."""
+    running: Counter[str] = Counter()
+    peak: Counter[str] = Counter()
+
+    async def runner(func: Callable[..., object], /, *args: object) -> object:
+        name = getattr(func, "__name__", "")
+        running[name] += 1
+        peak[name] = max(peak[name], running[name])
+        try:
+            return await asyncio.to_thread(func, *args)
+        finally:
+            running[name] -= 1
+
+    policy = replace(FAST, decode_budget_bytes=6 * 1000 * 1000)
+    async with ReferenceFetcher(policy, run_blocking=runner) as fetcher:
+        images = await asyncio.gather(*(fetcher.fetch(server.url(f"/big-{n}.png")) for n in range(6)))
+    assert [(i.width, i.height) for i in images] == [(1000, 1000)] * 6
+    assert peak["prove_image"] == 1
+    assert sum(1 for _ in images) == 6 and fetcher.decode_budget.in_use == 0

@@ -194,3 +194,20 @@ async def test_failures_become_dropped_references(origin: Origin, store: ObjectS
     assert "url" not in record
     # Nothing about a failed fetch is cached: the next attempt tries again.
     assert len(list(store.list_keys(storage_keys.url_cache_prefix(prefix)))) == 1
+
+
+async def test_downloaded_bytes_are_kept_only_for_the_roles_asked_for(
+    origin: Origin, store: ObjectStore, prefix: str
+) -> None:
+    refs = [
+        (origin.url("/img/keep-product"), "PRODUCT", True),
+        (origin.url("/img/keep-mood"), "MOODBOARD", False),
+    ]
+    async with ReferenceFetcher(POLICY) as fetcher:
+        persister = ReferencePersister(store, fetcher, prefix=prefix)
+        persisted, dropped = await persister.persist_all(refs, keep_bytes_for={"PRODUCT"})
+    assert dropped == []
+    by_role = {p.role: p for p in persisted}
+    assert by_role["PRODUCT"].data == store.get_bytes(by_role["PRODUCT"].key)
+    assert by_role["MOODBOARD"].data is None  # released once stored
+    assert (by_role["PRODUCT"].required, by_role["MOODBOARD"].required) == (True, False)

@@ -126,7 +126,11 @@ def test_default_thresholds_are_the_configured_defaults() -> None:
         min_preservation=settings.min_preservation,
         min_clip_score=settings.min_clip_score,
         min_ocr_score=settings.min_ocr_score,
+        min_product_region=settings.min_product_coverage,
     )
+    tight = QualityThresholds.from_settings(QualitySettings(min_product_coverage=0.2))
+    assert failed_reasons({"product_region": 0.1}, tight) == ["product_missing"]
+    assert failed_reasons({"product_region": 0.1}) == []
 
 
 def test_failed_reasons_apply_only_present_scores_and_the_given_thresholds() -> None:

@@ -117,3 +117,11 @@ def test_mask_coverage() -> None:
     mask.paste(255, (0, 0, 5, 10))
     assert mask_coverage(mask) == pytest.approx(0.5)
     assert mask_coverage(Image.new("L", (4, 4), 0)) == 0.0
+
+
+def test_mask_coverage_counts_soft_edges_partially_in_any_mode() -> None:
+    rng = np.random.default_rng(5)
+    values = rng.integers(0, 256, (37, 53), dtype=np.uint8)
+    mask = Image.fromarray(values, "L")
+    assert mask_coverage(mask) == pytest.approx(values.mean() / 255.0)
+    assert mask_coverage(mask.convert("RGB")) == pytest.approx(values.mean() / 255.0, abs=1e-3)

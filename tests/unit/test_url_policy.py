@@ -15,6 +15,7 @@ from processors.references.url_policy import (
     ReferenceFetchError,
     address_refusal,
     check_url,
+    parse_allow_entry,
 )
 
 POLICY = FetchPolicy()
@@ -179,3 +180,101 @@ def test_the_default_policy_is_the_configured_default() -> None:
     tight = ReferenceSettings(max_pixels=1000, retries=0, allow_hosts=["cdn.internal"])
     policy = FetchPolicy.from_settings(tight)
     assert (policy.max_pixels, policy.retries, policy.allow_hosts) == (1000, 0, ("cdn.internal",))
+
+
+# --- allowlist entries with a port ------------------------------------------------------------
+
+
+async def test_an_allowlisted_host_with_a_port_admits_only_that_port() -> None:
+    policy = FetchPolicy(allow_hosts=("localhost:9000",))
+    target = await check_url("http://localhost:9000/a.png", policy)
+    assert target.host_allowlisted
+    assert await refused("http://localhost:9001/a.png", policy) == Reason.PRIVATE_ADDRESS
+    assert await refused("http://localhost/a.png", policy) == Reason.PRIVATE_ADDRESS
+
+
+async def test_an_allowlisted_address_or_network_with_a_port_admits_only_that_port() -> None:
+    by_ip = FetchPolicy(allow_hosts=("127.0.0.1:9000",))
+    await check_url("http://127.0.0.1:9000/a.png", by_ip)
+    assert await refused("http://127.0.0.1:8080/a.png", by_ip) == Reason.PRIVATE_ADDRESS
+    by_net = FetchPolicy(allow_hosts=("10.0.0.0/8:443",))
+    await check_url("https://images.internal/a.png", by_net, answers("10.20.30.40"))
+    with pytest.raises(ReferenceFetchError) as info:
+        await check_url("http://images.internal/a.png", by_net, answers("10.20.30.40"))
+    assert "port 443 only" in info.value.detail
+    by_v6 = FetchPolicy(allow_hosts=("[::1]:9000",))
+    await check_url("http://[::1]:9000/a.png", by_v6)
+    assert await refused("http://[::1]:9001/a.png", by_v6) == Reason.PRIVATE_ADDRESS
+
+
+def test_entries_for_one_host_add_up_and_a_portless_entry_admits_every_port() -> None:
+    two = FetchPolicy(allow_hosts=("127.0.0.1:9000", "127.0.0.1:9001"))
+    assert address_refusal("127.0.0.1", two, 9000) is None
+    assert address_refusal("127.0.0.1", two, 9001) is None
+    assert address_refusal("127.0.0.1", two, 9002) is not None
+    assert address_refusal("127.0.0.1", two) is not None  # no port known: a port-bound entry cannot apply
+    anyport = FetchPolicy(allow_hosts=("127.0.0.1:9000", "127.0.0.1"))
+    assert address_refusal("127.0.0.1", anyport, 1234) is None
+
+
+@pytest.mark.parametrize(
+    ("entry", "host", "port"),
+    [
+        ("cdn.internal", "cdn.internal", None),
+        ("cdn.internal:8443", "cdn.internal", 8443),
+        ("10.0.0.5:80", "10.0.0.5", 80),
+        ("10.0.0.0/8:9000", "10.0.0.0/8", 9000),
+        ("fd00::5", "fd00::5", None),
+        ("fd00::/8", "fd00::/8", None),
+        ("[fd00::5]", "fd00::5", None),
+        ("[fd00::5]:443", "fd00::5", 443),
+    ],
+)
+def test_allow_entries_parse(entry: str, host: str, port: int | None) -> None:
+    parsed = parse_allow_entry(entry)
+    assert (parsed.host, parsed.port) == (host, port)
+
+
+@pytest.mark.parametrize(
+    "entry", ["cdn.internal:0", "cdn.internal:99999", "cdn.internal:http", "[fd00::5", ":80"]
+)
+def test_malformed_allow_entries_are_refused_when_the_policy_is_made(entry: str) -> None:
+    with pytest.raises(ValueError):
+        FetchPolicy(allow_hosts=(entry,))
+
+
+# --- cloud metadata -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("host", ["metadata.google.internal", "metadata", "instance-data", "metadata.goog"])
+async def test_metadata_host_names_are_refused_before_any_lookup(host: str) -> None:
+    async def must_not_resolve(name: str, port: int) -> Sequence[str]:
+        raise AssertionError(f"{name} was resolved")
+
+    with pytest.raises(ReferenceFetchError) as info:
+        await check_url(f"http://{host}/computeMetadata/v1/", POLICY, must_not_resolve)
+    assert info.value.reason == Reason.PRIVATE_ADDRESS
+    assert "metadata" in info.value.detail
+
+
+@pytest.mark.parametrize("address", ["100.100.100.200", "192.0.0.192", "169.254.170.2", "168.63.129.16"])
+def test_other_providers_metadata_addresses_need_an_exact_entry(address: str) -> None:
+    broad = FetchPolicy(allow_hosts=("0.0.0.0/0",))
+    assert "metadata" in (address_refusal(address, broad) or "")
+    assert address_refusal(address, FetchPolicy(allow_hosts=(address,))) is None
+
+
+async def test_a_public_looking_metadata_address_is_refused() -> None:
+    # Azure's WireServer is outside every special-purpose block: only the metadata list knows it.
+    assert (
+        await refused("http://cdn.example/a.png", resolver=answers("168.63.129.16")) == Reason.PRIVATE_ADDRESS
+    )
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["192.0.0.9", "192.0.0.10", "192.31.196.1", "192.52.193.1", "192.175.48.1", "[2001:1::1]", "[2001:3::1]"],
+)
+async def test_special_blocks_marked_globally_reachable_are_still_refused(host: str) -> None:
+    """Python patch releases disagree on these (their is_global tables changed); the table does not."""
+    assert await refused(f"http://{host}/a.png") == Reason.PRIVATE_ADDRESS
