@@ -30,6 +30,11 @@ class JobState(StrEnum):
     ALREADY_DECIDED = "already_decided"
     DECISION_IGNORED = "decision_ignored"
     NOTIFY_FAILED = "notify_failed"
+    NOTIFIED = "notified"
+    # A consumer resumed past retention: the range it could not read is recorded (runtime).
+    OFFSET_RESET = "offset_reset"
+    # An incoming catalogue event republished to its product slot's partition (intake).
+    REKEYED = "rekeyed"
 
 
 # The lifecycle in the order a job moves through it. One handler may emit two states in the same

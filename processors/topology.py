@@ -40,7 +40,7 @@ STAGES: tuple[StageSpec, ...] = (
         "intake",
         "processors.stages.intake:IntakeStage",
         (Topic.CATALOG_EVENTS,),
-        (Topic.JOBS_ACCEPTED, Topic.INTAKE_SEEN),
+        (Topic.JOBS_ACCEPTED, Topic.INTAKE_SEEN, Topic.CATALOG_EVENTS),
         summary="validate, de-duplicate and fan catalogue events out into jobs",
     ),
     StageSpec(

@@ -1,8 +1,12 @@
 """Fan-out: one accepted catalog event becomes one Job per asset_type x channel x locale.
 
-Job ids are derived from an idempotency key (uuid5 under a fixed namespace), never random, so a
-redelivered or resubmitted event yields the same job ids and every later stage can de-duplicate
-on them. The records match schemas/avro/job/v1.avsc; only intake's sections are filled.
+Each job names its asset slot (the idempotency key: sku, asset type, size, channel, locale,
+template and version, overlay text) and the version of that slot's asset it makes. A version is
+numbered by the event's occurred_at (epoch ms), and the job id is derived (uuid5 under a fixed
+namespace, never random) from the slot, the version and the product digest, so a redelivered or
+resubmitted event yields the same job ids, and each new version of a slot a new one. Whether a
+job is new work, an update or a duplicate is intake's table's call (processors/intake/dedup.py);
+fan-out only builds the records, which match the latest job schema (intake's sections filled).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from processors.intake.content import occurred_ms, product_digest
 from processors.intake.event_schema import text_or_none, with_defaults
 
 # Fixed forever: changing it changes every job id and defeats de-duplication across a deploy.
@@ -53,6 +58,12 @@ def job_id_for(key: str) -> str:
     return str(uuid.uuid5(JOB_NAMESPACE, key))
 
 
+def version_key(slot: str, asset_version: int, digest: str) -> str:
+    """What a version's job id is derived from. The digest keeps two contents that claim the same
+    time apart even after intake has forgotten the slot (docs/intake.md)."""
+    return f"{slot}|v{asset_version}|{digest[:16]}"
+
+
 def fan_out(
     event: Mapping[str, Any],
     accepted_at_ms: int,
@@ -66,6 +77,8 @@ def fan_out(
     """
     ev = with_defaults(event)
     product, request = ev["product"], ev["request"]
+    version = occurred_ms(event)
+    digest = product_digest(event)
     template_id = request["template_id"]
     template_version = template_version_of(template_id, request["template_version"])
     jobs = []
@@ -98,15 +111,22 @@ def fan_out(
                     "variants": request["variants"],
                     "campaign": ev["campaign"],
                 }
-                jobs.append(_job(key, ev, accepted_at_ms, spec))
+                jobs.append(_job(key, ev, accepted_at_ms, spec, version, digest))
     return jobs
 
 
-def _job(key: str, ev: Mapping[str, Any], accepted_at_ms: int, spec: dict[str, Any]) -> dict[str, Any]:
+def _job(
+    key: str,
+    ev: Mapping[str, Any],
+    accepted_at_ms: int,
+    spec: dict[str, Any],
+    version: int,
+    digest: str,
+) -> dict[str, Any]:
     product = ev["product"]
     # Fresh containers per job: stages mutate their job, and jobs must not share state.
     return {
-        "job_id": job_id_for(key),
+        "job_id": job_id_for(version_key(key, version, digest)),
         "idempotency_key": key,
         "event_id": ev["event_id"],
         "submitted_at": accepted_at_ms,
@@ -134,6 +154,10 @@ def _job(key: str, ev: Mapping[str, Any], accepted_at_ms: int, spec: dict[str, A
         "published_keys": [],
         "attempt": 0,
         "replay_of": None,
+        "asset_version": version,
+        # Intake names the version this one replaces, once its table has said it is an update.
+        "supersedes": None,
+        "product_sha256": digest,
     }
 
 

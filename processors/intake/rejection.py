@@ -8,6 +8,11 @@ and all of them in its attributes):
 ``invalid_size`` ``invalid_url`` ``no_product_reference`` ``unknown_template``
 ``unknown_template_version`` ``restricted_term`` ``unsupported_use`` ``too_many_attributes``
 ``too_many_references`` ``too_many_jobs``
+
+Decided against intake's de-duplication table, not by validation (processors/intake/dedup.py),
+and recorded the same way: ``stale_event`` (field ``occurred_at``: not newer than what the
+event's asset slot already accepted) and ``conflicting_duplicate`` (field ``event_id``: the id
+was accepted before with other content).
 """
 
 from __future__ import annotations

@@ -1,19 +1,28 @@
 """intake: catalog.events → jobs.accepted.
 
-Validates each event (schema, meaning, policy), de-duplicates on event id with a table that
-survives restarts, and fans an accepted request out into one job per asset type × channel × locale.
-A rejection is a pipeline event with a machine-readable reason and the offending field.
+Validates each event (schema, meaning, policy), brings it to its product's slot partition (an
+event that arrived elsewhere, whatever its key, is republished there keyed by SKU: `rekeyed`),
+and there decides it against a table that survives restarts and forgets after a while: a reused
+event id (duplicate, or conflicting if its content differs), an event older than what its slots
+already accepted (stale), and per slot a duplicate, a new slot or a new version of the slot's
+asset (processors/intake/dedup.py). New work fans out into one job per asset type × channel ×
+locale. A rejection is a pipeline event with a machine-readable reason and the offending field.
+docs/intake.md has the rules; the start-up check of the topics is processors/state/layout.py.
 """
 
 from __future__ import annotations
 
 import time
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from processors.intake import IntakePolicy, fan_out, validate_event
+from processors.intake.content import occurred_ms
+from processors.intake.dedup import Plan, plan_event
+from processors.intake.slot import slot_partition
 from processors.prompting import TemplateStore
-from processors.runtime import Event, InputRecord, Outcome, Output, Stage
+from processors.runtime import Event, InputRecord, Outcome, Output, Stage, StageContext
 from processors.runtime.records import job_event
+from processors.state.layout import ChangelogLayout, ChangelogLayoutError, check_layout
 from processors.state.seen_table import SeenTable
 from schemas.topics import Topic
 
@@ -21,9 +30,28 @@ from schemas.topics import Topic
 class IntakeStage(Stage):
     name: ClassVar[str] = "intake"
     inputs: ClassVar[tuple[Topic, ...]] = (Topic.CATALOG_EVENTS,)
-    outputs: ClassVar[tuple[Topic, ...]] = (Topic.JOBS_ACCEPTED, Topic.INTAKE_SEEN)
-    # One at a time: two copies of one event in a batch must not both pass the seen check.
+    # catalog.events too: an event outside its slot partition is republished into it.
+    outputs: ClassVar[tuple[Topic, ...]] = (Topic.JOBS_ACCEPTED, Topic.INTAKE_SEEN, Topic.CATALOG_EVENTS)
+    # One at a time: two events of one slot in a batch must be decided in offset order.
     concurrency: ClassVar[int] = 1
+
+    def __init__(self, ctx: StageContext, layout: ChangelogLayout | None = None) -> None:
+        """layout: the topics' partitioning when already known (tests). Else it is checked here,
+        before the runner makes its consumer: topics that cannot hold the table stop intake
+        before it joins its group, so no partition is ever handled with a table that is wrong."""
+        super().__init__(ctx)
+        self.layout = layout if layout is not None else self._checked_layout()
+
+    def _checked_layout(self) -> ChangelogLayout:
+        try:
+            return check_layout(
+                self.ctx.settings.kafka.bootstrap,
+                self.ctx.topics(Topic.CATALOG_EVENTS),
+                self.ctx.topics(Topic.INTAKE_SEEN),
+            )
+        except ChangelogLayoutError as exc:
+            self.ctx.log.error("configuration error, intake does not start: %s", exc)
+            raise
 
     async def start(self) -> None:
         self.policy = IntakePolicy.load()
@@ -34,86 +62,164 @@ class IntakeStage(Stage):
         if topic is Topic.CATALOG_EVENTS:
             self.seen.on_assign(partitions)
 
-    async def before_batch(self) -> None:
-        restored = await self.run_blocking(self.seen.restore_if_needed)
-        if restored:
-            self.ctx.log.info("restored %d seen event ids", restored)
+    def partitions_revoked(self, topic: Topic, partitions: list[int]) -> None:
+        """Rebalance hook for revoked partitions (the runtime calls it on its poll thread)."""
+        if topic is Topic.CATALOG_EVENTS:
+            self.seen.on_revoke(partitions)
 
-    def _seen_elsewhere(self, key: str, record: InputRecord) -> dict | None:
-        """The entry for key, unless this very message wrote it: then this is a redelivery after a
-        crash between writing the entry and the jobs, and the fan-out (deterministic) is redone."""
-        entry = self.seen.get(key)
-        if entry is None:
-            return None
-        if (entry.get("source_partition"), entry.get("source_offset")) == (record.partition, record.offset):
-            return None
-        return entry
+    async def before_batch(self) -> None:
+        await self.run_blocking(self.seen.restore_if_needed)
+        await self.run_blocking(self.seen.sweep_if_due)
 
     async def handle(self, record: InputRecord) -> Outcome:
         event = record.value
-        event_id = event["event_id"]
-        if (previous := self._seen_elsewhere(f"event:{event_id}", record)) is not None:
+        event_id = str(event.get("event_id", ""))
+        # The store is the catalogue: an unknown template and an unknown pinned version are both
+        # rejected here, so fan_out's version lookup below always succeeds.
+        rejections = validate_event(event, self.policy, self.templates)
+        if rejections:
+            first = rejections[0]
+            all_reasons = ";".join(f"{r.reason}@{r.field}" for r in rejections)
+            return self._rejected(event, first.reason, first.field, first.detail, all_reasons)
+        sku = str(event["product"]["sku"])
+        home = slot_partition(sku, self.layout.partitions)
+        if record.partition != home:
+            return self._rekeyed(record, sku, home)
+
+        accepted_at = int(time.time() * 1000)
+        jobs = fan_out(event, accepted_at, self.templates.resolve_version)
+        plan = plan_event(
+            self.seen,
+            event,
+            jobs,
+            partition=record.partition,
+            offset=record.offset,
+            now_ms=self.seen.now_ms(),
+        )
+        if plan.verdict != "accepted":
+            return self._refused(event, plan)
+        return self._accepted(record, event_id, sku, plan)
+
+    # -- outcomes ------------------------------------------------------------------------------
+
+    def _rekeyed(self, record: InputRecord, sku: str, home: int) -> Outcome:
+        event = record.value
+        key = record.key.decode("utf-8", "replace") if record.key is not None else None
+        why = "key_not_slot" if key != sku else "partition_not_slot"
+        return Outcome(
+            outputs=[Output(Topic.CATALOG_EVENTS, sku, event, partition=home)],
+            events=[
+                Event(
+                    str(event["event_id"]),
+                    "rekeyed",
+                    reason=why,
+                    detail=(
+                        f"arrived in partition {record.partition} keyed {key!r}; republished to its "
+                        f"slot partition {home}, keyed by SKU, where it is de-duplicated"
+                    ),
+                    attributes={
+                        "sku": sku[: self.policy.max_sku_chars],
+                        "from_partition": str(record.partition),
+                        "to_partition": str(home),
+                        "key": "" if key is None else key[:200],
+                    },
+                )
+            ],
+        )
+
+    def _rejected(
+        self, event: dict[str, Any], reason: str, field: str, detail: str, all_reasons: str = ""
+    ) -> Outcome:
+        attributes = {
+            "field": field,
+            "sku": str((event.get("product") or {}).get("sku", ""))[: self.policy.max_sku_chars],
+            "all_reasons": (all_reasons or f"{reason}@{field}")[:2000],
+        }
+        return Outcome(
+            events=[
+                Event(
+                    str(event.get("event_id", "")),
+                    "rejected_event",
+                    reason,
+                    detail[:1000],
+                    attributes=attributes,
+                )
+            ]
+        )
+
+    def _refused(self, event: dict[str, Any], plan: Plan) -> Outcome:
+        event_id = str(event["event_id"])
+        seen = plan.decided_by
+        assert seen is not None
+        if plan.verdict == "duplicate_event":
             return Outcome(
                 events=[
                     Event(
                         event_id,
                         "duplicate_event",
                         reason="duplicate_event_id",
-                        detail=f"already accepted as {len(previous['job_ids'])} job(s)",
-                        attributes={"job_ids": ",".join(previous["job_ids"])},
+                        detail=f"already accepted as {len(seen.job_ids)} job(s)",
+                        attributes={"job_ids": ",".join(seen.job_ids)},
                     )
                 ]
             )
-        # The store is the catalogue: an unknown template and an unknown pinned version are both
-        # rejected here, so fan_out's version lookup below always succeeds.
-        rejections = validate_event(event, self.policy, self.templates)
-        if rejections:
-            first = rejections[0]
-            attributes = {
-                "field": first.field,
-                "sku": str((event.get("product") or {}).get("sku", ""))[: self.policy.max_sku_chars],
-                "all_reasons": ";".join(f"{r.reason}@{r.field}" for r in rejections)[:2000],
-            }
-            return Outcome(
-                events=[
-                    Event(
-                        event_id, "rejected_event", first.reason, first.detail[:1000], attributes=attributes
-                    )
-                ]
+        if plan.verdict == "conflicting_duplicate":
+            outcome = self._rejected(
+                event,
+                "conflicting_duplicate",
+                "event_id",
+                f"event id {event_id} was accepted before with other content: a reused event id is "
+                "never taken for a duplicate; send a changed event under a new event id",
             )
-        accepted_at = int(time.time() * 1000)
+        else:
+            outcome = self._rejected(
+                event,
+                "stale_event",
+                "occurred_at",
+                f"occurred_at {occurred_ms(event)} is not newer than {seen.occurred_at} (epoch ms) "
+                f"of event {seen.event_id}, the newest accepted for slot {plan.stale_slot}",
+            )
+            outcome.events[0].attributes.update(
+                {
+                    "slot": plan.stale_slot[:1000],
+                    "newer_event_id": seen.event_id,
+                    "newer_occurred_at": str(seen.occurred_at),
+                }
+            )
+        outcome.events[0].attributes["first_seen_at"] = str(seen.first_seen_at)
+        return outcome
+
+    def _accepted(self, record: InputRecord, event_id: str, sku: str, plan: Plan) -> Outcome:
         outcome = Outcome()
-        jobs = []
-        for job in fan_out(event, accepted_at, self.templates.resolve_version):
-            if (earlier := self._seen_elsewhere(f"job:{job['job_id']}", record)) is not None:
-                # Same sku, asset type, size, channel, locale and template version: no new work.
+        for key, entry in plan.writes:
+            self.seen.put(key, entry)
+            outcome.outputs.append(
+                Output(Topic.INTAKE_SEEN, key, entry.to_record(key), partition=record.partition)
+            )
+        for decision in plan.slots:
+            job = decision.job
+            if decision.kind == "duplicate":
+                current = decision.current
+                assert current is not None
+                # Same slot, same product content: no new work; recorded on the job that stands.
                 outcome.events.append(
                     Event(
-                        job["job_id"],
+                        decision.current_job_id,
                         "duplicate_job",
                         reason="duplicate_idempotency_key",
-                        detail=f"already requested by event {earlier['event_id']}",
+                        detail=f"already requested by event {current.event_id}",
                         attributes={"event_id": event_id, "idempotency_key": job["idempotency_key"]},
                     )
                 )
                 continue
-            jobs.append(job)
-        for key, job_ids in [(f"event:{event_id}", [j["job_id"] for j in jobs])] + [
-            (f"job:{j['job_id']}", [j["job_id"]]) for j in jobs
-        ]:
-            seen = {
-                "key": key,
-                "job_ids": job_ids,
-                "event_id": event_id,
-                "first_seen_at": accepted_at,
-                "source_partition": record.partition,
-                "source_offset": record.offset,
-            }
-            self.seen.add(seen)
-            outcome.outputs.append(Output(Topic.INTAKE_SEEN, key, seen, partition=record.partition))
-        for job in jobs:
             outcome.outputs.append(Output(Topic.JOBS_ACCEPTED, job["job_id"], job))
-            outcome.events.append(
-                job_event(job, "pending", attributes={"event_id": event_id, "sku": job["product"]["sku"]})
-            )
+            attributes = {
+                "event_id": event_id,
+                "sku": sku,
+                "slot": job["idempotency_key"],
+                "asset_version": str(job["asset_version"]),
+            }
+            if job["supersedes"]:
+                attributes["supersedes"] = job["supersedes"]
+            outcome.events.append(job_event(job, "pending", attributes=attributes))
         return outcome

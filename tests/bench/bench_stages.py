@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import time
 import uuid
+from collections.abc import Callable
 
 from confluent_kafka import Producer
 
@@ -41,12 +42,14 @@ def catalog(n: int) -> list[dict]:
     return out
 
 
-def produce(settings: Settings, topic: Topic, schema: str, records: list[dict], key: str) -> None:
+def produce(
+    settings: Settings, topic: Topic, schema: str, records: list[dict], key: Callable[[dict], str]
+) -> None:
     producer = Producer({"bootstrap.servers": settings.kafka.bootstrap, "linger.ms": 20})
     serde = AvroSerde(schema)
     name = TopicNames(settings.kafka.topic_prefix)(topic)
     for record in records:
-        producer.produce(name, key=str(record[key]).encode(), value=serde.encode(record))
+        producer.produce(name, key=key(record).encode(), value=serde.encode(record))
         producer.poll(0)
     producer.flush(60)
 
@@ -78,7 +81,8 @@ def main() -> None:
     LocalStack(settings, progress=lambda _: None).ensure_topics()
 
     events = catalog(args.events)
-    produce(settings, Topic.CATALOG_EVENTS, "catalog_event", events, "event_id")
+    # Keyed by SKU, as upstream catalogues do: intake re-keys anything else (one more hop).
+    produce(settings, Topic.CATALOG_EVENTS, "catalog_event", events, lambda e: e["product"]["sku"])
     intake = IntakeStage(StageContext(settings, "intake"))
     elapsed = asyncio.run(drive(intake, args.events))
     print(f"intake: {args.events} events in {elapsed:.2f} s = {args.events / elapsed:,.0f} messages/s")
@@ -104,7 +108,7 @@ def main() -> None:
                 "mask_key": None,
             }
         ]
-    produce(settings, Topic.JOBS_REFERENCED, "job", jobs, "job_id")
+    produce(settings, Topic.JOBS_REFERENCED, "job", jobs, lambda j: j["job_id"])
     prompt = PromptStage(StageContext(settings, "prompt"))
     elapsed = asyncio.run(drive(prompt, len(jobs)))
     print(f"prompt: {len(jobs)} jobs in {elapsed:.2f} s = {len(jobs) / elapsed:,.0f} messages/s")

@@ -120,7 +120,8 @@ def test_same_event_gives_same_job_ids() -> None:
 
 
 def test_a_resubmitted_request_maps_to_the_same_jobs() -> None:
-    # A new event id (the client retried through the gateway) still names the same assets.
+    # A new event id (the client retried through the gateway) still names the same assets, and
+    # with the same product at the same time the same versions of them.
     resubmitted = make_event()
     resubmitted["event_id"] = "evt-2"
     resubmitted["request"]["locales"] = ["fr-FR", "en-US", "de-DE"]  # other order
@@ -191,3 +192,46 @@ def test_text_overlay_joins_the_key_only_when_present() -> None:
     assert idempotency_key(*args, text_overlay="  ") == plain
     sale = idempotency_key(*args, text_overlay="Sale")
     assert sale.startswith(plain + "|text:") and sale != idempotency_key(*args, text_overlay="Sale!")
+
+
+def test_a_job_names_its_version_and_leaves_lineage_to_intake() -> None:
+    event = make_event()
+    job = jobs_of(event)[0]
+    assert job["asset_version"] == event["occurred_at"]
+    assert job["supersedes"] is None
+    assert len(job["product_sha256"]) == 64
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda e: e["product"].update(title="Copper kettle"),
+        lambda e: e["product"]["attributes"].update(colour="copper"),
+        lambda e: e["references"][0].update(url="https://cdn.example.com/p/123-v2.png"),
+        lambda e: e.update(occurred_at=e["occurred_at"] + 1),
+    ],
+)
+def test_each_version_of_a_slot_gets_its_own_job_id(change: Any) -> None:
+    base = {j["idempotency_key"]: j["job_id"] for j in jobs_of(make_event())}
+    event = make_event()
+    change(event)
+    changed = {j["idempotency_key"]: j["job_id"] for j in jobs_of(event)}
+    assert set(changed) == set(base), "the same slots"
+    assert set(changed.values()).isdisjoint(base.values())
+
+
+def test_the_product_digest_is_of_the_product_only() -> None:
+    from processors.intake.content import event_digest, product_digest
+
+    event = make_event()
+    other = make_event(priority=9)
+    other["event_id"], other["occurred_at"], other["source"] = "evt-9", 1, "erp"
+    assert product_digest(other) == product_digest(event)
+    assert event_digest(other) != event_digest(event)
+    # A JSON event that leaves a default out and its filled-in form are the same event.
+    explicit = make_event()
+    explicit["references"][0]["required"] = True
+    implicit = make_event()
+    del implicit["references"][1]["required"]
+    explicit["references"][1]["required"] = False
+    assert event_digest(implicit) == event_digest(explicit)

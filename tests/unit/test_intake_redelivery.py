@@ -9,8 +9,12 @@ from processors.config import load_settings
 from processors.runtime.records import InputRecord
 from processors.runtime.stage import StageContext
 from processors.stages.intake import IntakeStage
+from processors.state.layout import ChangelogLayout
 from schemas.topics import Topic
 from tests.fixtures.avro_samples import CATALOG_V1
+
+# Every event is in its slot partition: no re-keying in these tests.
+ONE_PARTITION = ChangelogLayout("catalog.events", "intake.seen", 1)
 
 
 def _record(offset: int) -> InputRecord:
@@ -22,7 +26,7 @@ def _record(offset: int) -> InputRecord:
 
 
 async def test_redelivered_message_redoes_its_fan_out_but_a_new_copy_is_a_duplicate() -> None:
-    stage = IntakeStage(StageContext(load_settings(), "intake"))
+    stage = IntakeStage(StageContext(load_settings(), "intake"), ONE_PARTITION)
     await stage.start()
 
     first = await stage.handle(_record(5))

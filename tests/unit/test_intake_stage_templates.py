@@ -12,8 +12,12 @@ from processors.prompting import TemplateStore
 from processors.runtime.records import InputRecord, Outcome
 from processors.runtime.stage import StageContext
 from processors.stages.intake import IntakeStage
+from processors.state.layout import ChangelogLayout
 from schemas.topics import Topic
 from tests.fixtures.avro_samples import CATALOG_V1
+
+# Every event is in its slot partition: no re-keying in these tests.
+ONE_PARTITION = ChangelogLayout("catalog.events", "intake.seen", 1)
 
 
 def _record(offset: int, **request: Any) -> InputRecord:
@@ -25,7 +29,7 @@ def _record(offset: int, **request: Any) -> InputRecord:
 
 
 async def _stage() -> IntakeStage:
-    stage = IntakeStage(StageContext(load_settings(), "intake"))
+    stage = IntakeStage(StageContext(load_settings(), "intake"), ONE_PARTITION)
     await stage.start()
     return stage
 
