@@ -5,51 +5,57 @@ batch key: model, size, steps, sampler) into one backend call each, fails over b
 the routing decision, bisects a failing batch so one bad request costs only itself, and uploads the
 images of one group while the next group generates. Every result records model and version, seed,
 sampler, steps, guidance, size, backend, batch size, queue wait and compute time.
+
+At least once means copies: two copies of one request in a batch are generated once and each
+copy gets its own answer (a result, or a dead letter when the request fails). Images are stored
+under their content's sha256 (processors/storage_keys.generated_key), so a redone batch never
+changes an image already scored. Failures are classed by the one rule (processors.storage for
+storage, the runtime's classes otherwise): a request's own fault fails that request with its
+reason and dead-letters it; an outage (storage, every backend of a route) retries the whole
+batch, with a `retry` event for every job in it (gpu_workers/batch_retry.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import io
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from PIL import Image
 
-from gpu_workers.backends.base import (
-    DEFAULT_SCENE,
-    Backend,
-    BackendUnavailable,
-    GeneratedImage,
-    GenerationItem,
-    GenerationParams,
-)
+from gpu_workers.backends.base import Backend, BackendUnavailable, GeneratedImage, GenerationItem
 from gpu_workers.backends.compositor import CompositorBackend
-from gpu_workers.batching import expand_best_of_n, group_compatible, run_with_split
+from gpu_workers.batch_retry import BatchRetries, BatchUnavailable
+from gpu_workers.batching import group_compatible, run_with_split
 from gpu_workers.failover import Choice, FailoverGenerator, FailoverOutcome
-from processors.imaging import formats
-from processors.references.images import ReferenceImages, product_reference
-from processors.runtime import BatchStage, InputRecord, Outcome, PermanentError
+from gpu_workers.outputs import EncodedImage, OutputWriter, encode_png
+from gpu_workers.request import (
+    ExternalUrlError,
+    GenerationRequest,
+    build,
+    check,
+    identity,
+    with_product,
+)
+from processors.references.images import ReferenceImages
+from processors.runtime import BatchStage, InputRecord, Outcome, TransientError
 from processors.runtime.records import job_event
+from processors.storage import classify_storage_error
 from processors.storage_keys import generated_key
 from schemas.topics import Topic
 
-DEFAULTS = {"steps": "25", "guidance": "7.5", "sampler": "euler"}
-
-
-class ExternalUrlError(PermanentError):
-    """A URL reached the generator: the persist-first rule was broken upstream."""
+# (choices, the slot of the request's leader, one of its items): what is grouped and generated.
+Pair = tuple[tuple[Choice, ...], int, GenerationItem]
 
 
 @dataclass
-class Request:
-    record: InputRecord
-    job: dict[str, Any]
-    choices: tuple[Choice, ...]
-    items: list[GenerationItem]
-    queue_wait_ms: float
+class Generated:
+    image: GeneratedImage
+    served: FailoverOutcome
+    batch_size: int
+    encoding: asyncio.Task[EncodedImage]
 
 
 def _free_accelerator_memory(exc: BaseException) -> None:
@@ -61,29 +67,11 @@ def _free_accelerator_memory(exc: BaseException) -> None:
         torch.cuda.empty_cache()
 
 
-def assert_no_external_urls(job: dict[str, Any]) -> None:
-    if job.get("source_references"):
-        raise ExternalUrlError("job still carries source URLs; references must be persisted first")
-    for ref in job.get("references", []):
-        for key in ("key", "mask_key"):
-            value = str(ref.get(key) or "")
-            if "://" in value:
-                raise ExternalUrlError(f"reference {key} is a URL ({value[:80]}), not a storage key")
-
-
-def seed_for(job: dict[str, Any]) -> int:
-    if seed := job["route"]["params"].get("seed"):
-        return int(seed)
-    digest = hashlib.sha256(f"{job['job_id']}|{job.get('attempt', 0)}".encode()).digest()
-    return int.from_bytes(digest[:4], "big") & 0x7FFF_FFFF
-
-
-def parse_choices(route: dict[str, Any]) -> tuple[Choice, ...]:
-    choices = [Choice(route["backend"], route["model"])]
-    for fallback in route.get("fallbacks", []):
-        backend, _, model = fallback.partition(":")
-        choices.append(Choice(backend, model or backend))
-    return tuple(dict.fromkeys(choices))
+def _reason_of(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", "")
+    if isinstance(reason, str) and reason:
+        return reason
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", type(exc).__name__).lower()
 
 
 class GenerateStage(BatchStage):
@@ -94,6 +82,8 @@ class GenerateStage(BatchStage):
     async def start(self) -> None:
         self.backends: dict[str, Backend] = {"compositor": CompositorBackend()}
         self.reference_images = ReferenceImages(self.ctx.store)
+        self.writer = OutputWriter(self.ctx.store, self.ctx.settings.stage)
+        self.retries = BatchRetries()
         settings = self.ctx.settings.generation
         self.prefetch_batches = settings.queue_batches
         if settings.models_file:
@@ -119,158 +109,202 @@ class GenerateStage(BatchStage):
                     await result
 
     async def handle_batch(self, records: list[InputRecord]) -> list[Outcome]:
-        outcomes: dict[int, Outcome] = {}
-        requests: dict[int, Request] = {}
-        for index, record in enumerate(records):
-            try:
-                requests[index] = await self._request(record)
-            except ExternalUrlError as exc:
-                outcomes[index] = Outcome.fail(record.value, "external_url_blocked", str(exc))
-            except FileNotFoundError as exc:
-                outcomes[index] = Outcome.fail(record.value, "missing_source_file", str(exc))
-            except Exception as exc:
-                # Anything else about this one request (a bad parameter from a rule, an image
-                # that will not decode) is its own problem: dead-letter it, keep the batch going.
-                event = job_event(record.value, "failed", reason="invalid_request", detail=str(exc)[:500])
-                outcomes[index] = Outcome(events=[event], dead_letter=exc)
+        try:
+            outcomes = await _BatchRun(self, records).run()
+        except BackendUnavailable as exc:
+            raise self._unavailable(records, "backends_unavailable", exc) from exc
+        except TransientError as exc:
+            raise self._unavailable(records, _reason_of(exc), exc) from exc
+        for slot, events in self.retries.take(records).items():
+            outcomes[slot].events[:0] = events
+        return outcomes
 
-        owner = {item.request_id: i for i, req in requests.items() for item in req.items}
-        pairs = [(req.choices, item) for req in requests.values() for item in req.items]
-        groups = group_compatible(pairs, self._group_key, self.ctx.settings.generation.max_batch)
+    def _unavailable(self, records: list[InputRecord], reason: str, exc: BaseException) -> BatchUnavailable:
+        detail = f"{type(exc).__name__}: {exc}"
+        events = self.retries.failed(records, reason, detail)
+        self.ctx.log.warning("whole batch of %d to be retried (%s): %s", len(records), reason, detail)
+        return BatchUnavailable(f"batch of {len(records)} not generated ({reason}): {detail}", reason, events)
 
-        generated: dict[str, tuple[GeneratedImage, FailoverOutcome, int]] = {}
-        failed: dict[int, BaseException] = {}
-        uploads: dict[int, list[asyncio.Task[None]]] = {}
-        for group in groups:
-            choices = group[0][0]
-            items = [item for _, item in group]
-            results, failures = await run_with_split(
-                items, lambda batch, c=choices: self._generate(batch, c), on_error=_free_accelerator_memory
-            )
-            for image, outcome in results:
-                generated[image.request_id] = (image, outcome, len(items))
-                index = owner[image.request_id]
-                # Uploads run while the next group (and, with prefetch, the next batch) generates;
-                # the runtime waits for them before producing this job's result.
-                uploads.setdefault(index, []).append(
-                    asyncio.create_task(self._upload(requests[index].job, image))
-                )
-            for item, exc in failures:
-                if isinstance(exc, BackendUnavailable):
-                    raise exc  # every backend is down: retry the batch, commit nothing
-                failed.setdefault(owner[item.request_id], exc)
-
-        for index, request in requests.items():
-            if index in failed:
-                outcomes[index] = Outcome(
-                    events=[
-                        job_event(
-                            request.job, "failed", reason="generation_error", detail=str(failed[index])[:500]
-                        )
-                    ],
-                    dead_letter=failed[index],
-                    effects=list(uploads.get(index, [])),
-                )
-                continue
-            outcomes[index] = self._result(request, generated)
-            outcomes[index].effects = list(uploads.get(index, []))
-        return [outcomes[i] for i in range(len(records))]
-
-    def _group_key(self, pair: tuple[tuple[Choice, ...], GenerationItem]) -> tuple[object, ...]:
-        choices, item = pair
+    def group_key(self, pair: Pair) -> tuple[object, ...]:
+        choices, _, item = pair
         backend = self.backends.get(choices[0].backend) or self.backends["compositor"]
         return (choices, backend.batch_key(item))
 
-    async def _generate(
-        self, items: list[GenerationItem], choices: tuple[Choice, ...]
-    ) -> list[tuple[GeneratedImage, FailoverOutcome]]:
-        outcome = await self.failover.generate(items, choices)
-        return [(image, outcome) for image in outcome.results]
-
-    async def _request(self, record: InputRecord) -> Request:
-        job = record.value
-        assert_no_external_urls(job)
-        if not job.get("route") or not job.get("prompt"):
-            raise PermanentError("generation request without prompt or route")
-        product_ref = product_reference(job)
-        if product_ref is None:
-            raise FileNotFoundError("no stored product reference on the job")
-        product, mask = await asyncio.to_thread(self._load_product, product_ref)
-        params = {**DEFAULTS, **job["route"]["params"]}
-        spec = job["spec"]
-        base = GenerationItem(
-            # The attempt is part of the id: a retry of a job may share a batch with its first try.
-            request_id=f"{job['job_id']}@{job.get('attempt', 0)}",
-            params=GenerationParams(
-                model=job["route"]["model"],
-                width=spec["width"],
-                height=spec["height"],
-                steps=int(params["steps"]),
-                guidance=float(params["guidance"]),
-                sampler=params["sampler"],
-                seed=seed_for(job),
-                prompt=job["prompt"]["positive"],
-                negative_prompt=job["prompt"]["negative"],
-                options=tuple(sorted((k, str(v)) for k, v in params.items())),
-            ),
-            product=product,
-            mask=mask,
-            scene=params.get("scene", DEFAULT_SCENE),
-        )
-        items = expand_best_of_n(base, max(1, int(spec.get("variants") or 1)))
-        if len(items) == 1:
-            items = [GenerationItem(**{**base.__dict__, "request_id": f"{base.request_id}#0"})]
-        wait = max(0.0, time.time() * 1000 - record.timestamp_ms)
-        return Request(record, job, parse_choices(job["route"]), items, wait)
-
-    def _load_product(self, ref: dict[str, Any]) -> tuple[Image.Image, Image.Image | None]:
+    def load_product(self, ref: dict[str, Any]) -> tuple[Image.Image, Image.Image | None]:
         return self.reference_images.product(ref), self.reference_images.mask(ref)
 
-    async def _upload(self, job: dict[str, Any], image: GeneratedImage) -> None:
-        def encode_and_put() -> None:
-            buf = io.BytesIO()
-            image.image.save(buf, format="PNG")
-            self.ctx.store.put_bytes(
-                generated_key(job, image.request_id),
-                buf.getvalue(),
-                formats.PNG,
-                {"job-id": job["job_id"], "model-version": image.model_version},
+    async def generate(
+        self, items: list[GenerationItem], choices: tuple[Choice, ...]
+    ) -> list[tuple[GenerationItem, GeneratedImage, FailoverOutcome]]:
+        outcome = await self.failover.generate(items, choices)
+        # Paired by position (the backend contract: one image per item, in order), so nothing
+        # here depends on a backend echoing request ids back.
+        return [(item, image, outcome) for item, image in zip(items, outcome.results, strict=True)]
+
+    async def store_image(
+        self, encoding: asyncio.Task[EncodedImage], job: dict[str, Any], variant: int, version: str
+    ) -> None:
+        try:
+            encoded = await encoding
+        except Exception:
+            return  # the request fails with the encoding's error (see _BatchRun); nothing to store
+        key = generated_key(job["job_id"], int(job.get("attempt") or 0), variant, encoded.sha256)
+        await self.writer.upload(key, encoded, {"job-id": job["job_id"], "model-version": version})
+
+
+class _BatchRun:
+    """One handle_batch call: which records are copies of which, then read, generate, answer."""
+
+    def __init__(self, stage: GenerateStage, records: list[InputRecord]) -> None:
+        self.stage = stage
+        self.records = records
+        # The first copy of each distinct request leads; later copies follow it.
+        self.leader: list[int] = []
+        first: dict[str, int] = {}
+        for slot, record in enumerate(records):
+            self.leader.append(first.setdefault(identity(record), slot))
+        self.requests: dict[int, GenerationRequest] = {}
+        self.refused: dict[int, BaseException] = {}  # a leader's request could not be read
+        self.failed: dict[int, BaseException] = {}  # a leader's request could not be generated
+        self.generated: dict[str, Generated] = {}  # by item request id
+        self.uploads: dict[int, list[asyncio.Task[None]]] = {}  # by leader slot
+        self.started_ms = time.time() * 1000
+
+    async def run(self) -> list[Outcome]:
+        try:
+            reads = await asyncio.gather(
+                *(self._read(slot) for slot in sorted(set(self.leader))), return_exceptions=True
             )
+            for failure in reads:
+                if failure is not None:
+                    raise failure  # storage is down for every request: retry the batch
+            await self._generate_all()
+            return [self._answer(slot, record) for slot, record in enumerate(self.records)]
+        except BaseException:
+            # The batch is retried whole: what it started must not outlive it.
+            tasks = [t for ts in self.uploads.values() for t in ts]
+            tasks += [g.encoding for g in self.generated.values()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
 
-        await asyncio.to_thread(encode_and_put)
+    async def _read(self, slot: int) -> None:
+        record = self.records[slot]
+        try:
+            ref = check(record.value)
+            request = build(record, slot)
+            product, mask = await asyncio.to_thread(self.stage.load_product, ref)
+        except Exception as exc:
+            classified = classify_storage_error(exc)
+            if isinstance(classified, TransientError):
+                raise classified from exc
+            self.refused[slot] = classified or exc
+            return
+        with_product(request, product, mask)
+        self.requests[slot] = request
 
-    def _result(
-        self, request: Request, generated: dict[str, tuple[GeneratedImage, FailoverOutcome, int]]
-    ) -> Outcome:
-        job = request.job
-        images = [generated[item.request_id] for item in request.items]
-        first_image, outcome, batch_size = images[0]
+    async def _generate_all(self) -> None:
+        pairs: list[Pair] = [
+            (request.choices, slot, item) for slot, request in self.requests.items() for item in request.items
+        ]
+        owner = {item.request_id: slot for _, slot, item in pairs}
+        groups = group_compatible(pairs, self.stage.group_key, self.stage.ctx.settings.generation.max_batch)
+        for group in groups:
+            choices = group[0][0]
+            items = [item for _, _, item in group]
+            results, failures = await run_with_split(
+                items,
+                lambda batch, c=choices: self.stage.generate(batch, c),
+                on_error=_free_accelerator_memory,
+            )
+            for item, image, served in results:
+                # Encoding and upload run while the next group (and, with prefetch, the next
+                # batch) generates; the runtime waits for the uploads before producing results.
+                encoding = asyncio.create_task(asyncio.to_thread(encode_png, image.image))
+                self.generated[item.request_id] = Generated(image, served, len(items), encoding)
+                slot = owner[item.request_id]
+                request = self.requests[slot]
+                upload = self.stage.store_image(
+                    encoding, request.job, request.variant_of(item), image.model_version
+                )
+                self.uploads.setdefault(slot, []).append(asyncio.create_task(upload))
+            for item, exc in failures:
+                if isinstance(exc, BackendUnavailable):
+                    raise exc  # every backend of the route is down: retry the batch, commit nothing
+                self.failed.setdefault(owner[item.request_id], exc)
+        for slot, request in self.requests.items():
+            for item in request.items:
+                done = self.generated.get(item.request_id)
+                if done is None:
+                    continue
+                try:
+                    await done.encoding
+                except Exception as exc:
+                    self.failed.setdefault(slot, exc)
+
+    def _answer(self, slot: int, record: InputRecord) -> Outcome:
+        """The outcome of one record, from its leader's request: every copy gets its own."""
+        leader = self.leader[slot]
+        job = record.value
+        if leader in self.refused:
+            return _refusal(job, self.refused[leader])
+        effects = list(self.uploads.get(leader, []))
+        if leader in self.failed:
+            exc = self.failed[leader]
+            event = job_event(job, "failed", reason="generation_error", detail=str(exc)[:500])
+            return Outcome(events=[event], dead_letter=exc, effects=effects)
+        outcome = self._result(record, self.requests[leader])
+        if leader != slot:
+            source = self.records[leader]
+            outcome.events[0].attributes["copy_of"] = f"{source.partition}/{source.offset}"
+        outcome.effects = effects
+        return outcome
+
+    def _result(self, record: InputRecord, request: GenerationRequest) -> Outcome:
+        job = record.value
+        images = [self.generated[item.request_id] for item in request.items]
+        first = images[0]
         params = request.items[0].params
+        served = first.served
+        attempt = int(job.get("attempt") or 0)
         job["generation"] = {
-            "backend": outcome.served_by.backend,
-            "model": outcome.served_by.model,
-            "model_version": first_image.model_version,
+            "backend": served.served_by.backend,
+            "model": served.served_by.model,
+            "model_version": first.image.model_version,
             "seed": params.seed,
             "sampler": params.sampler,
             "steps": params.steps,
             "guidance": params.guidance,
             "width": params.width,
             "height": params.height,
-            "output_keys": [generated_key(job, item.request_id) for item in request.items],
-            "batch_size": batch_size,
-            "queue_wait_ms": request.queue_wait_ms,
-            "compute_ms": sum(image.compute_ms for image, _, _ in images),
-            "fell_back_from": outcome.fell_back_from,
+            "output_keys": [
+                generated_key(job["job_id"], attempt, variant, done.encoding.result().sha256)
+                for variant, done in enumerate(images)
+            ],
+            "batch_size": first.batch_size,
+            "queue_wait_ms": max(0.0, self.started_ms - record.timestamp_ms),
+            "compute_ms": sum(done.image.compute_ms for done in images),
+            "fell_back_from": served.fell_back_from,
         }
         attributes = {
-            "backend": outcome.served_by.backend,
-            "model": outcome.served_by.model,
-            "batch_size": str(batch_size),
+            "backend": served.served_by.backend,
+            "model": served.served_by.model,
+            "batch_size": str(first.batch_size),
             "variants": str(len(images)),
         }
-        if outcome.fell_back_from:
-            attributes["fell_back_from"] = outcome.fell_back_from
-            attributes["skipped"] = "; ".join(f"{s.choice.backend}: {s.reason}" for s in outcome.skipped)[
-                :500
-            ]
+        if served.fell_back_from:
+            attributes["fell_back_from"] = served.fell_back_from
+            attributes["skipped"] = "; ".join(f"{s.choice.backend}: {s.reason}" for s in served.skipped)[:500]
         return Outcome.forward(Topic.GENERATION_RESULTS, job, "running", **attributes)
+
+
+def _refusal(job: dict[str, Any], exc: BaseException) -> Outcome:
+    """A request that could not be read fails with its reason and is dead-lettered (a missing
+    product file can be restored and the letter replayed); one with a URL left in it is failed
+    only: persist-first was broken upstream, and the job must come through references again."""
+    if isinstance(exc, ExternalUrlError):
+        return Outcome.fail(job, "external_url_blocked", str(exc))
+    reason = getattr(exc, "reason", "") or "invalid_request"
+    event = job_event(job, "failed", reason=reason, detail=str(exc)[:500])
+    return Outcome(events=[event], dead_letter=exc)

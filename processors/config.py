@@ -266,6 +266,56 @@ class ChannelSettings(BaseModel):
     presets_file: str = ""
 
 
+class GatewaySettings(BaseModel):
+    """`lightbox serve` (gateway/web): who may reach it, how it is served, and its API's limits."""
+
+    # API tokens (hashed, mode 0600; `lightbox tokens`); empty: <home>/gateway/tokens.json. A file
+    # and not object storage: every stage holds the storage credentials, and none may mint a token.
+    tokens_file: str = ""
+    # The key that signs session cookies and CSRF tokens (made on first use, mode 0600); empty:
+    # <home>/gateway/session.key. Replicas behind one name must share it.
+    session_key_file: str = ""
+    session_ttl_s: float = 8 * 3600.0
+    # Host names (exact, or ".example.com" for it and its subdomains) the gateway answers besides
+    # loopback and the address it is bound to: the DNS-rebinding defence on every bind address.
+    # Off loopback, `serve` refuses to start while this is empty.
+    allowed_hosts: list[str] = []
+    # TLS served by the gateway itself (PEM files). Off loopback one of these or behind_proxy
+    # (`serve --behind-proxy`: a proxy in front terminates TLS) is required.
+    tls_cert: str = ""
+    tls_key: str = ""
+    behind_proxy: bool = False
+    # Presigned asset URLs in GET /v1/jobs/{id}: how long they work, and the host:port (and
+    # scheme) clients reach storage by; empty: storage.endpoint as the gateway reaches it.
+    asset_url_ttl_s: int = 900
+    asset_url_endpoint: str = ""
+    asset_url_secure: bool = False
+    # How long an Idempotency-Key of POST /v1/requests is remembered.
+    idempotency_ttl_s: float = 86400.0
+    # Threads (each with its own ClickHouse connection, made once) for event-log reads when
+    # clickhouse.url names a server; queries never run on the event loop.
+    eventlog_threads: int = 4
+    # Per dependency, for /readyz.
+    readiness_timeout_s: float = 3.0
+
+
+class WebhookEndpoint(BaseModel):
+    url: str
+    # Standard Webhooks secret ("whsec_" + base64 of 24-64 random bytes); empty: sent unsigned.
+    secret: str = ""
+
+
+class WebhookSettings(BaseModel):
+    """Completion notifications, signed the Standard Webhooks way (processors/webhooks.py).
+
+    catalog_event has no field for a callback URL, so for now the URL is per source (the
+    upstream system named in each event's `source`); review.webhook_url stays the catch-all."""
+
+    sources: dict[str, WebhookEndpoint] = {}
+    # Signs notifications to review.webhook_url.
+    secret: str = ""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LIGHTBOX_", env_nested_delimiter="__", extra="ignore")
 
@@ -284,6 +334,8 @@ class Settings(BaseSettings):
     intake: IntakeSettings = IntakeSettings()
     provenance: ProvenanceSettings = ProvenanceSettings()
     channels: ChannelSettings = ChannelSettings()
+    gateway: GatewaySettings = GatewaySettings()
+    webhooks: WebhookSettings = WebhookSettings()
     log_level: str = "INFO"
 
     @classmethod

@@ -191,7 +191,9 @@ class RemoteBackend:
                     body = await resp.json(content_type=None)
                 except ValueError as exc:
                     raise RemoteRequestError(f"response is not JSON: {exc}") from exc
-        except (aiohttp.ClientConnectionError, aiohttp.ServerTimeoutError, TimeoutError) as exc:
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # Refused, reset, timed out, a body cut off, an endpoint that does not parse: the API
+            # is unavailable to us, never this request's fault (that is a 4xx, above).
             raise _Retryable(f"{type(exc).__name__}: {exc}") from exc
         if not isinstance(body, dict):
             raise RemoteRequestError("response JSON is not an object")

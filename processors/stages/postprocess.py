@@ -2,6 +2,11 @@
 
 Renders the channel's derivatives (size, crop, format, sRGB) with the job's lineage embedded in
 each file, under deterministic names: a replayed message rewrites the same objects.
+
+It renders the image the quality stage scored: `asset_key`, read and checked against the sha256
+its key names. Storage failures follow the one rule (processors/storage.py): a missing or
+changed asset, or a derivative storage refuses, fails the job with its reason and is dead-lettered;
+an outage is raised, so the runtime retries.
 """
 
 from __future__ import annotations
@@ -13,9 +18,10 @@ from typing import Any, ClassVar
 from PIL import Image
 
 from processors.imaging.derivatives import content_type, derivative_name, derivatives_for, render_derivative
-from processors.runtime import InputRecord, Outcome, Stage
-from processors.storage import sha256_hex
-from processors.storage_keys import derivative_key
+from processors.runtime import InputRecord, Outcome, PermanentError, Stage
+from processors.runtime.records import job_event
+from processors.storage import ObjectFault, sha256_hex, storage_errors
+from processors.storage_keys import derivative_key, generated_digest
 from schemas.topics import Topic
 
 
@@ -49,12 +55,21 @@ class PostprocessStage(Stage):
 
     async def handle(self, record: InputRecord) -> Outcome:
         job = record.value
-        job["derivatives"] = await self.run_blocking(self._render_all, job)
+        try:
+            with storage_errors():
+                job["derivatives"] = await self.run_blocking(self._render_all, job)
+        except PermanentError as exc:  # a missing or changed asset, or no asset named at all
+            reason = exc.reason if isinstance(exc, ObjectFault) else "invalid_request"
+            event = job_event(job, "failed", reason=reason, detail=str(exc)[:500])
+            return Outcome(events=[event], dead_letter=exc)
         return Outcome.forward(Topic.ASSETS_READY, job, "completed", derivatives=str(len(job["derivatives"])))
 
     def _render_all(self, job: dict[str, Any]) -> list[dict[str, Any]]:
         # The quality stage decoded this asset within its pixel limit before it got here.
-        image = Image.open(io.BytesIO(self.ctx.store.get_bytes(job["asset_key"])))
+        key = job.get("asset_key")
+        if not key:
+            raise PermanentError("the job names no scored image (asset_key is empty)")
+        image = Image.open(io.BytesIO(self.ctx.store.get_checked(key, generated_digest(key))))
         image.load()
         lineage = lineage_of(job)
         derivatives = []

@@ -4,6 +4,14 @@ Scores every variant (decodes, asked size, not blank, product preserved against 
 reference and its mask), keeps the best, and records every score on the job. Below threshold the
 job is sent back for another attempt with a new seed, up to a limit; then it is routed to human
 review or failed, as configured.
+
+The job names the image it kept: `asset_key` is the exact key scored, and generated keys carry
+their image's sha256 (each read is checked against it), so what postprocess renders is the pixels
+that were scored, whatever a redone generate batch wrote since. Storage failures follow the one
+rule (processors/storage.py): a missing or changed image or product fails the job with its reason
+and is dead-lettered; an outage is raised, so the runtime retries. A job attempt is judged
+once: a second result for it (a copy from a redone generate batch, at another offset) is a
+`duplicate_job`, so no other image of that attempt is scored and rendered after the first.
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ from processors.imaging.ocr import OcrUnavailable, text_match_score
 from processors.references.images import ReferenceImages, product_reference
 from processors.runtime import InputRecord, Outcome, Output, Stage
 from processors.runtime.records import job_event
+from processors.storage import ObjectFault, storage_errors
+from processors.storage_keys import generated_digest, handled_key
 from schemas.topics import Topic
 
 
@@ -48,7 +58,24 @@ class QualityStage(Stage):
 
     async def handle(self, record: InputRecord) -> Outcome:
         job = record.value
-        verdicts = await self.run_blocking(self._score_all, job)
+        source = f"{record.topic.value}/{record.partition}/{record.offset}"
+        claim = handled_key(
+            self.name, job["job_id"], self.ctx.settings.kafka.topic_prefix, int(job.get("attempt") or 0)
+        )
+        try:
+            with storage_errors():
+                first = await self.run_blocking(self.ctx.store.claimant, claim)
+                if first is not None and first != source:
+                    return _already_scored(job, first)
+                verdicts = await self.run_blocking(self._score_all, job)
+                outcome = self._verdict(job, verdicts)
+                await self.run_blocking(self.ctx.store.claim, claim, source)
+        except ObjectFault as exc:
+            event = job_event(job, "failed", reason=exc.reason, detail=str(exc)[:500])
+            return Outcome(events=[event], dead_letter=exc)
+        return outcome
+
+    def _verdict(self, job: dict[str, Any], verdicts: list[tuple[dict[str, float], list[str]]]) -> Outcome:
         best_index = max(
             range(len(verdicts)), key=lambda i: (not verdicts[i][1], verdicts[i][0].get("overall", 0))
         )
@@ -58,6 +85,7 @@ class QualityStage(Stage):
         job["asset_key"] = job["generation"]["output_keys"][best_index]
         attributes = {f"score.{k}": f"{v:.4f}" for k, v in scores.items()}
         attributes["variants"] = str(len(verdicts))
+        attributes["asset_key"] = job["asset_key"]
         if passed:
             return Outcome.forward(Topic.ASSETS_SCORED, job, "completed", **attributes)
 
@@ -95,7 +123,8 @@ class QualityStage(Stage):
         settings = self.ctx.settings.quality
         spec = job["spec"]
         try:
-            image = decode_image(self.ctx.store.get_bytes(key), settings.max_pixels)
+            data = self.ctx.store.get_checked(key, generated_digest(key))
+            image = decode_image(data, settings.max_pixels)
         except ImageCheckError as exc:
             return {"decodes": 0.0, "overall": 0.0}, [exc.reason]
         scores = {"decodes": 1.0, **check_output(image, spec["width"], spec["height"])}
@@ -116,6 +145,14 @@ class QualityStage(Stage):
         reasons = failed_reasons(scores, self.thresholds, required=required)
         scores["overall"] = _overall(scores)
         return {k: float(v) for k, v in scores.items()}, reasons
+
+
+def _already_scored(job: dict[str, Any], first: str) -> Outcome:
+    """Another result for a job attempt quality already judged (a redone generate batch made a
+    second one, maybe of other pixels): the first verdict stands, and what it scored is what
+    goes on; this copy stops here."""
+    detail = f"attempt {job.get('attempt') or 0} was scored from {first}; this copy changes nothing"
+    return Outcome(events=[job_event(job, "duplicate_job", reason="already_scored", detail=detail)])
 
 
 def _overall(scores: dict[str, float]) -> float:

@@ -1,6 +1,7 @@
-"""The publish stage against real MinIO and a real webhook receiver on 127.0.0.1: a refused
-notification does not dead-letter published files, a redelivered ready asset does not reopen a
-decided job, and two conflicting decisions in one batch cannot both take effect."""
+"""The publish stage against real MinIO and a real webhook receiver on 127.0.0.1: a refused or
+failing notification never holds up or dead-letters published files (the outbox retries it:
+test_notify_outbox.py), a redelivered ready asset does not reopen a decided job, and two
+conflicting decisions in one batch cannot both take effect."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from aiohttp import web
 from PIL import Image
 
 from processors.config import Settings
-from processors.runtime import InputRecord, Outcome, StageContext, TransientError
+from processors.runtime import InputRecord, Outcome, StageContext
 from processors.stages.publish import PublishStage
 from processors.storage import ObjectStore
 from processors.storage_keys import decided_key, pending_key, published_prefix
@@ -157,24 +158,39 @@ async def test_refused_webhook_publishes_and_records_notify_failed(
     assert body["job_id"] == job["job_id"]
 
 
-async def test_webhook_server_error_stays_transient(make_stage: Any, webhook: dict[str, Any]) -> None:
+async def test_webhook_server_error_publishes_now_and_notifies_later(
+    make_stage: Any, webhook: dict[str, Any]
+) -> None:
     webhook["status"] = 503
     stage = await make_stage(webhook_url=webhook["url"])
+    stage.settings = stage.settings.model_copy(
+        update={"notify_backoff_initial_s": 0.05, "notify_backoff_max_s": 0.1}
+    )
+    stage.notifier.settings = stage.settings
     job = await asyncio.to_thread(_ready_job, stage.ctx.store)
-    with pytest.raises(TransientError, match="503"):
-        await stage.handle(_record(Topic.ASSETS_READY, job))
-    # Retried (as the runtime does): the copies are idempotent and the notification goes out.
-    webhook["status"] = 204
+    # Publishing does not wait on the receiver: the files are published, the notification waits.
     outcome = await stage.handle(_record(Topic.ASSETS_READY, job))
-    assert _states(outcome) == [("approved", ""), ("published", "")]
-    assert len(webhook["bodies"]) == 2
+    assert _states(outcome) == [("approved", ""), ("published", ""), ("retry", "webhook_503")]
+    assert [o.topic for o in outcome.outputs] == [Topic.ASSETS_PUBLISHED] and outcome.dead_letter is None
+    # The receiver recovers; the outbox delivers, and the stage's next outcome says so.
+    webhook["status"] = 204
+    for _ in range(200):
+        if len(webhook["bodies"]) >= 2:
+            break
+        await asyncio.sleep(0.05)
+    notified = [e for e in stage.notifier.take_events() if e.state == "notified"]
+    assert [e.job_id for e in notified] == [job["job_id"]]
+    assert [b["job_id"] for b in webhook["bodies"]] == [job["job_id"]] * 2  # one 503, one 204
 
 
-async def test_unreachable_webhook_stays_transient(make_stage: Any) -> None:
+async def test_unreachable_webhook_publishes_now(make_stage: Any) -> None:
     stage = await make_stage(webhook_url="http://127.0.0.1:9/hook")
     job = await asyncio.to_thread(_ready_job, stage.ctx.store)
-    with pytest.raises(TransientError, match="unreachable"):
-        await stage.handle(_record(Topic.ASSETS_READY, job))
+    outcome = await stage.handle(_record(Topic.ASSETS_READY, job))
+    assert _states(outcome) == [("approved", ""), ("published", ""), ("retry", "webhook_unreachable")]
+    retry = outcome.events[-1]
+    assert retry.attributes["attempts"] == "1" and retry.attributes["delivery_id"]
+    assert [o.topic for o in outcome.outputs] == [Topic.ASSETS_PUBLISHED]
 
 
 async def test_redelivered_ready_asset_does_not_reopen_a_decided_job(make_stage: Any) -> None:
@@ -218,3 +234,19 @@ async def test_conflicting_decisions_in_one_batch_first_wins(make_stage: Any) ->
         outcomes = await asyncio.gather(stage.handle(approve), stage.handle(reject))
         states = [state for outcome in outcomes for state, _ in _states(outcome)]
         assert states == ["approved", "published", "decision_ignored"], states
+
+
+async def test_a_copy_of_a_published_job_from_another_input_publishes_nothing(make_stage: Any) -> None:
+    """A redone upstream batch (postprocess killed after producing, before committing) writes the
+    ready job twice, at two offsets: one published record, whatever the order of copies."""
+    stage = await make_stage()
+    job = await asyncio.to_thread(_ready_job, stage.ctx.store)
+    first = await stage.handle(_record(Topic.ASSETS_READY, job, offset=3))
+    assert [o.topic for o in first.outputs] == [Topic.ASSETS_PUBLISHED]
+    copy_of = await stage.handle(_record(Topic.ASSETS_READY, job, offset=4))
+    assert _states(copy_of) == [("duplicate_job", "already_published")]
+    assert not copy_of.outputs and copy_of.dead_letter is None
+    assert "assets.ready/0/3" in copy_of.events[0].detail
+    # The first input again (redelivered before its commit) is the same publish, redone.
+    again = await stage.handle(_record(Topic.ASSETS_READY, job, offset=3))
+    assert [o.topic for o in again.outputs] == [Topic.ASSETS_PUBLISHED]

@@ -1,16 +1,23 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 
 import pytest
 
 from gpu_workers.backends.base import BackendUnavailable, GenerationItem, GenerationParams
+from gpu_workers.batch_retry import BatchRetries
 from gpu_workers.batching import (
     expand_best_of_n,
     group_compatible,
     run_with_split,
     variant_seed,
 )
+from gpu_workers.request import build, identity
+from processors.runtime import InputRecord
+from processors.storage_keys import generated_digest, generated_key, generated_prefix
+from schemas.topics import Topic
+from tests.fixtures.avro_samples import JOB_V1
 
 
 def test_group_compatible_keeps_arrival_order_and_caps_size() -> None:
@@ -126,3 +133,75 @@ def test_best_of_n_variants_share_a_batch_and_differ_in_seed() -> None:
     groups = group_compatible(variants, key_fn=lambda v: (v.params.model, v.params.steps), max_batch=8)
     assert len(groups) == 1
     assert expand_best_of_n(item, 1) == [item]
+
+
+def _request_record(
+    offset: int, job_id: str = "job-1", prompt: str = "a mug", variants: int = 1
+) -> InputRecord:
+    job = copy.deepcopy(JOB_V1)
+    job["job_id"] = job_id
+    job["spec"]["variants"] = variants
+    job["prompt"] = {
+        "template_id": "t",
+        "template_version": "1",
+        "positive": prompt,
+        "negative": "",
+        "variables": {},
+    }
+    job["route"] = {
+        "rule_id": "r",
+        "rules_version": "1",
+        "backend": "compositor",
+        "model": "compositor",
+        "pool": "cpu",
+        "fallbacks": [],
+        "params": {"steps": "4"},
+        "canary": False,
+    }
+    return InputRecord(Topic.GENERATION_REQUESTS, 0, offset, job_id.encode(), job, b"", [], 0)
+
+
+def test_copies_of_a_request_share_an_identity_and_different_requests_do_not() -> None:
+    first, copy_of_first = _request_record(0), _request_record(5)
+    assert identity(first) == identity(copy_of_first), "where a copy sits on the topic does not matter"
+    assert identity(first) != identity(_request_record(0, prompt="a cup")), "same job id, other content"
+    assert identity(first) != identity(_request_record(0, job_id="job-2"))
+
+
+def test_item_ids_are_unique_in_a_batch_even_for_copies() -> None:
+    a, b = build(_request_record(0, variants=2), slot=0), build(_request_record(1, variants=2), slot=1)
+    ids = [item.request_id for item in a.items + b.items]
+    assert len(set(ids)) == 4
+    assert [a.variant_of(item) for item in a.items] == [0, 1]
+    assert [item.params.seed for item in a.items] == [item.params.seed for item in b.items], "same pixels"
+
+
+def test_batch_retries_name_every_job_and_come_out_once_for_that_batch() -> None:
+    records = [_request_record(0, "job-a"), _request_record(1, "job-b")]
+    retries = BatchRetries()
+    first = retries.failed(records, "backends_unavailable", "remote: down")
+    second = retries.failed(records, "storage_unavailable", "minio: timeout")
+    assert [(e.job_id, e.state, e.reason) for e in first] == [
+        ("job-a", "retry", "backends_unavailable"),
+        ("job-b", "retry", "backends_unavailable"),
+    ]
+    assert {e.discriminator for e in first} == {"batch-try1"} and {e.discriminator for e in second} == {
+        "batch-try2"
+    }
+    assert retries.take([_request_record(7, "job-z")]) == {}, "another batch's events are not this one's"
+    taken = retries.take(records)
+    # One event per job however many tries: the first failure's, with the count.
+    assert {slot: [(e.reason, e.attributes["tries"]) for e in events] for slot, events in taken.items()} == {
+        0: [("backends_unavailable", "2")],
+        1: [("backends_unavailable", "2")],
+    }
+    assert retries.take(records) == {}, "taken once"
+
+
+def test_generated_keys_name_their_content() -> None:
+    digest = "ab" * 32
+    key = generated_key("job-1", 2, 1, digest)
+    assert key.startswith(generated_prefix("job-1")) and generated_digest(key) == digest
+    assert generated_key("job-1", 2, 1, "cd" * 32) != key, "other pixels, other object"
+    assert generated_digest("generated/job-1/a0/v0.png") is None  # written before keys had digests
+    assert generated_digest(f"refs/sha256/ab/{digest}.png") is None
