@@ -75,6 +75,8 @@ class ClickHouseSettings(BaseModel):
     # Empty means the embedded engine (chDB) under the data dir; an http(s):// URL means a server.
     url: str = ""
     database: str = "lightbox"
+    # Events older than this are dropped by ClickHouse (0: kept for ever).
+    ttl_days: int = 0
     # Embedded engine's directory; empty: <home>/data/clickhouse.
     embedded_path: str = ""
     # Where the event-log sink, which owns the embedded engine, answers queries.

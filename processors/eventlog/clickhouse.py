@@ -22,12 +22,21 @@ EVENT_COLUMNS = [
 ]  # fmt: skip
 
 
-def ddl(database: str) -> list[str]:
+# The table's layout generation; a table of an older one is migrated on connect (see _migrate).
+LAYOUT_MARK = "ReplacingMergeTree(ver)"
+
+
+def ddl(database: str, ttl_days: int = 0, table: str = EVENTS_TABLE) -> list[str]:
+    # ttl_days 0: events are kept for ever.
+    ttl = f"\n        TTL toDateTime(at) + INTERVAL {int(ttl_days)} DAY" if ttl_days > 0 else ""
     return [
         f"CREATE DATABASE IF NOT EXISTS {database}",
         # ReplacingMergeTree on event_id: a replayed batch re-emits identical ids, and FINAL
-        # (or argMax) reads see each event once.
-        f"""CREATE TABLE IF NOT EXISTS {database}.{EVENTS_TABLE} (
+        # (or argMax) reads see each event once. The version column makes the EARLIEST copy win:
+        # a batch redone after a crash re-sends its events with a later `at`, and without it the
+        # redelivered `running` of a job could land after its `published`. Partitioned by month
+        # and ordered for per-job and per-stage time reads.
+        f"""CREATE TABLE IF NOT EXISTS {database}.{table} (
             event_id String,
             job_id String,
             stage LowCardinality(String),
@@ -39,18 +48,43 @@ def ddl(database: str) -> list[str]:
             attempt UInt16,
             attributes Map(String, String),
             submitted_at Nullable(DateTime64(3, 'UTC')),
-            worker String
-        ) ENGINE = ReplacingMergeTree
-        ORDER BY (job_id, event_id)""",
+            worker String,
+            ver UInt64 MATERIALIZED
+                toUInt64(9223372036854775807) - toUInt64(toUnixTimestamp64Milli(at))
+        ) ENGINE = ReplacingMergeTree(ver)
+        PARTITION BY toYYYYMM(at)
+        ORDER BY (job_id, event_id){ttl}""",
     ]
+
+
+def _migrate(client: Client, database: str, ttl_days: int) -> None:
+    """A table made by an older layout (no version column) is copied into the current one and
+    swapped in place, so existing event logs keep their history."""
+    engine = client.command(
+        "SELECT engine_full FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+        parameters={"db": database, "t": EVENTS_TABLE},
+    )
+    if not engine or LAYOUT_MARK in str(engine):
+        return
+    staging = f"{EVENTS_TABLE}_migrating"
+    client.command(f"DROP TABLE IF EXISTS {database}.{staging}")
+    client.command(ddl(database, ttl_days, staging)[1])
+    columns = ", ".join(EVENT_COLUMNS)
+    client.command(
+        f"INSERT INTO {database}.{staging} ({columns}) SELECT {columns} FROM {database}.{EVENTS_TABLE}"
+    )
+    client.command(f"EXCHANGE TABLES {database}.{staging} AND {database}.{EVENTS_TABLE}")
+    client.command(f"DROP TABLE {database}.{staging}")
 
 
 def connect(settings: Settings) -> Client:
     """A client that may write: the table is created if missing (every new connection, so a server
     that came back empty gets it again)."""
     client = clickhouse_connect.get_client(dsn=settings.clickhouse_dsn)
-    for statement in ddl(settings.clickhouse.database):
+    ttl_days = settings.clickhouse.ttl_days
+    for statement in ddl(settings.clickhouse.database, ttl_days):
         client.command(statement)
+    _migrate(client, settings.clickhouse.database, ttl_days)
     return client
 
 
