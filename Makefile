@@ -12,6 +12,7 @@ demo: install
 
 test: install
 	.venv/bin/lightbox stack up
+	.venv/bin/lightbox schemas check
 	./scripts/run_tests.sh
 
 lint: install imports

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs what a fresh machine needs: system packages (Java 17, Maven, Go, Tesseract, kcat), a
-# Python virtual environment with Lightbox and its extras. Idempotent: a second run only checks.
+# Installs what a fresh machine needs: system packages (Java 17, Maven, Go, Tesseract, kcat,
+# Chromium), a Python virtual environment with Lightbox and its extras. Idempotent: a second run
+# only checks.
 # The schema registry also needs a Java 21+, which Debian 12 does not package: this script says
 # so when none is found (`lightbox stack up` refuses to start without one).
 set -euo pipefail
@@ -14,7 +15,11 @@ command -v java >/dev/null 2>&1 || need_apt+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || need_apt+=(maven)
 command -v go >/dev/null 2>&1 || need_apt+=(golang)
 command -v tesseract >/dev/null 2>&1 || need_apt+=(tesseract-ocr)
+command -v exiftool >/dev/null 2>&1 || need_apt+=(libimage-exiftool-perl)
 command -v kcat >/dev/null 2>&1 || need_apt+=(kcat)
+# The browser the page tests drive through Playwright (tests/browser): Debian's, since Playwright
+# cannot download its own builds here.
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 if ((${#need_apt[@]})); then
   echo "==> installing system packages: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

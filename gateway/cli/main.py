@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gateway.cli import dlq, eventlog, harness, jobs, pipeline, stack, topology
+from gateway.cli import chaos, dlq, eventlog, harness, jobs, keys, pipeline, schemas, stack, topology
 
 DESCRIPTION = """\
 Lightbox: catalog events in, generated, quality-checked, traceable product images out.
@@ -31,6 +31,10 @@ Day to day:
   lightbox dlq list|replay   inspect and replay dead letters
   lightbox replay JOB        run a job again from a stage, optionally with another model
   lightbox serve             HTTP gateway for systems without Kafka, and the review page
+  lightbox verify FILE       check a published file's content credentials, print its lineage
+  lightbox chaos             kill stages, MinIO and the broker while jobs run; check nothing is lost
+  lightbox schemas check     are the working tree's Avro schemas compatible with the registry?
+  lightbox keys init         make a local TEST signing chain (production configures a real one)
 
 Configuration: LIGHTBOX_* environment variables or a YAML file (--config / LIGHTBOX_CONFIG);
 see README.md, "Configuration".
@@ -56,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.register_replay(commands)
     harness.register_serve(commands)
     harness.register_runs(commands)
+    chaos.register(commands)
+    schemas.register(commands)
+    keys.register(commands)
     return parser
 
 
