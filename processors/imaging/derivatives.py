@@ -1,63 +1,96 @@
-"""Channel derivatives: sized, cropped, colour-normalised files that carry their own lineage.
+"""Channel derivatives: sized, framed, colour-normalised files that carry their own lineage.
 
 Every derivative is sRGB (converted from the embedded ICC profile when there is one, and tagged
-with an sRGB profile), has exactly its spec's dimensions, and embeds the job's lineage as JSON in
-the file itself (PNG tEXt, XMP for JPEG and WebP, plus EXIF ImageDescription as a fallback), so an
-asset that leaves the system can still say where it came from. Rendering is deterministic: the
-same image, spec and lineage give the same bytes, which keeps re-runs idempotent.
+with an sRGB profile), has exactly its spec's dimensions, and embeds in the file itself:
+
+- XMP (JPEG, WebP, and PNG as an iTXt chunk): the IPTC digital source type, the job's lineage as
+  JSON and, when the channel has rules, their verdicts (processors/provenance/xmp.py);
+- PNG tEXt and EXIF ImageDescription: the lineage again, for tools that drop XMP.
+
+Framing (``fit``) keeps the product in the frame when its mask is known: ``contain`` shows the
+whole image, padded; ``cover`` fills the frame and moves the crop window (or, if the product
+cannot fit at that scale, zooms out) so the product and a margin stay inside; ``product`` cuts
+the product out along its mask and places it on a plain background at ``fill`` of the frame.
+The product mask goes through the same geometry, so the caller learns where the product is in
+the derivative (what the channel rules measure).
+
+Rendering is deterministic: the same image, spec, mask and metadata give the same bytes, which
+keeps re-runs idempotent. Which derivatives a channel gets is processors/channels/'s business.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal
-from xml.etree import ElementTree
-from xml.sax.saxutils import quoteattr
 
-from PIL import Image, ImageCms, ImageOps, PngImagePlugin
+from PIL import Image, ImageChops, ImageCms, PngImagePlugin
 
+from processors.channels.presets import load_presets
+from processors.channels.spec import BACKGROUNDS, FITS, FORMATS, Background, DerivativeSpec, Fit, Format
 from processors.imaging.formats import BY_PILLOW
-from processors.imaging.masks import has_alpha
-
-Fit = Literal["contain", "cover"]
-Format = Literal["JPEG", "PNG", "WEBP"]
+from processors.imaging.framing import mask_box
+from processors.imaging.masks import compute_mask, has_alpha
+from processors.provenance.xmp import XmpFields, read_xmp, xmp_packet
 
 LINEAGE_KEY = "lightbox:lineage"
-_XMP_NS = "https://lightbox.dev/ns/lineage/1.0/"
+_XMP_PNG_KEY = "XML:com.adobe.xmp"
 _EXIF_IMAGE_DESCRIPTION = 0x010E
 _WHITE = (255, 255, 255)
 
 
 @dataclass(frozen=True)
-class DerivativeSpec:
-    name: str
-    width: int
-    height: int
-    fit: Fit
-    format: Format
-    quality: int = 90
+class Rendered:
+    data: bytes
+    # "L" at the spec's size, 255 where the product is; None when no mask was given or found.
+    product_mask: Image.Image | None
 
 
+@dataclass(frozen=True)
+class Metadata:
+    """What a derivative carries about itself."""
+
+    lineage: dict[str, str]
+    digital_source_type: str = ""  # the IPTC NewsCodes URI; empty: not declared
+    channel_checks: str = ""  # JSON of the channel rule verdicts; empty: none
+
+
+__all__ = [
+    "BACKGROUNDS",
+    "CHANNEL_DERIVATIVES",
+    "FITS",
+    "FORMATS",
+    "LINEAGE_KEY",
+    "Background",
+    "DerivativeSpec",
+    "Fit",
+    "Format",
+    "Metadata",
+    "Rendered",
+    "content_type",
+    "derivative_name",
+    "derivatives_for",
+    "encode",
+    "frame",
+    "lineage_json",
+    "read_lineage",
+    "render",
+    "render_derivative",
+    "srgb_profile_bytes",
+    "to_srgb",
+]
+
+# The packaged presets' derivative specs by channel. The presets are processors/channels/'s
+# (presets.yaml); these names stay for the callers that predate it.
 CHANNEL_DERIVATIVES: dict[str, list[DerivativeSpec]] = {
-    "web": [
-        DerivativeSpec("web-800", 800, 800, "contain", "JPEG", 88),
-        DerivativeSpec("web-thumb-400", 400, 400, "cover", "WEBP", 82),
-    ],
-    # Marketplaces want the whole product on pure white, square, at least 1000 px.
-    "marketplace": [DerivativeSpec("marketplace-1000", 1000, 1000, "contain", "JPEG", 92)],
-    # 4:5 portrait is the feed format that takes the most screen.
-    "social": [DerivativeSpec("social-1080x1350", 1080, 1350, "cover", "JPEG", 90)],
-    "default": [DerivativeSpec("master-1024", 1024, 1024, "contain", "PNG")],
+    channel: [preset.spec for preset in presets] for channel, presets in load_presets().channels.items()
 }
 
 
 def derivatives_for(channel: str) -> list[DerivativeSpec]:
-    """The specs of ``channel``, or the default set for a channel without its own."""
-    return CHANNEL_DERIVATIVES.get(channel, CHANNEL_DERIVATIVES["default"])
+    """The packaged specs of ``channel``, or the default set for a channel without its own."""
+    return load_presets().specs(channel)
 
 
 def derivative_name(job_id: str, spec: DerivativeSpec) -> str:
@@ -70,17 +103,50 @@ def content_type(spec: DerivativeSpec) -> str:
 
 def render_derivative(image: Image.Image, spec: DerivativeSpec, lineage: dict[str, str]) -> bytes:
     """The encoded derivative of ``image`` for ``spec`` with ``lineage`` embedded."""
+    return render(image, spec, Metadata(lineage)).data
+
+
+def render(
+    image: Image.Image,
+    spec: DerivativeSpec,
+    metadata: Metadata,
+    product_mask: Image.Image | None = None,
+) -> Rendered:
+    """The derivative of ``image`` (whose product is ``product_mask``, "L" at its size, if known)."""
+    fitted, mask = frame(image, spec, product_mask)
+    return Rendered(encode(fitted, spec, metadata), mask)
+
+
+def frame(
+    image: Image.Image, spec: DerivativeSpec, product_mask: Image.Image | None = None
+) -> tuple[Image.Image, Image.Image | None]:
+    """The pixels of the derivative (before encoding) and the product mask moved with them."""
     if spec.width <= 0 or spec.height <= 0:
         raise ValueError(f"derivative {spec.name} has a non-positive size")
-    keep_alpha = spec.format != "JPEG"
+    if product_mask is not None and product_mask.size != image.size:
+        raise ValueError(f"product mask is {product_mask.size}, image is {image.size}")
+    keep_alpha = spec.format != "JPEG" and spec.background == "auto"
     normalised = to_srgb(image, keep_alpha=keep_alpha)
-    fitted = _fit(normalised, spec)
-    payload = lineage_json(lineage)
+    mask = product_mask.convert("L") if product_mask is not None else None
+    if spec.fit == "product" and mask is None:
+        mask = compute_mask(normalised)
+    return _fit(normalised, mask, spec)
+
+
+def encode(pixels: Image.Image, spec: DerivativeSpec, metadata: Metadata) -> bytes:
+    """``pixels`` (already framed) encoded for ``spec`` with ``metadata`` embedded.
+
+    The encoders are deterministic, so encoding the same pixels with other metadata gives the
+    same compressed image data: postprocess checks a derivative, then encodes it again with the
+    verdicts in its XMP, and the pixels a reader decodes are the ones that were checked.
+    """
+    payload = lineage_json(metadata.lineage)
+    xmp = xmp_packet(XmpFields(metadata.digital_source_type, payload, metadata.channel_checks))
     buffer = io.BytesIO()
     if spec.format == "PNG":
-        fitted.save(buffer, "PNG", pnginfo=_png_info(payload), icc_profile=srgb_profile_bytes())
+        pixels.save(buffer, "PNG", pnginfo=_png_info(payload, xmp), icc_profile=srgb_profile_bytes())
     elif spec.format == "JPEG":
-        fitted.save(
+        pixels.save(
             buffer,
             "JPEG",
             quality=spec.quality,
@@ -88,17 +154,17 @@ def render_derivative(image: Image.Image, spec: DerivativeSpec, lineage: dict[st
             optimize=False,
             progressive=False,
             icc_profile=srgb_profile_bytes(),
-            xmp=_xmp_packet(payload),
+            xmp=xmp,
             exif=_exif(payload),
         )
     elif spec.format == "WEBP":
-        fitted.save(
+        pixels.save(
             buffer,
             "WEBP",
             quality=spec.quality,
             method=4,
             icc_profile=srgb_profile_bytes(),
-            xmp=_xmp_packet(payload),
+            xmp=xmp,
             exif=_exif(payload),
         )
     else:
@@ -109,10 +175,11 @@ def render_derivative(image: Image.Image, spec: DerivativeSpec, lineage: dict[st
 def read_lineage(data: bytes) -> dict[str, str]:
     """The lineage embedded by render_derivative, or {} when the file carries none."""
     with Image.open(io.BytesIO(data)) as image:
-        for raw in (_from_png_text(image), _from_xmp(image), _from_exif(image)):
-            if raw:
-                parsed = json.loads(raw)
-                return {str(k): str(v) for k, v in parsed.items()}
+        raws = (_from_png_text(image), read_xmp(data).lineage_json or None, _from_exif(image))
+    for raw in raws:
+        if raw:
+            parsed = json.loads(raw)
+            return {str(k): str(v) for k, v in parsed.items()}
     return {}
 
 
@@ -193,41 +260,136 @@ def _convert_profile(image: Image.Image, icc: bytes) -> Image.Image:
 
 
 # --- geometry --------------------------------------------------------------------------------
+# Every fit is one scale and one offset (output = source * scale + offset): the image is resized
+# once, over the part of it that lands in the frame, and the rest of the frame is background.
+
+Box = tuple[int, int, int, int]
 
 
-def _fit(image: Image.Image, spec: DerivativeSpec) -> Image.Image:
-    size = (spec.width, spec.height)
-    if spec.fit == "cover":
-        return ImageOps.fit(image, size, Image.Resampling.LANCZOS, centering=(0.5, 0.5))
-    scale = min(spec.width / image.width, spec.height / image.height)
-    inner = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    resized = image.resize(inner, Image.Resampling.LANCZOS)
-    # White padding for opaque images; transparent padding keeps cut-outs cut out.
+@dataclass(frozen=True)
+class _Geometry:
+    scale: float
+    x: float  # where the source's top-left lands in the output
+    y: float
+
+
+def _fit(
+    image: Image.Image, mask: Image.Image | None, spec: DerivativeSpec
+) -> tuple[Image.Image, Image.Image | None]:
+    box = mask_box(mask) if mask is not None else None
+    if spec.fit == "product" and mask is not None and box is not None:
+        return _product_fit(image, mask, box, spec)
+    # contain, and a product fit whose mask is empty: the whole image
+    geometry = _cover(image.size, box, spec) if spec.fit == "cover" else _contain(image.size, spec)
     pad = (255, 255, 255, 0) if image.mode == "RGBA" else _WHITE
-    canvas = Image.new(image.mode, size, pad)
-    canvas.paste(resized, ((spec.width - inner[0]) // 2, (spec.height - inner[1]) // 2))
+    fitted = _place(image, geometry, spec, Image.new(image.mode, (spec.width, spec.height), pad))
+    # The mask is measured, never shown: bilinear is exact enough for where the product is.
+    placed_mask = (
+        None
+        if mask is None
+        else _place(mask, geometry, spec, Image.new("L", fitted.size, 0), Image.Resampling.BILINEAR)
+    )
+    return fitted, placed_mask
+
+
+def _contain(size: tuple[int, int], spec: DerivativeSpec) -> _Geometry:
+    scale = min(spec.width / size[0], spec.height / size[1])
+    return _Geometry(scale, (spec.width - size[0] * scale) / 2, (spec.height - size[1] * scale) / 2)
+
+
+def _cover(size: tuple[int, int], box: Box | None, spec: DerivativeSpec) -> _Geometry:
+    """Fill the frame; with a product box, keep it (and the margin) inside the frame."""
+    scale = max(spec.width / size[0], spec.height / size[1])
+    margin = spec.margin * min(spec.width, spec.height)
+    if box is not None:
+        room_w, room_h = max(1.0, spec.width - 2 * margin), max(1.0, spec.height - 2 * margin)
+        # Zoom out only as far as the product needs: the frame may then show some padding.
+        scale = min(scale, room_w / max(1, box[2] - box[0]), room_h / max(1, box[3] - box[1]))
+    x = _axis_offset(size[0], spec.width, scale, None if box is None else (box[0], box[2]), margin)
+    y = _axis_offset(size[1], spec.height, scale, None if box is None else (box[1], box[3]), margin)
+    return _Geometry(scale, x, y)
+
+
+def _axis_offset(
+    source: int, frame: int, scale: float, product: tuple[int, int] | None, margin: float
+) -> float:
+    """Offset along one axis: centred, moved just enough to keep the product span in frame, and
+    never uncovering more of the frame than needed when the image is larger than it."""
+    scaled = source * scale
+    offset = (frame - scaled) / 2
+    if product is not None:
+        low, high = product[0] * scale + offset, product[1] * scale + offset
+        if low < margin:
+            offset += margin - low
+        elif high > frame - margin:
+            offset -= high - (frame - margin)
+    if scaled >= frame:
+        offset = min(0.0, max(frame - scaled, offset))  # no background where the image reaches
+    return offset
+
+
+def _place(
+    source: Image.Image,
+    geometry: _Geometry,
+    spec: DerivativeSpec,
+    canvas: Image.Image,
+    resample: Image.Resampling = Image.Resampling.LANCZOS,
+) -> Image.Image:
+    """``source`` resized by ``geometry`` onto ``canvas``, only the part that lands in frame."""
+    s, ox, oy = geometry.scale, geometry.x, geometry.y
+    x0, y0 = max(0, round(ox)), max(0, round(oy))
+    x1 = min(spec.width, round(ox + source.width * s))
+    y1 = min(spec.height, round(oy + source.height * s))
+    if x1 <= x0 or y1 <= y0:
+        return canvas
+    region = ((x0 - ox) / s, (y0 - oy) / s, (x1 - ox) / s, (y1 - oy) / s)
+    region = (
+        max(0.0, region[0]),
+        max(0.0, region[1]),
+        min(float(source.width), region[2]),
+        min(float(source.height), region[3]),
+    )
+    resized = source.resize((x1 - x0, y1 - y0), resample, box=region)
+    canvas.paste(resized, (x0, y0))
     return canvas
+
+
+def _product_fit(
+    image: Image.Image, mask: Image.Image, box: Box, spec: DerivativeSpec
+) -> tuple[Image.Image, Image.Image]:
+    """The product alone, cut out along its mask, centred on a plain background at ``fill``."""
+    rgba = image.convert("RGBA")
+    # A cut-out's own transparency stays transparent whatever the mask says.
+    alpha = mask if image.mode != "RGBA" else ImageChops.darker(mask, image.getchannel("A"))
+    rgba.putalpha(alpha)
+    cut = rgba.crop(box)
+    fill = min(max(spec.fill, 0.05), 1.0)
+    scale = fill * min(spec.width / cut.width, spec.height / cut.height)
+    size = (max(1, round(cut.width * scale)), max(1, round(cut.height * scale)))
+    # RGBA resizes premultiplied: the colours under transparent pixels do not bleed into the rim.
+    resized = cut.resize(size, Image.Resampling.LANCZOS)
+    offset = ((spec.width - size[0]) // 2, (spec.height - size[1]) // 2)
+    keep_alpha = spec.format != "JPEG" and spec.background == "auto"
+    if keep_alpha:
+        canvas = Image.new("RGBA", (spec.width, spec.height), (255, 255, 255, 0))
+        canvas.paste(resized, offset)
+    else:
+        canvas = Image.new("RGB", (spec.width, spec.height), _WHITE)
+        canvas.paste(resized, offset, resized)
+    placed = Image.new("L", canvas.size, 0)
+    placed.paste(resized.getchannel("A"), offset)
+    return canvas, placed
 
 
 # --- lineage metadata ------------------------------------------------------------------------
 
 
-def _png_info(payload: str) -> PngImagePlugin.PngInfo:
+def _png_info(payload: str, xmp: bytes) -> PngImagePlugin.PngInfo:
     info = PngImagePlugin.PngInfo()
     info.add_text(LINEAGE_KEY, payload)
+    # XMP in PNG is an uncompressed iTXt chunk with this keyword (XMP spec part 3).
+    info.add_itxt(_XMP_PNG_KEY, xmp.decode("utf-8"), zip=False)
     return info
-
-
-def _xmp_packet(payload: str) -> bytes:
-    return (
-        '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>'
-        '<x:xmpmeta xmlns:x="adobe:ns:meta/">'
-        '<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
-        f'<rdf:Description rdf:about="" xmlns:lightbox="{_XMP_NS}" '
-        f"lightbox:lineage={quoteattr(payload)}/>"
-        "</rdf:RDF></x:xmpmeta>"
-        '<?xpacket end="r"?>'
-    ).encode()
 
 
 def _exif(payload: str) -> bytes:
@@ -240,24 +402,6 @@ def _from_png_text(image: Image.Image) -> str | None:
     text = getattr(image, "text", None)
     if isinstance(text, dict) and LINEAGE_KEY in text:
         return str(text[LINEAGE_KEY])
-    return None
-
-
-def _from_xmp(image: Image.Image) -> str | None:
-    raw = image.info.get("xmp")
-    if not raw:
-        return None
-    xml = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-    # The packet wrapper's processing instructions are not part of the XML document proper.
-    body = re.sub(r"<\?xpacket[^>]*\?>", "", xml).strip().lstrip("\ufeff")
-    try:
-        root = ElementTree.fromstring(body)
-    except ElementTree.ParseError:
-        return None
-    attribute = f"{{{_XMP_NS}}}lineage"
-    for element in root.iter():
-        if attribute in element.attrib:
-            return element.attrib[attribute]
     return None
 
 

@@ -1,7 +1,11 @@
 """postprocess: assets.scored → assets.ready.
 
-Renders the channel's derivatives (size, crop, format, sRGB) with the job's lineage embedded in
-each file, under deterministic names: a replayed message rewrites the same objects.
+Renders the channel's derivatives (processors/channels/presets.yaml: size, framing that keeps the
+product in frame, format, background, sRGB) with the job's lineage and its IPTC digital source type
+in each file's XMP, under deterministic names: a replayed message rewrites the same objects. Each
+derivative is checked against its channel's rules after it is encoded; one that breaks a rule
+flags the job (quality.passed false, the rule among quality.reasons), which publish holds for
+review whatever its policy. Signing is publish's: the last step before a file leaves.
 
 It renders the image the quality stage scored: `asset_key`, read and checked against the sha256
 its key names. Storage failures follow the one rule (processors/storage.py): a missing or
@@ -17,7 +21,18 @@ from typing import Any, ClassVar
 
 from PIL import Image
 
-from processors.imaging.derivatives import content_type, derivative_name, derivatives_for, render_derivative
+from processors.channels.presets import load_presets
+from processors.channels.product_mask import job_product_mask
+from processors.channels.render import (
+    ChannelDerivative,
+    check_summary,
+    hold_for_review,
+    needs_product_mask,
+    render_channel,
+)
+from processors.imaging.derivatives import Metadata, content_type, derivative_name
+from processors.provenance.source_type import job_source_type, model_facts, uri
+from processors.references.images import ReferenceImages
 from processors.runtime import InputRecord, Outcome, PermanentError, Stage
 from processors.runtime.records import job_event
 from processors.storage import ObjectFault, sha256_hex, storage_errors
@@ -53,28 +68,48 @@ class PostprocessStage(Stage):
     inputs: ClassVar[tuple[Topic, ...]] = (Topic.ASSETS_SCORED,)
     outputs: ClassVar[tuple[Topic, ...]] = (Topic.ASSETS_READY,)
 
+    async def start(self) -> None:
+        settings = self.ctx.settings
+        # Read once: a broken presets file stops the stage here, not each job later.
+        self.presets = load_presets(settings.channels.presets_file)
+        self.models = model_facts(settings.generation.models_file)
+        self.references = ReferenceImages(self.ctx.store)
+
     async def handle(self, record: InputRecord) -> Outcome:
         job = record.value
         try:
             with storage_errors():
-                job["derivatives"] = await self.run_blocking(self._render_all, job)
+                job["derivatives"], rendered = await self.run_blocking(self._render_all, job)
         except PermanentError as exc:  # a missing or changed asset, or no asset named at all
             reason = exc.reason if isinstance(exc, ObjectFault) else "invalid_request"
             event = job_event(job, "failed", reason=reason, detail=str(exc)[:500])
             return Outcome(events=[event], dead_letter=exc)
-        return Outcome.forward(Topic.ASSETS_READY, job, "completed", derivatives=str(len(job["derivatives"])))
+        # A derivative that breaks its channel's rules goes to review with the rule named.
+        hold_for_review(job, rendered)
+        return Outcome.forward(
+            Topic.ASSETS_READY,
+            job,
+            "completed",
+            derivatives=str(len(job["derivatives"])),
+            **check_summary(rendered),
+        )
 
-    def _render_all(self, job: dict[str, Any]) -> list[dict[str, Any]]:
+    def _render_all(self, job: dict[str, Any]) -> tuple[list[dict[str, Any]], list[ChannelDerivative]]:
         # The quality stage decoded this asset within its pixel limit before it got here.
         key = job.get("asset_key")
         if not key:
             raise PermanentError("the job names no scored image (asset_key is empty)")
         image = Image.open(io.BytesIO(self.ctx.store.get_checked(key, generated_digest(key))))
         image.load()
-        lineage = lineage_of(job)
+        presets = self.presets.for_channel(job["spec"]["channel"])
+        mask = None
+        if needs_product_mask(presets):
+            mask = job_product_mask(job, image.size, self._reference, self.models)
+        metadata = Metadata(lineage_of(job), uri(job_source_type(job, self.models)))
+        rendered = render_channel(image, presets, metadata, mask)
         derivatives = []
-        for spec in derivatives_for(job["spec"]["channel"]):
-            data = render_derivative(image, spec, lineage)
+        for out in rendered:
+            spec, data = out.spec, out.data
             key = derivative_key(derivative_name(job["job_id"], spec))
             self.ctx.store.put_bytes(key, data, content_type(spec), {"job-id": job["job_id"]})
             derivatives.append(
@@ -87,4 +122,7 @@ class PostprocessStage(Stage):
                     "sha256": sha256_hex(data),
                 }
             )
-        return derivatives
+        return derivatives, rendered
+
+    def _reference(self, reference: dict[str, Any]) -> tuple[Image.Image, Image.Image | None]:
+        return self.references.product(reference), self.references.mask(reference)

@@ -42,6 +42,7 @@ import aiohttp
 
 from processors.backoff import backoff_delay
 from processors.config import ReviewSettings
+from processors.provenance.signing import ContentSigner, derivative_mime
 from processors.runtime import Event, InputRecord, Outcome, Output, PermanentError, Stage
 from processors.runtime.records import job_event, now_ms
 from processors.storage import ObjectFault, ObjectStore, classify_storage_error, storage_errors
@@ -87,6 +88,9 @@ class PublishStage(Stage):
         self.job_serde = AvroSerde("job")
         self.settings = self.ctx.settings.review
         self.topic_prefix = self.ctx.settings.kafka.topic_prefix
+        # Content credentials (docs/provenance.md). Signing on and no usable key: the stage refuses
+        # to start rather than publish unsigned files.
+        self.signer = ContentSigner.from_settings(self.ctx.settings)
         self.notifier: Notifier | None = None
         if self.settings.webhook_url:
             outbox = NotifyOutbox(self.ctx.store, self.topic_prefix)
@@ -141,7 +145,10 @@ class PublishStage(Stage):
                 "decided_at": dt.datetime.now(dt.UTC),
             }
             return await self._publish(job, source)
-        why = "quality gate flagged it" if flagged else "review policy is hold"
+        # Name what flagged it (a quality gate, or a channel rule such as
+        # channel_rule:marketplace-1000:marketplace_main.min_product_fill (...)).
+        reasons = "; ".join((job.get("quality") or {}).get("reasons") or []) or "quality gate flagged it"
+        why = reasons[:1000] if flagged else "review policy is hold"
         return Outcome(
             events=[job_event(job, "in_review", reason="needs_review" if flagged else "", detail=why)]
         )
@@ -251,7 +258,13 @@ class PublishStage(Stage):
         keys = []
         for derivative in job["derivatives"]:
             dest = published_key(self.settings.publish_prefix, job, derivative["key"].rsplit("/", 1)[-1])
-            store.copy(derivative["key"], dest)
+            if self.signer is None:
+                store.copy(derivative["key"], dest)
+            else:
+                # The file's last step: its manifest records the approval, and nothing re-encodes it.
+                signed = self.signer.sign_derivative(store.get_bytes(derivative["key"]), job, derivative)
+                mime = derivative_mime(derivative["format"])
+                store.put_bytes(dest, signed, mime, {"job-id": job["job_id"]})
             keys.append(dest)
         lineage_key = published_key(self.settings.publish_prefix, job, LINEAGE_FILENAME)
         document = {k: v for k, v in job.items() if k != "source_references"}

@@ -7,16 +7,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from processors.channels.presets import DEFAULT_CHANNEL, derivatives_for, load_presets
 from processors.imaging.derivatives import (
-    CHANNEL_DERIVATIVES,
     DerivativeSpec,
+    Metadata,
     derivative_name,
-    derivatives_for,
+    frame,
     read_lineage,
+    render,
     render_derivative,
     srgb_profile_bytes,
     to_srgb,
 )
+from processors.imaging.framing import mask_box
+from processors.provenance.xmp import read_xmp
 
 LINEAGE = {
     "job_id": "job-123",
@@ -27,7 +31,7 @@ LINEAGE = {
     "note": "quote \" apostrophe ' <tag> & ümlaut",
 }
 
-ALL_SPECS = [spec for specs in CHANNEL_DERIVATIVES.values() for spec in specs]
+ALL_SPECS = [p.spec for presets in load_presets().channels.values() for p in presets]
 
 
 def _swapped_srgb_profile() -> bytes:
@@ -140,7 +144,105 @@ def test_names_are_deterministic_and_channels_have_specs() -> None:
     assert derivative_name("job-9", web[0]) == "job-9/web-800.jpg"
     assert derivative_name("job-9", web[1]) == "job-9/web-thumb-400.webp"
     assert derivatives_for("marketplace")[0].width == 1000
-    assert (derivatives_for("social")[0].width, derivatives_for("social")[0].height) == (1080, 1350)
-    assert derivatives_for("unknown-channel") == CHANNEL_DERIVATIVES["default"]
+    assert derivatives_for("unknown-channel") == derivatives_for(DEFAULT_CHANNEL)
     names = [derivative_name("j", s) for s in ALL_SPECS]
     assert len(set(names)) == len(names)
+
+
+# --- framing that keeps the product in frame ---------------------------------------------------
+
+
+Box = tuple[int, int, int, int]
+
+
+def _scene_with_product(
+    size: tuple[int, int], box: tuple[int, int, int, int]
+) -> tuple[Image.Image, Image.Image]:
+    """A grey scene with a red product in ``box``, and the product's mask."""
+    image = Image.new("RGB", size, (150, 150, 150))
+    image.paste((220, 20, 20), box)
+    mask = Image.new("L", size, 0)
+    mask.paste(255, box)
+    return image, mask
+
+
+def _same_box(a: Box | None, b: Box | None) -> bool:
+    """Equal within the one pixel of resampled edge that the mask's threshold may count."""
+    return a is not None and b is not None and all(abs(x - y) <= 1 for x, y in zip(a, b, strict=True))
+
+
+def _red_box(image: Image.Image) -> Box | None:
+    pixels = np.asarray(image.convert("RGB")).astype(int)
+    red = (pixels[..., 0] > 180) & (pixels[..., 1] < 80)
+    ys, xs = np.nonzero(red)
+    return None if xs.size == 0 else (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+
+
+def test_cover_moves_the_crop_to_keep_an_off_centre_product_in_frame() -> None:
+    # A wide image with the product at its far left: a centred square crop would cut it off.
+    image, mask = _scene_with_product((1200, 400), (20, 100, 220, 300))
+    spec = DerivativeSpec("c", 300, 300, "cover", "PNG", margin=0.05)
+    centred, _ = frame(image, spec)  # no mask known: the centre, as before
+    assert _red_box(centred) is None
+    pixels, moved_mask = frame(image, spec, mask)
+    box = _red_box(pixels)
+    assert box is not None and box[0] >= 0.05 * 300 - 1 and box[2] <= 300
+    assert (box[2] - box[0], box[3] - box[1]) == (150, 150)  # whole: 200 px at the cover scale 0.75
+    assert moved_mask is not None and _same_box(mask_box(moved_mask), box)
+
+
+def test_cover_zooms_out_when_the_product_is_wider_than_the_crop() -> None:
+    # 9:16 story from a square image whose product spans most of its width.
+    image, mask = _scene_with_product((1000, 1000), (50, 400, 950, 600))
+    spec = DerivativeSpec("story", 270, 480, "cover", "PNG", margin=0.05)
+    pixels, moved = frame(image, spec, mask)
+    box = _red_box(pixels)
+    assert box is not None
+    margin = 0.05 * 270
+    assert box[0] >= margin - 1 and box[2] <= 270 - margin + 1, box  # all of it, inside the margin
+    assert moved is not None and _same_box(mask_box(moved), box)
+
+
+def test_product_fit_cuts_the_product_out_onto_white_at_its_fill() -> None:
+    image, mask = _scene_with_product((800, 600), (100, 200, 300, 500))  # 200 x 300 product
+    spec = DerivativeSpec("m", 1000, 1000, "product", "JPEG", 95, fill=0.9, background="white")
+    pixels, moved = frame(image, spec, mask)
+    box = _red_box(pixels)
+    assert box is not None and box[3] - box[1] == 900  # its longer side at 90% of the frame
+    assert abs((box[0] + box[2]) / 2 - 500) <= 1 and abs((box[1] + box[3]) / 2 - 500) <= 1
+    outside = np.asarray(pixels)[:40, :, :]
+    assert (outside == 255).all()  # the scene's grey is gone: only white around the product
+    assert moved is not None and _same_box(mask_box(moved), box)
+
+
+def test_png_product_fit_keeps_a_transparent_background_when_asked_for_auto() -> None:
+    image, mask = _scene_with_product((400, 400), (100, 100, 300, 300))
+    pixels, _ = frame(image, DerivativeSpec("cut", 200, 200, "product", "PNG", fill=0.5), mask)
+    assert pixels.mode == "RGBA"
+    assert pixels.getpixel((5, 5))[3] == 0 and pixels.getpixel((100, 100))[3] == 255
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_every_format_declares_its_digital_source_type_and_checks_in_xmp(fmt: str) -> None:
+    source_type = "http://cv.iptc.org/newscodes/digitalsourcetype/compositeSynthetic"
+    metadata = Metadata(LINEAGE, source_type, '[{"rule":"r","passed":true}]')
+    data = render(_image(), DerivativeSpec("t", 40, 40, "cover", fmt), metadata).data  # type: ignore[arg-type]
+    fields = read_xmp(data)
+    assert fields.digital_source_type == source_type
+    assert fields.channel_checks_json == '[{"rule":"r","passed":true}]'
+    assert read_lineage(data) == LINEAGE
+
+
+def test_rendering_with_a_mask_is_deterministic_and_the_mask_follows_the_pixels() -> None:
+    image, mask = _scene_with_product((640, 480), (400, 60, 600, 420))
+    spec = DerivativeSpec("t", 200, 200, "cover", "WEBP")
+    first = render(image, spec, Metadata(LINEAGE), mask)
+    again = render(image, spec, Metadata(LINEAGE), mask)
+    assert first.data == again.data
+    assert first.product_mask is not None and again.product_mask is not None
+    assert first.product_mask.tobytes() == again.product_mask.tobytes()
+
+
+def test_a_mask_of_another_size_is_refused() -> None:
+    with pytest.raises(ValueError, match="product mask"):
+        frame(_image(), DerivativeSpec("t", 10, 10, "cover", "PNG"), Image.new("L", (5, 5)))
