@@ -58,6 +58,10 @@ TERMINAL: frozenset[JobState] = frozenset(
     {JobState.PUBLISHED, JobState.FAILED, JobState.REJECTED, JobState.IN_REVIEW}
 )
 
+# Once published, a job stays published: work redone after it (a redelivered batch upstream,
+# its stages re-emitting completed) is de-duplicated downstream and must not move it back.
+FINAL = JobState.PUBLISHED
+
 UNKNOWN = "unknown"  # what a job with no events is in
 
 
@@ -74,6 +78,8 @@ def current_state(states: Iterable[str]) -> str:
     has only markers is in its last marker; one with no events is unknown."""
     seen = list(states)
     lifecycle = [state for state in seen if is_lifecycle(state)]
+    if FINAL in lifecycle:
+        return FINAL
     if lifecycle:
         return lifecycle[-1]
     return seen[-1] if seen else UNKNOWN

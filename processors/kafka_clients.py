@@ -1,9 +1,20 @@
 """confluent-kafka clients: the factories with the settings every stage relies on, and the one
-produce loop (produce_and_confirm) that the stage runner and the gateway's tools send through."""
+produce loop that the stage runner and the gateway's tools send through: Delivery (produce, then
+a delivery report per message, resendable) and produce_and_confirm (all of it, or DeliveryFailed).
+
+A failed delivery is one of two things, and callers treat them apart:
+- the record itself was refused (RECORD_ERROR_CODES: too large, invalid, a bad timestamp):
+  sending it again fails again, so the stage dead-letters what it came from;
+- anything else (the broker unreachable, a timeout, no leader): the same message is sent again
+  once the broker is back, for as long as that takes.
+"""
 
 from __future__ import annotations
 
+import functools
+import logging
 import socket
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -12,6 +23,8 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 
 from processors.config import Settings
+
+log = logging.getLogger(__name__)
 
 
 def producer_config(settings: Settings, **extra: Any) -> dict[str, Any]:
@@ -23,6 +36,8 @@ def producer_config(settings: Settings, **extra: Any) -> dict[str, Any]:
         "linger.ms": 5,
         "compression.type": "lz4",
         "client.id": f"lightbox-{socket.gethostname()}",
+        # The runner checks every output against this same limit before producing it.
+        "message.max.bytes": settings.stage.max_message_bytes,
         **extra,
     }
 
@@ -58,6 +73,25 @@ def group_id_for(settings: Settings, stage: str) -> str:
 # (topic, key, value, headers): one message for produce_and_confirm, partitioned by key.
 Message = tuple[str, bytes | None, bytes | None, Sequence[tuple[str, bytes]] | None]
 
+# Delivery errors about the record itself (librdkafka's local refusals and the broker's per-record
+# answers): resending the same bytes cannot succeed.
+RECORD_ERROR_CODES: frozenset[int] = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,  # larger than message.max.bytes (producer or broker)
+        KafkaError.RECORD_LIST_TOO_LARGE,  # a batch over the broker's limit: only ever ours alone
+        KafkaError.INVALID_RECORD,  # the broker's validation refused the record
+        KafkaError.INVALID_MSG,  # CORRUPT_MESSAGE: failed the broker's CRC or format check
+        KafkaError.INVALID_MSG_SIZE,
+        KafkaError.INVALID_TIMESTAMP,  # outside the topic's message.timestamp.difference.max.ms
+        KafkaError._BAD_MSG,  # librdkafka: a malformed message
+        KafkaError._INVALID_ARG,  # librdkafka: an argument of this message it cannot take
+    }
+)
+
+
+def is_record_error(code: int) -> bool:
+    return code in RECORD_ERROR_CODES
+
 
 @dataclass(frozen=True)
 class Outgoing:
@@ -72,7 +106,105 @@ class Outgoing:
 
 
 class DeliveryFailed(RuntimeError):
-    """Messages were not delivered; the message names the topic(s) and the broker's error."""
+    """Messages were not delivered; the message names the topic(s) and the broker's error.
+    `per_record` is true when every failure was a refusal of the record itself."""
+
+    def __init__(self, message: str, errors: Sequence[KafkaError] = ()) -> None:
+        super().__init__(message)
+        self.errors = list(errors)
+        self.per_record = bool(self.errors) and all(is_record_error(e.code()) for e in self.errors)
+
+
+# A message not yet sent, or sent and not yet reported on.
+_UNSENT = object()
+_IN_FLIGHT = object()
+
+
+class Delivery:
+    """Messages produced through one producer, each with its own delivery report.
+
+    send() produces (all, or the ones named); wait() serves delivery reports until each message
+    sent has one or the timeout passes. A message the producer refused on the spot (too large, a
+    full queue for too long) is reported at once as failed with that error. Thread-safe enough for
+    its use: reports arrive on the thread that calls wait() (librdkafka serves callbacks in
+    poll/flush)."""
+
+    def __init__(self, producer: Any, messages: Iterable[Message | Outgoing]) -> None:
+        self.producer = producer
+        self.messages = [m if isinstance(m, Outgoing) else Outgoing(*m) for m in messages]
+        self._status: list[object] = [_UNSENT] * len(self.messages)
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    def _report(self, index: int, err: KafkaError | None, _msg: Any) -> None:
+        with self._lock:
+            self._status[index] = err
+
+    def send(self, indexes: Iterable[int] | None = None, queue_full_s: float = 30.0) -> None:
+        """Produce the messages (all, or these), replacing any earlier report they had. A local
+        queue that stays full for `queue_full_s` (all of them together) fails the rest."""
+        deadline = time.monotonic() + queue_full_s
+        for index in range(len(self.messages)) if indexes is None else indexes:
+            out = self.messages[index]
+            extra = {} if out.partition is None else {"partition": out.partition}
+            with self._lock:
+                self._status[index] = _IN_FLIGHT
+            while True:
+                try:
+                    self.producer.produce(
+                        out.topic,
+                        key=out.key,
+                        value=out.value,
+                        headers=list(out.headers or []),
+                        on_delivery=functools.partial(self._report, index),
+                        **extra,
+                    )
+                    break
+                except BufferError:
+                    # Local queue full: serve delivery reports to make room, within the deadline.
+                    if time.monotonic() >= deadline:
+                        self._report(index, KafkaError(KafkaError._QUEUE_FULL, "producer queue full"), None)
+                        break
+                    self.producer.poll(0.1)
+                except KafkaException as exc:
+                    # Refused before it left this process (e.g. larger than message.max.bytes).
+                    error = exc.args[0] if exc.args else None
+                    if not isinstance(error, KafkaError):
+                        error = KafkaError(KafkaError._FAIL, str(exc))
+                    self._report(index, error, None)
+                    break
+            self.producer.poll(0)
+
+    def wait(self, timeout_s: float) -> bool:
+        """Serve reports until every message sent has one, or `timeout_s`; True if none is left."""
+        deadline = time.monotonic() + timeout_s
+        while self.in_flight():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            # flush() returns once this producer's whole queue is empty (other callers' messages
+            # too), so it is bounded by small steps and the own reports are checked in between.
+            self.producer.flush(min(remaining, 0.5))
+        return True
+
+    def _where(self, wanted: Any) -> list[int]:
+        with self._lock:
+            return [i for i, s in enumerate(self._status) if wanted(s)]
+
+    def in_flight(self) -> list[int]:
+        return self._where(lambda s: s is _IN_FLIGHT)
+
+    def unsent(self) -> list[int]:
+        return self._where(lambda s: s is _UNSENT)
+
+    def delivered(self) -> list[int]:
+        return self._where(lambda s: s is None)
+
+    def failures(self) -> list[tuple[int, KafkaError]]:
+        with self._lock:
+            return [(i, s) for i, s in enumerate(self._status) if isinstance(s, KafkaError)]
 
 
 def produce_and_confirm(
@@ -81,59 +213,59 @@ def produce_and_confirm(
     """Produce every message, wait for the broker to acknowledge each, and raise DeliveryFailed
     unless all of them were delivered. Returns the number of messages delivered.
 
-    The one produce loop: the stage runner's outbox and the gateway's tools (submit, review, DLQ
-    replay) all send through it. flush() alone is not enough: a message that failed (rejected by
-    the broker, timed out) leaves the queue too, so flush() returns 0 for it; only the delivery
-    report says it failed."""
-    failures: list[tuple[str, str]] = []
-
-    def on_delivery(err: KafkaError | None, msg: Any) -> None:
-        if err is not None:
-            failures.append((msg.topic() or "?", err.str()))
-
-    deadline = time.monotonic() + timeout_s
-    count = 0
-    topics: set[str] = set()
-    for message in messages:
-        out = message if isinstance(message, Outgoing) else Outgoing(*message)
-        topics.add(out.topic)
-        extra = {} if out.partition is None else {"partition": out.partition}
-        while True:
-            try:
-                producer.produce(
-                    out.topic,
-                    key=out.key,
-                    value=out.value,
-                    headers=list(out.headers or []),
-                    on_delivery=on_delivery,
-                    **extra,
-                )
-                break
-            except BufferError:
-                # Local queue full: serve delivery reports to make room, within the deadline.
-                if time.monotonic() >= deadline:
-                    raise DeliveryFailed(
-                        f"producer queue stayed full for {timeout_s}s; {count} message(s) queued for "
-                        f"{', '.join(sorted(topics))}"
-                    ) from None
-                producer.poll(0.1)
-            except KafkaException as exc:
-                # Refused before it left this process (e.g. larger than message.max.bytes).
-                error = exc.args[0]
-                detail = error.str() if isinstance(error, KafkaError) else str(error)
-                producer.flush(max(0.0, deadline - time.monotonic()))
-                raise DeliveryFailed(f"could not produce to {out.topic}: {detail}") from exc
-        producer.poll(0)
-        count += 1
-    remaining = producer.flush(max(0.0, deadline - time.monotonic()))
+    The gateway's tools (submit, review, DLQ replay) and the state changelogs send through it; the
+    stage runner uses Delivery directly, to resend what failed. flush() alone is not enough: a
+    message that failed (rejected by the broker, timed out) leaves the queue too, so flush()
+    returns 0 for it; only the delivery report says it failed."""
+    delivery = Delivery(producer, messages)
+    started = time.monotonic()
+    delivery.send(queue_full_s=timeout_s)
+    count = len(delivery)
+    topics = sorted({m.topic for m in delivery.messages})
+    done = delivery.wait(max(0.0, timeout_s - (time.monotonic() - started)))
+    failures = delivery.failures()
     if failures:
-        by_topic = sorted({topic for topic, _ in failures})
+        errors = [error for _, error in failures]
+        index, first = failures[0]
+        topic = delivery.messages[index].topic
+        if first.code() == KafkaError._QUEUE_FULL:
+            raise DeliveryFailed(
+                f"producer queue stayed full for {timeout_s}s; {count - len(failures)} message(s) queued for "
+                f"{', '.join(topics)}",
+                errors,
+            )
+        by_topic = sorted({delivery.messages[i].topic for i, _ in failures})
+        if len(failures) == 1 and not delivery.delivered() and count == 1:
+            raise DeliveryFailed(f"could not produce to {topic}: {first.str()}", errors)
         raise DeliveryFailed(
-            f"{len(failures)} of {count} message(s) not delivered to {', '.join(by_topic)}: {failures[0][1]}"
+            f"{len(failures)} of {count} message(s) not delivered to {', '.join(by_topic)}: {first.str()}",
+            errors,
         )
-    if remaining:
+    if not done:
+        remaining = len(delivery.in_flight())
         raise DeliveryFailed(
-            f"{remaining} of {count} message(s) to {', '.join(sorted(topics))} still undelivered after "
-            f"{timeout_s}s"
+            f"{remaining} of {count} message(s) to {', '.join(topics)} still undelivered after {timeout_s}s"
         )
     return count
+
+
+def topic_message_limits(
+    settings: Settings, topics: Iterable[str], timeout_s: float = 10.0
+) -> dict[str, int]:
+    """The broker's max.message.bytes of each topic (topics it does not describe are left out)."""
+    from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
+
+    admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap})
+    resources = [ConfigResource(ResourceType.TOPIC, name) for name in topics]
+    limits: dict[str, int] = {}
+    if not resources:
+        return limits
+    for resource, future in admin.describe_configs(resources, request_timeout=timeout_s).items():
+        try:
+            entry = future.result(timeout=timeout_s).get("max.message.bytes")
+        except Exception as exc:  # a missing topic, an unreachable broker: keep the producer's limit
+            log.warning("could not read max.message.bytes of %s: %s", resource.name, exc)
+            continue
+        if entry is not None and entry.value is not None:
+            limits[resource.name] = int(entry.value)
+    return limits

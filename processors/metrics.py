@@ -46,6 +46,36 @@ class StageMetrics:
             labels,
             registry=self.registry,
         )
+        self.outages = Counter(
+            "lightbox_outages",
+            "Times a dependency outage (or the broker) held the stage's partitions paused",
+            labels,
+            registry=self.registry,
+        )
+        self.held = Gauge(
+            "lightbox_partitions_held",
+            "1 while the stage holds its partitions paused for an outage or a long batch",
+            labels,
+            registry=self.registry,
+        )
+        self.refused_outputs = Counter(
+            "lightbox_refused_outputs",
+            "Outputs too large or refused by the broker (their inputs were dead-lettered)",
+            labels,
+            registry=self.registry,
+        )
+        self.offloaded_letters = Counter(
+            "lightbox_offloaded_dead_letters",
+            "Dead letters whose original was stored in object storage (too large to carry)",
+            labels,
+            registry=self.registry,
+        )
+        self.offset_resets = Counter(
+            "lightbox_offset_resets",
+            "Times the consumer resumed past retention (messages deleted before it read them)",
+            labels,
+            registry=self.registry,
+        )
         self.lag = Gauge(
             "lightbox_consumer_lag",
             "High watermark minus position",
@@ -62,6 +92,11 @@ class StageMetrics:
             self.handler_seconds,
             self.batch_size,
             self.paused,
+            self.outages,
+            self.held,
+            self.refused_outputs,
+            self.offloaded_letters,
+            self.offset_resets,
         ):
             metric.labels(self.stage)
 

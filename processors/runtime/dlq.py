@@ -1,20 +1,45 @@
 """Dead letters: the original bytes plus where they came from and why they failed.
 
 A message goes to pipeline.dlq when it cannot be decoded, when its handler raised a permanent
-error or ran out of attempts, when a batch handler gave up on it alone (Outcome.dead_letter), or
-when its outcome names a topic the stage does not declare. The letter is the dlq_envelope record;
+error or ran out of attempts, when a batch handler gave up on it alone (Outcome.dead_letter), when
+its outcome names a topic the stage does not declare, or when an output it led to could not be
+produced for what it is (too large, refused by the broker). The letter is the dlq_envelope record;
 its context also travels as `dlq.*` headers, so tools can filter without decoding, and every
 letter comes with a `dead_lettered` pipeline event. The runner's outbox encodes both.
+
+`dlq.fault` says whose fault the runtime judged it: `record` (the message's own), or `unknown`
+(an error it could not place, that kept failing). `dlq.error.kind` is how errors.classify() names
+the error itself: a `dependency` error is only ever dead-lettered when it kept failing while other
+records of the same batch succeeded (retry.py), so its fault is still `record`.
+
+A letter too large to carry its original (a message near the size limit, plus the envelope) is
+offloaded: the original value (and a key over TEXT.inline_key) is stored in object storage under
+dead_letter_key(), the envelope carries none of it, and `dlq.original.ref` (and the envelope's
+`original_ref` field, once the schema has it) says where it is: s3://<bucket>/<key>, with
+`dlq.original.size` and `dlq.original.sha256` to check it by.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from collections.abc import Collection
+from dataclasses import dataclass, replace
 from typing import Any
 
+from processors.runtime.errors import classify
 from processors.runtime.records import Event, InputRecord
+from processors.runtime.sizes import TEXT, clip
 
 HEADER_PREFIX = "dlq."
+# Where offloaded originals live. TODO-move: processors/storage_keys.py keeps every key layout
+# (another engineer's file); this prefix and dead_letter_key() belong there.
+DEAD_LETTERS_PREFIX = "dead-letters"
+
+
+def dead_letter_key(original_topic: str, partition: int, offset: int, stage: str, part: str = "value") -> str:
+    """dead-letters/<broker topic>/<partition>/<offset>/<stage>.<value|key>: one object per
+    message and stage, so a redone batch rewrites the same object. TODO-move to storage_keys."""
+    return f"{DEAD_LETTERS_PREFIX}/{original_topic}/{partition}/{offset}/{stage}.{part}"
 
 
 @dataclass(frozen=True)
@@ -53,10 +78,24 @@ class DeadLetter:
     attempts: int
     first_failure_at: int  # epoch millis
     last_failure_at: int
+    # Where the original is when it was too large to carry (s3://bucket/key); None: inline.
+    original_ref: str | None = None
+    fault: str = "record"
+    error_kind: str = ""
+    # Of the offloaded original value, for whoever fetches it.
+    original_size: int | None = None
+    original_sha256: str = ""
 
     @classmethod
     def of(
-        cls, source: Source, stage: str, error: BaseException, attempts: int, first_ms: int, last_ms: int
+        cls,
+        source: Source,
+        stage: str,
+        error: BaseException,
+        attempts: int,
+        first_ms: int,
+        last_ms: int,
+        fault: str = "record",
     ) -> DeadLetter:
         return cls(
             original_topic=source.topic,
@@ -66,11 +105,37 @@ class DeadLetter:
             original_value=source.value,
             stage=stage,
             error_class=type(error).__name__,
-            error_message=str(error),
+            error_message=clip(str(error), TEXT.error_message),
             attempts=attempts,
             first_failure_at=first_ms,
             last_failure_at=last_ms,
+            fault=fault,
+            error_kind=classify(error).value,
         )
+
+    def key_for(self, part: str) -> str:
+        return dead_letter_key(
+            self.original_topic, self.original_partition, self.original_offset, self.stage, part
+        )
+
+    def offloaded(self, bucket: str) -> tuple[DeadLetter, list[tuple[str, bytes]]]:
+        """This letter without its original, and the objects to store for it (key, bytes)."""
+        objects: list[tuple[str, bytes]] = []
+        value = self.original_value or b""
+        objects.append((self.key_for("value"), value))
+        key = self.original_key
+        if key is not None and len(key) > TEXT.inline_key:
+            objects.append((self.key_for("key"), key))
+            key = None
+        letter = replace(
+            self,
+            original_key=key,
+            original_value=None,
+            original_ref=f"s3://{bucket}/{self.key_for('value')}",
+            original_size=len(value),
+            original_sha256=hashlib.sha256(value).hexdigest(),
+        )
+        return letter, objects
 
     @property
     def source(self) -> str:
@@ -78,7 +143,7 @@ class DeadLetter:
 
     @property
     def key_text(self) -> str:
-        return (self.original_key or b"").decode("utf-8", "replace")
+        return clip((self.original_key or b"").decode("utf-8", "replace"), TEXT.header_value)
 
     def event(self, job_id: str | None) -> Event:
         """The `dead_lettered` pipeline event. Without a job id (undecodable bytes) the key
@@ -87,12 +152,24 @@ class DeadLetter:
             job_id or self.key_text or self.source,
             "dead_lettered",
             reason=self.error_class,
-            detail=self.error_message[:500],
-            attributes={"dlq_source": self.source, "attempts": str(self.attempts)},
+            detail=clip(self.error_message, 500),
+            attributes={
+                "dlq_source": self.source,
+                "attempts": str(self.attempts),
+                "fault": self.fault,
+                **({"original_ref": self.original_ref} if self.original_ref else {}),
+            },
         )
 
-    def record(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+    def record(self, fields: Collection[str] | None = None) -> dict[str, Any]:
+        """The dlq_envelope record; with `fields` (the writer schema's), only what it has, so the
+        pointer field travels once the schema holds it (dlq_envelope v1 does not)."""
+        everything = {k: v for k, v in self.__dict__.items() if k not in _HEADER_ONLY}
+        if fields is None:
+            if self.original_ref is None:
+                del everything["original_ref"]
+            return everything
+        return {k: v for k, v in everything.items() if k in fields}
 
     def headers(self) -> list[tuple[str, bytes]]:
         fields = {
@@ -102,12 +179,23 @@ class DeadLetter:
             "original.key": self.key_text,
             "stage": self.stage,
             "error.class": self.error_class,
-            "error.message": self.error_message[:1000],
+            "error.message": clip(self.error_message, TEXT.header_value),
             "attempts": str(self.attempts),
             "first.failure.ms": str(self.first_failure_at),
             "last.failure.ms": str(self.last_failure_at),
         }
+        fields["fault"] = self.fault
+        if self.error_kind:
+            fields["error.kind"] = self.error_kind
+        if self.original_ref:
+            fields["original.ref"] = self.original_ref
+            fields["original.size"] = str(self.original_size)
+            fields["original.sha256"] = self.original_sha256
         return [(HEADER_PREFIX + k, v.encode()) for k, v in fields.items()]
+
+
+# Known to the runtime and the headers, not envelope fields.
+_HEADER_ONLY = frozenset({"fault", "error_kind", "original_size", "original_sha256"})
 
 
 def parse_headers(headers: list[tuple[str, bytes]] | None) -> dict[str, str]:

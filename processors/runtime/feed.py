@@ -4,12 +4,24 @@
 - Fetch-ahead with backpressure (the prefetching runner): batches queue up while one is handled;
   past the high mark every assigned partition is paused (polling goes on, so the group keeps us),
   and they resume once the queue drains to the low mark.
+- Holds: while a dependency is down (or a batch is simply taking long) the runner holds the
+  partitions paused, and the feed keeps calling consume() on its thread (keepalive), so rebalance
+  callbacks still run and max.poll.interval.ms never runs out: the stage stays in its group for
+  as long as the outage lasts. A message consume() hands over meanwhile (from a partition
+  assigned before it could be paused) is carried into the next batch, never dropped.
+- Gaps: a partition whose next message is past the offset the feed expected (its committed
+  offset after an assignment, or the last offset + 1), where the broker's log now starts past
+  that offset too, lost the messages in between to retention before anyone read them
+  (auto.offset.reset moved the consumer on without a word). Each such gap is kept for the runner
+  to record as an `offset_reset` event (topic, partition, from, to).
 - Revokes: a batch fetched before its partition was revoked is stale. It is dropped unprocessed and
   uncommitted; the partition's new owner reads it again, so nothing is lost.
 - Commits (commits.py) and the lag gauge, from the watermarks the fetcher already has.
 
 The confluent-kafka consumer is not meant to be shared across threads, so every call to it goes
-through one dedicated thread; the rebalance callbacks run there too, inside consume().
+through one dedicated thread; the rebalance callbacks run there too, inside consume(). Pausing
+keeps what the consumer already fetched from being handed over (librdkafka drops it and fetches
+again from the position after the last message it gave us when the partition resumes).
 """
 
 from __future__ import annotations
@@ -20,12 +32,12 @@ import functools
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from confluent_kafka import Message, TopicPartition
+from confluent_kafka import KafkaError, Message, TopicPartition
 
 from processors.config import StageSettings
 from processors.metrics import StageMetrics
@@ -34,12 +46,33 @@ from processors.runtime.commits import Commits, Partition
 T = TypeVar("T")
 
 
+# How long one keepalive consume() waits: the poll thread is free for commits in between.
+KEEPALIVE_POLL_S = 0.5
+# Broker round trips the feed makes on its own (committed offsets, watermarks on a gap).
+LOOKUP_TIMEOUT_S = 5.0
+BACKPRESSURE = "backpressure"
+
+
 @dataclass
 class Fetched:
     """One consumed batch and the number of the consume() call that fetched it."""
 
     seq: int
     messages: list[Message]
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Offsets [start, end) of a partition that were deleted before this consumer read them."""
+
+    topic: str
+    partition: int
+    start: int
+    end: int
+
+    @property
+    def lost(self) -> int:
+        return self.end - self.start
 
 
 class AheadQueue:
@@ -89,6 +122,18 @@ class PartitionFeed:
         self._seq = 0  # consume() calls so far; only the poll thread changes it
         self._revoked_at: dict[Partition, int] = {}
         self._revoked_lock = threading.Lock()
+        # Why the partitions are held paused (backpressure, an outage, a long batch); changed only
+        # on the poll thread. Paused while any reason is left.
+        self._reasons: set[str] = set()
+        self._fetching_ahead = False
+        self._keepalive: asyncio.Task[None] | None = None
+        # Messages consume() handed over while the partitions were held: the next batch's first.
+        self._carry: deque[Message] = deque()
+        # Continuity: the next offset expected per partition; partitions whose committed offset is
+        # still to be compared with their first message since assignment.
+        self._expected: dict[Partition, int] = {}
+        self._unchecked: set[Partition] = set()
+        self._gaps: list[Gap] = []
 
     # -- the poll thread ---------------------------------------------------------------------
 
@@ -101,7 +146,12 @@ class PartitionFeed:
 
     def close(self) -> None:
         # close() commits nothing (auto-commit is off) and leaves the group promptly.
-        self.consumer.close()
+        self._reasons.clear()
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+        # On the poll thread, after whatever it is doing (a keepalive consume): never two threads
+        # in the consumer at once.
+        self._thread.submit(self.consumer.close).result(timeout=60)
         self._thread.shutdown(wait=False)
 
     # -- batches -----------------------------------------------------------------------------
@@ -115,53 +165,208 @@ class PartitionFeed:
         # wait to every hop of a lightly loaded pipeline; under load batches still fill up.
         self._seq += 1
         seq = self._seq
-        first = self.consumer.consume(1, timeout_s)
+        carried = [self._carry.popleft() for _ in range(min(size, len(self._carry)))]
+        if carried:
+            fresh = self._consume(size - len(carried), 0) if len(carried) < size else []
+            return Fetched(seq, carried + fresh)
+        first = self._consume(1, timeout_s)
         if not first or size <= 1:
-            return Fetched(seq, list(first))
-        return Fetched(seq, list(first) + list(self.consumer.consume(size - 1, 0)))
+            return Fetched(seq, first)
+        return Fetched(seq, first + self._consume(size - 1, 0))
+
+    def _consume(self, size: int, timeout_s: float) -> list[Message]:
+        messages = list(self.consumer.consume(size, timeout_s))
+        self._check_continuity(messages)
+        return messages
 
     async def fetch_ahead(self, queue: AheadQueue, high: int, stopping: asyncio.Event) -> None:
         """Keep `queue` filled until `stopping`; pause at `high` queued batches, resume at half."""
         low = max(0, high // 2)
-        while not stopping.is_set():
-            fetched = await self.fetch()
-            if fetched.messages:
-                queue.put(fetched)
-            queued = len(queue)
-            if (queued >= high and not self.paused) or (self.paused and self._assigned_while_paused):
-                # Also after a rebalance: newly assigned partitions must not run unpaused.
-                await self.call(functools.partial(self._pause, queued))
-            elif queued <= low and self.paused:
-                await self.call(self._resume)
+        self._fetching_ahead = True
+        try:
+            while not stopping.is_set():
+                fetched = await self.fetch()
+                if fetched.messages:
+                    queue.put(fetched)
+                queued = len(queue)
+                if queued >= high and BACKPRESSURE not in self._reasons:
+                    await self.call(functools.partial(self._add_reason, BACKPRESSURE, queued))
+                elif queued <= low and BACKPRESSURE in self._reasons:
+                    await self.call(functools.partial(self._remove_reason, BACKPRESSURE))
+                elif self.paused and self._assigned_while_paused:
+                    # After a rebalance: newly assigned partitions must not run unpaused.
+                    await self.call(self._sync_flow)
+        finally:
+            self._fetching_ahead = False
 
-    def _pause(self, queued: int) -> None:
-        assignment = self.consumer.assignment()
-        if assignment:
-            self.consumer.pause(assignment)
-        self._assigned_while_paused = False
-        self.paused = True
-        self.metrics.paused.labels(self.stage_name).inc()
-        self.log.info("queue full (%d batches): paused %d partition(s)", queued, len(assignment))
+    # -- holding the partitions ----------------------------------------------------------------
 
-    def _resume(self) -> None:
-        assignment = self.consumer.assignment()
-        if assignment:
-            self.consumer.resume(assignment)
-        self.paused = False
-        self.log.info("queue drained: resumed %d partition(s)", len(assignment))
+    async def hold(self, reason: str) -> None:
+        """Pause every assigned partition for `reason` and keep polling until release(reason)."""
+        await self.call(functools.partial(self._add_reason, reason, 0))
+        if not self._fetching_ahead and (self._keepalive is None or self._keepalive.done()):
+            self._keepalive = asyncio.create_task(self._keep_alive())
+
+    async def release(self, reason: str) -> None:
+        await self.call(functools.partial(self._remove_reason, reason))
+        if not self._reasons and self._keepalive is not None:
+            keepalive, self._keepalive = self._keepalive, None
+            await keepalive
+
+    @property
+    def held(self) -> frozenset[str]:
+        return frozenset(self._reasons)
+
+    @contextlib.asynccontextmanager
+    async def held_after(self, seconds: float, reason: str = "long batch") -> AsyncIterator[None]:
+        """Hold the partitions if the block is still running after `seconds` (the fetch-ahead
+        loop polls anyway, so only the in-turn loop needs it)."""
+        if self._fetching_ahead or seconds <= 0:
+            yield
+            return
+        held = False
+
+        async def hold_later() -> None:
+            nonlocal held
+            await asyncio.sleep(seconds)
+            held = True
+            self.log.info("batch still in hand after %.0fs: holding the partitions and polling", seconds)
+            await self.hold(reason)
+
+        timer = asyncio.create_task(hold_later())
+        try:
+            yield
+        finally:
+            timer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await timer
+            if held:
+                await self.release(reason)
+
+    async def _keep_alive(self) -> None:
+        """consume() on the poll thread while the partitions are held: the group keeps us."""
+        while self._reasons and not self._fetching_ahead:
+            await self.call(self._poll_held)
+
+    def _poll_held(self) -> None:
+        # A consume() like any other: a revoke inside it makes the batch in hand stale.
+        self._seq += 1
+        self._sync_flow()
+        messages = self._consume(self.settings.batch_size, KEEPALIVE_POLL_S)
+        self._carry.extend(m for m in messages if not m.error())
+
+    def _add_reason(self, reason: str, queued: int) -> None:
+        self._reasons.add(reason)
+        self._sync_flow(reason, queued)
+
+    def _remove_reason(self, reason: str) -> None:
+        self._reasons.discard(reason)
+        self._sync_flow(reason)
+
+    def _sync_flow(self, reason: str = "", queued: int = 0) -> None:
+        """Pause everything assigned while a reason is left (and what was assigned since), resume
+        once none is."""
+        if self._reasons and (not self.paused or self._assigned_while_paused):
+            assignment = self.consumer.assignment()
+            if assignment:
+                self.consumer.pause(assignment)
+            self._assigned_while_paused = False
+            if not self.paused and reason == BACKPRESSURE:
+                self.metrics.paused.labels(self.stage_name).inc()
+                self.log.info("queue full (%d batches): paused %d partition(s)", queued, len(assignment))
+            elif not self.paused:
+                self.log.info("paused %d partition(s): %s", len(assignment), reason or "held")
+            self.paused = True
+            self.metrics.held.labels(self.stage_name).set(1 if self._reasons - {BACKPRESSURE} else 0)
+        elif not self._reasons and self.paused:
+            assignment = self.consumer.assignment()
+            if assignment:
+                self.consumer.resume(assignment)
+            self.paused = False
+            self.metrics.held.labels(self.stage_name).set(0)
+            what = "queue drained" if reason == BACKPRESSURE else f"{reason or 'hold'} over"
+            self.log.info("%s: resumed %d partition(s)", what, len(assignment))
+        else:
+            self.metrics.held.labels(self.stage_name).set(1 if self._reasons - {BACKPRESSURE} else 0)
+
+    # -- gaps ----------------------------------------------------------------------------------
+
+    def take_gaps(self) -> list[Gap]:
+        """The gaps found since the last call (called on the event loop between batches)."""
+        gaps, self._gaps = self._gaps, []
+        return gaps
+
+    def _check_continuity(self, messages: list[Message]) -> None:
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._AUTO_OFFSET_RESET:
+                    # Only with auto.offset.reset=error; ours resets, and is caught below.
+                    self.log.warning("offset reset: %s", error)
+                continue
+            tp = (str(message.topic()), int(message.partition() or 0))
+            offset = int(message.offset() or 0)
+            if tp in self._unchecked:
+                self._unchecked.discard(tp)
+                committed = self._committed_offset(tp)
+                if committed is not None:
+                    self._expected[tp] = committed
+            expected = self._expected.get(tp)
+            if expected is not None and offset > expected:
+                low = self._log_start(tp)
+                if low is not None and low > expected:
+                    gap = Gap(tp[0], tp[1], expected, min(low, offset))
+                    self._gaps.append(gap)
+                    self.metrics.offset_resets.labels(self.stage_name).inc()
+                    self.log.error(
+                        "%s/%d resumed at %d: offsets %d..%d were deleted (retention) before %s read them",
+                        gap.topic,
+                        gap.partition,
+                        offset,
+                        gap.start,
+                        gap.end - 1,
+                        self.stage_name,
+                    )
+            self._expected[tp] = offset + 1
+
+    def _committed_offset(self, tp: Partition) -> int | None:
+        try:
+            (found,) = self.consumer.committed([TopicPartition(*tp)], timeout=LOOKUP_TIMEOUT_S)
+        except Exception as exc:  # an unreachable coordinator: no check for this assignment
+            self.log.warning("no committed offset for %s/%d: %s", tp[0], tp[1], exc)
+            return None
+        return found.offset if found.offset >= 0 else None
+
+    def _log_start(self, tp: Partition) -> int | None:
+        try:
+            low, _ = self.consumer.get_watermark_offsets(TopicPartition(*tp), timeout=LOOKUP_TIMEOUT_S)
+        except Exception as exc:
+            self.log.warning("no watermarks for %s/%d: %s", tp[0], tp[1], exc)
+            return None
+        return int(low)
 
     # -- rebalances --------------------------------------------------------------------------
 
     def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         # Inside the consume() of fetch number `_seq`: batches fetched up to now are stale for
         # these partitions; batches fetched later (after a re-assignment) are processed as usual.
+        revoked = {(tp.topic, tp.partition) for tp in partitions}
         with self._revoked_lock:
-            for tp in partitions:
-                self._revoked_at[(tp.topic, tp.partition)] = self._seq
+            for tp in revoked:
+                self._revoked_at[tp] = self._seq
+        # Carried messages of these partitions are the new owner's now (uncommitted: it reads them).
+        self._carry = deque(m for m in self._carry if (m.topic(), m.partition()) not in revoked)
+        for tp in revoked:
+            self._expected.pop(tp, None)
+            self._unchecked.discard(tp)
 
     def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         if self.paused:
             self._assigned_while_paused = True
+        for tp in partitions:
+            # Compared with the committed offset when its first message arrives.
+            self._expected.pop((tp.topic, tp.partition), None)
+            self._unchecked.add((tp.topic, tp.partition))
         by_topic: dict[str, list[int]] = {}
         for tp in partitions:
             by_topic.setdefault(tp.topic, []).append(tp.partition)

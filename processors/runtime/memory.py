@@ -4,14 +4,21 @@ sink: inputs are lists, outputs are captured lists).
 
 - MemoryBroker: topics as lists of partitions, each a list of messages with offsets, keys,
   headers and timestamps; what each consumer group committed, and every commit in order.
+  delete_records() moves a partition's log start on (retention); topic_limits refuses larger
+  messages in the delivery report, as the broker's max.message.bytes does.
 - MemoryConsumer: subscribe() with rebalance callbacks, consume(), pause()/resume(), position(),
   watermarks and a synchronous commit() that records offsets. A subscription is assigned every
   partition of its topics on the first consume(), like a lone member of a group; revoke() and
   assign() queue a rebalance that runs inside the next consume(), as librdkafka runs its
-  callbacks. fail_commits() makes commits fail.
+  callbacks. fail_commits() makes commits fail. A position before the log start resumes at the
+  log start (auto.offset.reset=earliest), without a word, like librdkafka.
 - MemoryProducer: produce() queues, poll()/flush() deliver (append to the broker, then call the
   delivery callback), as librdkafka serves reports only in poll/flush. fail_next() makes a
-  delivery fail with a KafkaError; queue_limit makes produce() raise BufferError when full.
+  delivery fail with a KafkaError; queue_limit makes produce() raise BufferError when full;
+  max_message_bytes refuses a larger message in produce(), as librdkafka does; stall() keeps
+  every message queued and unreported (a broker that is down) until unstall().
+- MemoryStore: processors.storage.ObjectStore over a dict (its primitive calls replaced, the rest
+  its own); fail_next() makes the next calls raise (storage down).
 
 Only what the runtime and the gateway's produce loop call is here; it is not a Kafka emulator
 (no replication, no transactions, one member per group).
@@ -22,11 +29,16 @@ from __future__ import annotations
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import TIMESTAMP_CREATE_TIME, KafkaError, KafkaException, Message, TopicPartition
+from minio.error import S3Error
+
+from processors.kafka_clients import Outgoing
+from processors.runtime.sizes import wire_size
+from processors.storage import ObjectStore
 
 Headers = Sequence[tuple[str, bytes]] | None
 Partition = tuple[str, int]
@@ -53,6 +65,10 @@ class MemoryBroker:
     topics: dict[str, list[list[Message]]] = field(default_factory=dict)
     committed: dict[tuple[str, str, int], int] = field(default_factory=dict)
     commits: list[Commit] = field(default_factory=list)
+    # Per topic: the broker's max.message.bytes (a larger message fails its delivery).
+    topic_limits: dict[str, int] = field(default_factory=dict)
+    # Per partition: the first offset still in the log (retention deleted the ones before).
+    log_start: dict[Partition, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.lock = threading.Condition()
@@ -97,9 +113,18 @@ class MemoryBroker:
             return message
 
     def messages(self, topic: str) -> list[Message]:
-        """Every message of a topic, partition by partition."""
+        """Every message of a topic still in the log, partition by partition."""
         with self.lock:
-            return [m for part in self.topics.get(topic, []) for m in part]
+            return [
+                m
+                for p, part in enumerate(self.topics.get(topic, []))
+                for m in part[self.log_start.get((topic, p), 0) :]
+            ]
+
+    def delete_records(self, topic: str, partition: int, before: int) -> None:
+        """Retention: offsets before `before` are gone; the next ones keep their offsets."""
+        with self.lock:
+            self.log_start[(topic, partition)] = max(self.log_start.get((topic, partition), 0), before)
 
     def committed_offset(self, group: str, topic: str, partition: int) -> int | None:
         with self.lock:
@@ -195,6 +220,8 @@ class MemoryConsumer:
             if tp in self._paused:
                 continue
             log = self.broker.topics.get(tp[0], [])[tp[1]]
+            # auto.offset.reset=earliest: a deleted position resumes at the log start, silently.
+            position = max(position, self.broker.log_start.get(tp, 0))
             while position < len(log) and len(taken) < limit:
                 taken.append(log[position])
                 position += 1
@@ -226,7 +253,8 @@ class MemoryConsumer:
     ) -> tuple[int, int]:
         with self.broker.lock:
             log = self.broker.topics.get(partition.topic, [])
-            return (0, len(log[partition.partition]) if partition.partition < len(log) else -1)
+            low = self.broker.log_start.get((partition.topic, partition.partition), 0)
+            return (low, len(log[partition.partition]) if partition.partition < len(log) else -1)
 
     # -- committing --------------------------------------------------------------------------
 
@@ -274,14 +302,26 @@ class _Queued:
 
 
 class MemoryProducer:
-    def __init__(self, broker: MemoryBroker, queue_limit: int | None = None) -> None:
+    def __init__(
+        self, broker: MemoryBroker, queue_limit: int | None = None, max_message_bytes: int | None = None
+    ) -> None:
         self.broker = broker
         self.queue_limit = queue_limit
+        self.max_message_bytes = max_message_bytes
         self._queue: list[_Queued] = []
         self._failures: list[tuple[str | None, KafkaError]] = []
         self._lock = threading.Lock()
+        self._stalled = threading.Event()
         self.delivered: list[Message] = []
         self.failed: list[tuple[str, KafkaError]] = []
+        self.produce_calls = 0
+
+    def stall(self) -> None:
+        """The broker is unreachable: messages stay queued, with no delivery report."""
+        self._stalled.set()
+
+    def unstall(self) -> None:
+        self._stalled.clear()
 
     def fail_next(self, topic: str | None = None, error: KafkaError | None = None, times: int = 1) -> None:
         """Make the next `times` deliveries (to `topic`, or to any topic) fail with `error`."""
@@ -299,7 +339,11 @@ class MemoryProducer:
         headers: Headers = None,
         **_: Any,
     ) -> None:
+        size = wire_size(Outgoing(topic, _bytes(key), _bytes(value), headers))
+        if self.max_message_bytes is not None and size > self.max_message_bytes:
+            raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "Broker: Message size too large"))
         with self._lock:
+            self.produce_calls += 1
             if self.queue_limit is not None and len(self._queue) >= self.queue_limit:
                 raise BufferError("Local: Queue full")
             self._queue.append(
@@ -318,25 +362,33 @@ class MemoryProducer:
             return len(self._queue)
 
     def poll(self, timeout: float = 0) -> int:
+        if self._stalled.is_set():
+            time.sleep(max(0.0, min(timeout, 0.05)))
+            return 0
         return self._deliver()
 
     def flush(self, timeout: float = -1) -> int:
+        if self._stalled.is_set():
+            # Like librdkafka's flush() against a broker that is down: waits, delivers nothing.
+            time.sleep(max(0.0, min(timeout if timeout >= 0 else 0.05, 0.05)))
+            return len(self)
         self._deliver()
         return len(self)
 
-    def _failure_for(self, topic: str) -> KafkaError | None:
+    def _failure_for(self, q: _Queued) -> KafkaError | None:
         for i, (wanted, error) in enumerate(self._failures):
-            if wanted is None or wanted == topic:
+            if wanted is None or wanted == q.topic:
                 del self._failures[i]
                 return error
+        limit = self.broker.topic_limits.get(q.topic)
+        if limit is not None and wire_size(Outgoing(q.topic, q.key, q.value, q.headers)) > limit:
+            return KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "Broker: Message size too large")
         return None
 
     def _deliver(self) -> int:
         with self._lock:
             queued, self._queue = self._queue, []
-            outcomes: list[tuple[_Queued, KafkaError | None]] = [
-                (q, self._failure_for(q.topic)) for q in queued
-            ]
+            outcomes: list[tuple[_Queued, KafkaError | None]] = [(q, self._failure_for(q)) for q in queued]
         for q, error in outcomes:
             if error is None:
                 message = self.broker.append(q.topic, q.value, q.key, q.headers, q.partition)
@@ -352,3 +404,69 @@ class MemoryProducer:
 
     def delivered_to(self, topic: str) -> list[Message]:
         return [m for m in self.delivered if m.topic() == topic]
+
+
+class MemoryStore(ObjectStore):
+    """processors.storage.ObjectStore over a dict: its primitive calls are replaced, everything
+    built on them (claims, content addressing, checked reads) is ObjectStore's own. A missing
+    object is the S3 error the SDK raises; fail_next() makes the next calls raise (storage down)."""
+
+    def __init__(self, bucket: str = "lightbox") -> None:
+        self.bucket = bucket
+        self.client = None  # type: ignore[assignment]
+        self.objects: dict[str, bytes] = {}
+        self._failures: list[BaseException] = []
+        self._lock = threading.Lock()
+
+    def fail_next(self, error: BaseException, times: int = 1) -> None:
+        with self._lock:
+            self._failures.extend([error] * times)
+
+    def _maybe_fail(self) -> None:
+        with self._lock:
+            error = self._failures.pop(0) if self._failures else None
+        if error is not None:
+            raise error
+
+    def _missing(self, key: str) -> S3Error:
+        return S3Error(None, "NoSuchKey", f"{key} does not exist", key, "", "", self.bucket, key)  # type: ignore[arg-type]
+
+    def ensure_bucket(self) -> None:
+        self._maybe_fail()
+
+    def _upload(self, key: str, data: bytes, content_type: str, metadata: dict[str, str] | None) -> None:
+        self._maybe_fail()
+        with self._lock:
+            self.objects[key] = bytes(data)
+
+    def get_bytes(self, key: str) -> bytes:
+        self._maybe_fail()
+        with self._lock:
+            if key not in self.objects:
+                raise self._missing(key)
+            return self.objects[key]
+
+    def exists(self, key: str) -> bool:
+        self._maybe_fail()
+        with self._lock:
+            return key in self.objects
+
+    def metadata(self, key: str) -> dict[str, str]:
+        self.get_bytes(key)
+        return {}
+
+    def delete(self, key: str) -> None:
+        self._maybe_fail()
+        with self._lock:
+            self.objects.pop(key, None)
+
+    def copy(self, source_key: str, dest_key: str) -> None:
+        data = self.get_bytes(source_key)
+        with self._lock:
+            self.objects[dest_key] = data
+
+    def list_keys(self, prefix: str) -> Iterator[str]:
+        self._maybe_fail()
+        with self._lock:
+            keys = sorted(k for k in self.objects if k.startswith(prefix))
+        yield from keys

@@ -1,24 +1,33 @@
 """Consume-process-produce-commit for one stage, at least once: the spine.
 
 Per batch: the feed polls up to N records; prepare() decodes each (undecodable: dead-lettered at
-once) and handles them through the one retry loop (exhausted or permanent: dead-lettered); the
-outbox encodes every output, pipeline event and dead letter; finish() waits for the batch's side
-effects, produces everything, waits until the broker acknowledged it, and only then commits the
-batch's offsets. A crash anywhere before the commit replays the batch; handlers make that harmless
-with deterministic keys and ids. SIGTERM finishes the batch in hand, commits, and leaves the group.
+once) and settles them through the one retry loop (retry.py: a record's own fault is
+dead-lettered, a dependency outage holds the partitions and retries for as long as it takes); the
+outbox encodes and size-checks every output, pipeline event and dead letter; finish() waits for
+the batch's side effects (a failed one redoes its record through the same loop), produces
+everything through delivery.py (a record the broker refuses dead-letters its input; a broker that
+is down holds and waits), and only then commits the batch's offsets. A crash anywhere before the
+commit replays the batch; handlers make that harmless with deterministic keys and ids. SIGTERM
+finishes the batch in hand, commits, and leaves the group (during an outage: leaves it
+uncommitted, for whoever owns the partitions next).
 
 Two loops: in turn (poll, process, commit: the CPU stages) and prefetching (the GPU worker: the
 next batches are fetched and handled while the last one's uploads, produce and commit finish).
+A batch in hand longer than stage.keepalive_after_s holds the partitions and keeps polling, so the
+group's max.poll.interval never runs out (the prefetching loop polls all along).
 
 The parts, one concern each:
-    feed.py      the consumer on its poll thread: batches, fetch-ahead with pause/resume, revokes,
-                 commits (commits.py) and lag
+    feed.py      the consumer on its poll thread: batches, fetch-ahead and holds (pause, keep
+                 polling, resume), revokes, offset gaps, commits (commits.py) and lag
     codec.py     bytes to InputRecord and back
-    retry.py     the one retry loop, for Stage and BatchStage alike
-    outbox.py    encoding outcomes and pipeline events (deterministic ids), the undeclared-output
-                 check, produce and confirm
-    dlq.py       the dead letter: its envelope, headers and event
-    memory.py    an in-memory broker, consumer and producer, to run all of this without Kafka
+    errors.py    whose fault a failure is: the one classification every stage's errors go through
+    retry.py     the one retry loop, for Stage and BatchStage alike, and the outage rule
+    outage.py    holding the partitions while a dependency is down, and saying so
+    outbox.py    encoding and checking outcomes, events (deterministic ids) and dead letters
+    sizes.py     message size limits and bounded texts
+    delivery.py  produce and confirm, refusals dead-lettered, a broker outage waited out
+    dlq.py       the dead letter: its envelope, headers, offloaded original and event
+    memory.py    an in-memory broker, consumer, producer and store, to run all of this without Kafka
 
 The consumer and producer are confluent-kafka's by default; pass others (memory.py's) to test.
 """
@@ -26,26 +35,48 @@ The consumer and producer are confluent-kafka's by default; pass others (memory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
+import time
 from typing import Any
 
 from confluent_kafka import KafkaError, Message
 
-from processors.kafka_clients import group_id_for, make_consumer, make_producer
+from processors.kafka_clients import (
+    DeliveryFailed,
+    group_id_for,
+    make_consumer,
+    make_producer,
+    produce_and_confirm,
+    topic_message_limits,
+)
 from processors.logs import current_job_id, current_stage
 from processors.runtime.codec import Codec
-from processors.runtime.errors import is_permanent
+from processors.runtime.delivery import Deliverer
+from processors.runtime.errors import Fault, classify
 from processors.runtime.feed import AheadQueue, PartitionFeed
+from processors.runtime.outage import BatchWatch, Outage
 from processors.runtime.outbox import Outbox, Pending
-from processors.runtime.records import Event, InputRecord
-from processors.runtime.retry import GaveUp, RetryPolicy, with_retries
+from processors.runtime.records import Event, InputRecord, Outcome
+from processors.runtime.retry import RetryPolicy, Settled, StopRequested, Tried, elapsed_ms, settle
+from processors.runtime.sizes import MessageLimits
 from processors.runtime.stage import BatchStage, Stage
 from schemas.serde import SerdeError
+from schemas.topics import RUNTIME_TOPICS
+
+# How long stopping waits for retry events still being sent.
+EVENTS_DRAIN_S = 5.0
 
 
 class StageRunner:
-    def __init__(self, stage: Stage, consumer: Any | None = None, producer: Any | None = None) -> None:
+    def __init__(
+        self,
+        stage: Stage,
+        consumer: Any | None = None,
+        producer: Any | None = None,
+        limits: MessageLimits | None = None,
+    ) -> None:
         declared = getattr(type(stage), "outputs", None)
         if declared is None:
             raise TypeError(f"stage {stage.name!r} must declare `outputs` (the topics it may produce to)")
@@ -56,15 +87,39 @@ class StageRunner:
         self.metrics = stage.ctx.metrics
         self.policy = RetryPolicy.of(self.settings.stage)
         self._stopping = asyncio.Event()
+        # The broker's per-topic limits are read at start only for a real producer of our own.
+        self._learn_limits = producer is None and limits is None
         if consumer is None:
             consumer = make_consumer(self.settings, group_id_for(self.settings, stage.name))
         self.consumer = consumer
         self.producer = producer if producer is not None else make_producer(self.settings)
         self.codec = Codec(self.ctx.topics)
-        self.outbox = Outbox(stage.name, declared, self.codec, self.metrics, self.log)
+        self.limits = limits or MessageLimits(self.settings.stage.max_message_bytes)
+        self.outbox = Outbox(
+            stage.name,
+            declared,
+            self.codec,
+            self.metrics,
+            self.log,
+            self.limits,
+            self.settings.storage.bucket,
+        )
         self.feed = PartitionFeed(
             consumer, stage.name, self.settings.stage, self.metrics, self.log, self._partitions_assigned
         )
+        self.deliverer = Deliverer(
+            self.outbox,
+            lambda: self.ctx.store,
+            self.policy,
+            self.settings.stage,
+            self.metrics,
+            self.log,
+            stage.name,
+        )
+        # One handler call at a time: a batch redone in finish() must not overlap the next
+        # batch's handling (the prefetching loop handles N+1 while N finishes).
+        self._handling = asyncio.Lock()
+        self._sending: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -80,6 +135,8 @@ class StageRunner:
         current_stage.set(self.stage.name)
         self.metrics.serve(self.settings.stage.metrics_port)
         topics = [self.ctx.topics(t) for t in self.stage.inputs]
+        if self._learn_limits:
+            await self._read_broker_limits()
         self.feed.subscribe(topics)
         await self.stage.start()
         self.log.info("stage started", extra={"topic": ",".join(topics)})
@@ -88,11 +145,23 @@ class StageRunner:
                 await self._run_prefetching(max_batches)
             else:
                 await self._run_in_turn(max_batches)
+        except StopRequested as exc:
+            self.log.warning("%s: the batch in hand is left uncommitted, to be redone", exc)
         finally:
             await self.stage.stop()
+            await self._drain_events()
             self.producer.flush(10)
             self.feed.close()
             self.log.info("stage stopped")
+
+    async def _read_broker_limits(self) -> None:
+        names = [self.ctx.topics(t) for t in {*self.outbox.declared, *RUNTIME_TOPICS}]
+        try:
+            found = await asyncio.to_thread(topic_message_limits, self.settings, names)
+        except Exception as exc:  # the broker not up yet: the producer's limit still applies
+            self.log.warning("could not read the topics' max.message.bytes: %s", exc)
+            return
+        self.limits.learn(found)
 
     def _partitions_assigned(self, topic_name: str, partitions: list[int]) -> None:
         self.stage.partitions_assigned(self.ctx.topics.logical(topic_name), partitions)
@@ -107,7 +176,14 @@ class StageRunner:
                 break
             fetched = await self.feed.fetch()
             if fetched.messages:
-                await self.process(fetched.messages)
+                async with self.feed.held_after(self.settings.stage.keepalive_after_s):
+                    pendings = await self.prepare(fetched.messages)
+                    # A partition revoked while the batch was in hand (a long outage) is its new
+                    # owner's: what was handled for it is dropped, uncommitted.
+                    owned = self.feed.still_owned(fetched)
+                    if len(owned) != len(fetched.messages):
+                        pendings = self._only_owned(owned, pendings)
+                    await self.finish(owned, pendings)
                 batches += 1
 
     async def _run_prefetching(self, max_batches: int | None) -> None:
@@ -128,6 +204,8 @@ class StageRunner:
                 if fetched is None:
                     if fetcher.done():
                         fetcher.result()  # surface a poller crash
+                    if finishing is not None and finishing.done():
+                        finishing.result()  # surface a stop during an outage
                     continue
                 batch = self.feed.still_owned(fetched)
                 if batch:
@@ -151,6 +229,15 @@ class StageRunner:
                 await finishing
             if fetch_error is not None:
                 raise fetch_error
+
+    def _only_owned(self, owned: list[Message], pendings: list[Pending]) -> list[Pending]:
+        kept = {(m.topic(), m.partition(), m.offset()) for m in owned}
+        return [
+            p
+            for p in pendings
+            if p.record is None
+            or (self.ctx.topics(p.record.topic), p.record.partition, p.record.offset) in kept
+        ]
 
     # -- one batch ---------------------------------------------------------------------------
 
@@ -179,92 +266,229 @@ class StageRunner:
             pendings.append(Pending())  # filled in once the record is handled
 
         if records:
-            await self.stage.before_batch()
-            if isinstance(self.stage, BatchStage):
-                results = await self._handle_batch(self.stage, records)
-            else:
-                results = await asyncio.gather(*(self._handle_one(r) for r in records))
+            await self._before_batch()
+            # The prefetching loop lets effects (uploads) run on while the next batch is handled;
+            # in turn, they are part of each attempt, so a failed upload is retried like a failed
+            # handler call.
+            results = await self._settle(records, inline_effects=self.stage.prefetch_batches <= 0)
             for slot, pending in zip(slots, results, strict=True):
                 pendings[slot] = pending
+        pendings.extend(self.outbox.gap(gap) for gap in self.feed.take_gaps())
         return pendings
 
     async def finish(self, messages: list[Message], pendings: list[Pending]) -> None:
         """Wait for the batch's side effects, produce its outputs, wait for delivery, commit.
-        A failed effect or delivery raises before anything is committed: the batch is redone."""
-        effects = [effect for pending in pendings for effect in pending.effects]
-        if effects:
-            await asyncio.gather(*effects)
-        await self.outbox.deliver(self.producer, pendings)
+        Nothing is committed before every output was delivered (or its input dead-lettered)."""
+        pendings = await self._settle_effects(pendings)
+        await self._drain_events()  # this batch's retry events before its outcomes
+        outage = self._outage()
+        try:
+            await self.deliverer.deliver(self.producer, pendings, outage)
+        finally:
+            await outage.release()
         await self.feed.commit(messages)
         await self.feed.record_lag()
 
-    async def _handle_one(self, record: InputRecord) -> Pending:
-        """One record through the retry loop; a permanent error or the last attempt dead-letters
-        it, after the retry events it led to."""
-        token = current_job_id.set(record.job_id)
-        retries: list[Event] = []
+    # -- settling records ----------------------------------------------------------------------
 
-        def on_retry(attempt: int, exc: BaseException, delay: float) -> None:
-            reason = type(exc).__name__
-            self.metrics.retries.labels(self.stage.name).inc()
-            self.log.warning(
-                "transient failure, retrying in %.2fs: %s",
-                delay,
-                exc,
-                extra={"reason": reason, "attempt": attempt},
-            )
-            retries.append(
-                Event(
-                    record.job_id,
-                    "retry",
-                    reason=reason,
-                    detail=str(exc)[:500],
-                    discriminator=f"try{attempt}",
-                )
-            )
+    def _outage(self) -> Outage:
+        return Outage(
+            self.feed,
+            self.metrics,
+            self.log,
+            self.stage.name,
+            self.settings.stage.outage_event_interval_s,
+            self._stopping,
+        )
+
+    async def _before_batch(self) -> None:
+        outage = self._outage()
+        round_ = 0
+        try:
+            while True:
+                try:
+                    await self.stage.before_batch()
+                    return
+                except Exception as exc:
+                    if classify(exc) is not Fault.DEPENDENCY:
+                        raise
+                    round_ += 1
+                    delay = self.policy.delay(round_)
+                    await outage.hold(f"before_batch: {exc}")
+                    self.log.warning("before_batch failed, retrying in %.2fs: %s", delay, exc)
+                    await outage.wait(delay)
+        finally:
+            await outage.release()
+
+    async def _settle(self, records: list[InputRecord], inline_effects: bool) -> list[Pending]:
+        """Records through the retry loop, to one Pending each."""
+        outage = self._outage()
+        watch = BatchWatch(outage, self._emit, self.metrics, self.log, self.stage.name, self._discard)
+        if isinstance(self.stage, BatchStage):
+            stage = self.stage
+
+            async def run_round(subset: list[InputRecord]) -> list[Tried[Outcome]]:
+                return await self._try_batch(stage, subset, inline_effects)
+        else:
+
+            async def run_round(subset: list[InputRecord]) -> list[Tried[Outcome]]:
+                return list(await asyncio.gather(*(self._try_one(r, inline_effects) for r in subset)))
 
         try:
-            result = await with_retries(
-                lambda: self.stage.handle(record), self.policy, is_permanent=is_permanent, on_retry=on_retry
-            )
-            if isinstance(result, GaveUp):
-                self.log.error(
-                    "dead-lettering after %d attempt(s): %s",
-                    result.attempts,
-                    result.error,
-                    extra={"reason": type(result.error).__name__, "attempt": result.attempts},
-                    exc_info=result.error,
-                )
-                letter = self.outbox.letter_for(
-                    record, result.error, result.attempts, result.first_failure_ms, result.last_failure_ms
-                )
-                return self.outbox.dead_letter(letter, record, before=retries)
+            async with self._handling:
+                results = await settle(records, run_round, self.policy, watch)
+        finally:
+            await outage.release()
+        return [self._pending_for(record, result) for record, result in zip(records, results, strict=True)]
+
+    def _pending_for(self, record: InputRecord, result: Settled[Outcome]) -> Pending:
+        if result.error is None:
+            assert result.value is not None
             self.metrics.handler_seconds.labels(self.stage.name).observe(result.duration_ms / 1000)
-            outcome = result.value
-            outcome.events[:0] = retries
-            return self.outbox.outcome(record, outcome, result.duration_ms)
+            return self.outbox.outcome(record, result.value, result.duration_ms)
+        if result.value is not None:  # the batch handler's own give-up, with its events
+            return self.outbox.outcome(record, result.value, result.duration_ms)
+        token = current_job_id.set(record.job_id)
+        try:
+            self.log.error(
+                "dead-lettering after %d attempt(s): %s",
+                result.attempts,
+                result.error,
+                extra={"reason": type(result.error).__name__, "attempt": result.attempts},
+                exc_info=result.error,
+            )
         finally:
             current_job_id.reset(token)
-
-    async def _handle_batch(self, stage: BatchStage, records: list[InputRecord]) -> list[Pending]:
-        """The whole batch through the retry loop. Giving up raises: a whole batch failing means a
-        dependency is down, not that every record is poison, so nothing is dead-lettered and
-        nothing committed; a restart resumes. A record that fails on its own comes back as an
-        Outcome with `dead_letter` set and is dead-lettered alone."""
-
-        def on_retry(attempt: int, exc: BaseException, delay: float) -> None:
-            self.metrics.retries.labels(self.stage.name).inc()
-            self.log.warning(
-                "batch failed, retrying in %.2fs: %s",
-                delay,
-                exc,
-                extra={"reason": type(exc).__name__, "attempt": attempt},
-            )
-
-        result = await with_retries(
-            lambda: stage.handle_batch(records), self.policy, is_permanent=lambda _: False, on_retry=on_retry
+        letter = self.outbox.letter_for(
+            record,
+            result.error,
+            result.attempts,
+            result.first_failure_ms or 0,
+            result.last_failure_ms or 0,
+            # A dependency error dead-lettered here kept failing while others succeeded: its own.
+            "unknown" if result.fault is Fault.UNKNOWN else "record",
         )
-        if isinstance(result, GaveUp):
-            raise result.error
-        per_record_ms = result.duration_ms / max(1, len(records))
-        return [self.outbox.outcome(r, o, per_record_ms) for r, o in zip(records, result.value, strict=True)]
+        return self.outbox.dead_letter(letter, record)
+
+    async def _try_one(self, record: InputRecord, inline_effects: bool) -> Tried[Outcome]:
+        token = current_job_id.set(record.job_id)
+        started = _now()
+        try:
+            outcome = await self.stage.handle(record)
+            if inline_effects:
+                await _await_effects(outcome)
+        except Exception as exc:
+            return Tried(error=exc)
+        finally:
+            current_job_id.reset(token)
+        return Tried(outcome, duration_ms=elapsed_ms(started))
+
+    async def _try_batch(
+        self, stage: BatchStage, records: list[InputRecord], inline_effects: bool
+    ) -> list[Tried[Outcome]]:
+        """The batch handler on these records. A whole-batch failure that is not a dependency's
+        is split in halves, to find the records it is about; a dependency's fails them all."""
+        started = _now()
+        try:
+            outcomes = await stage.handle_batch(records)
+            if len(outcomes) != len(records):
+                raise RuntimeError(
+                    f"handle_batch returned {len(outcomes)} outcomes for {len(records)} records"
+                )
+        except Exception as exc:
+            if len(records) > 1 and classify(exc) is not Fault.DEPENDENCY:
+                self.log.warning("batch of %d failed (%s): splitting it to find the cause", len(records), exc)
+                middle = len(records) // 2
+                return [
+                    *await self._try_batch(stage, records[:middle], inline_effects),
+                    *await self._try_batch(stage, records[middle:], inline_effects),
+                ]
+            return [Tried(error=exc) for _ in records]
+        per_record_ms = elapsed_ms(started) / max(1, len(records))
+        tried: list[Tried[Outcome]] = []
+        for outcome in outcomes:
+            if outcome.dead_letter is not None:
+                tried.append(Tried(outcome, outcome.dead_letter, gave_up=True, duration_ms=per_record_ms))
+                continue
+            if inline_effects:
+                try:
+                    await _await_effects(outcome)
+                except Exception as exc:
+                    tried.append(Tried(error=exc))
+                    continue
+            tried.append(Tried(outcome, duration_ms=per_record_ms))
+        return tried
+
+    async def _settle_effects(self, pendings: list[Pending]) -> list[Pending]:
+        """Await the batch's side effects (the prefetching loop's uploads); the records whose
+        effects failed are redone through the retry loop, effects awaited in each attempt."""
+        waiting = [p for p in pendings if p.effects]
+        if not waiting:
+            return pendings
+        failed: list[int] = []
+        for index, pending in enumerate(pendings):
+            if not pending.effects:
+                continue
+            effects, pending.effects = pending.effects, []
+            errors = [
+                r
+                for r in await asyncio.gather(*effects, return_exceptions=True)
+                if isinstance(r, BaseException)
+            ]
+            for error in errors:
+                if not isinstance(error, Exception):
+                    raise error
+            if errors:
+                self.log.warning("side effect failed, redoing its record: %s", errors[0])
+                if pending.record is not None:
+                    failed.append(index)
+        if not failed:
+            return pendings
+        redone = await self._settle([r for i in failed if (r := pendings[i].record) is not None], True)
+        result = list(pendings)
+        for index, pending in zip(failed, redone, strict=True):
+            result[index] = pending
+        return result
+
+    async def _discard(self, outcome: Outcome) -> None:
+        """A result the retry loop drops: its effects still run to the end (never orphaned)."""
+        with contextlib.suppress(Exception):
+            await _await_effects(outcome)
+
+    # -- events sent at once -----------------------------------------------------------------
+
+    def _emit(self, events: list[tuple[Event, InputRecord | None]]) -> None:
+        """Retry events go out now, not with the batch: a batch waiting on an outage must not be
+        silent. Sent in the background (the broker may be the outage); finish() and stopping wait
+        for them."""
+        messages = [m for event, record in events for m in self.outbox.events([event], record, 0.0)]
+        if not messages:
+            return
+        task = asyncio.create_task(asyncio.to_thread(self._send_now, messages))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    def _send_now(self, messages: list[Any]) -> None:
+        try:
+            produce_and_confirm(self.producer, messages, self.settings.stage.delivery_timeout_s)
+        except DeliveryFailed as exc:
+            self.log.warning("retry events not delivered: %s", exc)
+
+    async def _drain_events(self) -> None:
+        if self._sending:
+            await asyncio.wait(list(self._sending), timeout=EVENTS_DRAIN_S)
+
+
+async def _await_effects(outcome: Outcome) -> None:
+    """Every effect to the end; the first failure raised after all of them finished."""
+    effects, outcome.effects = outcome.effects, []
+    if not effects:
+        return
+    results = await asyncio.gather(*effects, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+
+
+def _now() -> float:
+    return time.perf_counter()

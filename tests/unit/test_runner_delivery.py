@@ -1,7 +1,8 @@
 """The real StageRunner on the in-memory broker: produce, confirm, then commit. Event ids are
-deterministic and the same on a redelivery; a failed delivery commits nothing; commits follow the
-batches and never move back; and the one produce loop (kafka_clients.produce_and_confirm) that the
-runner and the gateway tools share."""
+deterministic and the same on a redelivery; a failed delivery is sent again (only what failed)
+and nothing is committed before; commits follow the batches and never move back; and the one
+produce loop (kafka_clients.Delivery, produce_and_confirm) that the runner and the gateway tools
+share."""
 
 from __future__ import annotations
 
@@ -67,14 +68,42 @@ async def _run(runner: StageRunner, batches: int) -> None:
     await asyncio.wait_for(runner.run(max_batches=batches), timeout=10)
 
 
-async def test_a_failed_delivery_commits_nothing_and_the_redelivery_repeats_the_event_ids() -> None:
+async def test_a_delivery_that_fails_is_sent_again_and_committed_only_after() -> None:
+    broker = MemoryBroker()
+    _publish(broker, "job-1", "job-2")
+    producer = MemoryProducer(broker)
+    # The broker timing out: used to raise out of the stage (and crash-loop it).
+    producer.fail_next(
+        TOPICS(Topic.JOBS_REFERENCED), KafkaError(KafkaError._MSG_TIMED_OUT, "timed out"), times=3
+    )
+    runner = _runner(broker, producer=producer)
+    await _run(runner, batches=1)
+
+    assert len(producer.failed) == 3
+    outputs = [JOBS.decode(m.value())["job_id"] for m in broker.messages(TOPICS(Topic.JOBS_REFERENCED))]
+    assert sorted(outputs) == ["job-1", "job-2"], "each output delivered once: only what failed is resent"
+    assert _commits(broker) == [2]
+    assert isinstance(runner.consumer, MemoryConsumer)
+    assert [kind for kind, _ in runner.consumer.flow_control] == ["pause", "resume"]
+    assert runner.metrics.outages.labels("forward")._value.get() == 1
+
+
+async def test_a_stop_while_the_broker_fails_commits_nothing_and_the_redelivery_repeats_the_event_ids() -> (
+    None
+):
     broker = MemoryBroker()
     _publish(broker, "job-1", "job-2")
     failing = MemoryProducer(broker)
-    failing.fail_next(TOPICS(Topic.JOBS_REFERENCED))
-    with pytest.raises(DeliveryFailed, match=r"jobs\.referenced"):
-        await _run(_runner(broker, producer=failing), batches=1)
-    assert _commits(broker) == [], "no commit after a failed delivery"
+    failing.fail_next(TOPICS(Topic.JOBS_REFERENCED), times=10_000)
+    runner = _runner(broker, producer=failing)
+    task = asyncio.create_task(runner.run(max_batches=1))
+    assert isinstance(runner.consumer, MemoryConsumer)
+    while not runner.consumer.paused:
+        await asyncio.sleep(0.01)
+    runner.request_stop()
+    await asyncio.wait_for(task, timeout=10)
+    assert _commits(broker) == [], "no commit while the outputs were undelivered"
+    assert not broker.messages(TOPICS(Topic.JOBS_REFERENCED))
     first = {(e["job_id"], e["state"]): e["event_id"] for e in _events(broker)}
     assert set(first) == {("job-1", "running"), ("job-2", "running")}
 

@@ -1,6 +1,7 @@
 """The partition feed on the in-memory consumer: the prefetching runner pauses when its queue is
 full and resumes when it drains, in order and committed to the end; partitions assigned while
-paused stay paused; a batch fetched before its partition was revoked is dropped; lag is recorded."""
+paused stay paused; a batch fetched before its partition was revoked is dropped; lag is recorded;
+a consumer that resumed past retention records the range it lost as an `offset_reset` event."""
 
 from __future__ import annotations
 
@@ -143,3 +144,58 @@ async def test_lag_is_what_remains_after_the_committed_batch() -> None:
     runner = _runner(broker, batch_size=2)
     await asyncio.wait_for(runner.run(max_batches=1), timeout=10)
     assert runner.metrics.lag.labels("slow", f"{INPUT}/0")._value.get() == 3
+
+
+EVENTS = AvroSerde("pipeline_event")
+
+
+async def test_resuming_past_retention_records_the_lost_range_as_an_event() -> None:
+    broker = MemoryBroker()
+    _publish(broker, [f"job-{n}" for n in range(7)])
+    await asyncio.wait_for(_runner(broker, batch_size=2).run(max_batches=1), timeout=10)
+    assert broker.committed_offset(GROUP, INPUT, 0) == 2
+    # While the stage was away, retention deleted offsets 2..4: nobody ever read them.
+    broker.delete_records(INPUT, 0, before=5)
+
+    runner = _runner(broker, batch_size=2)
+    await asyncio.wait_for(runner.run(max_batches=1), timeout=10)
+    assert runner.stage.seen == ["job-5", "job-6"]  # type: ignore[attr-defined]
+    events = [EVENTS.decode(m.value()) for m in broker.messages(TopicNames(PREFIX)(Topic.PIPELINE_EVENTS))]
+    (gap,) = [e for e in events if e["state"] == "offset_reset"]
+    assert gap["reason"] == "retention" and gap["stage"] == "slow"
+    assert {k: gap["attributes"][k] for k in ("topic", "partition", "from", "to", "lost")} == {
+        "topic": INPUT,
+        "partition": "0",
+        "from": "2",
+        "to": "5",
+        "lost": "3",
+    }
+    assert "offsets 2..4" in gap["detail"]
+    assert runner.metrics.offset_resets.labels("slow")._value.get() == 1
+    assert broker.committed_offset(GROUP, INPUT, 0) == 7
+
+
+async def test_a_consumer_overtaken_by_retention_mid_stream_records_the_gap() -> None:
+    broker = MemoryBroker()
+    _publish(broker, [f"job-{n}" for n in range(6)])
+    runner = _runner(broker, batch_size=2)
+    runner.feed.subscribe([INPUT])
+    first = await runner.feed.fetch()
+    assert [m.offset() for m in first.messages] == [0, 1]
+    broker.delete_records(INPUT, 0, before=4)
+    second = await runner.feed.fetch()
+    assert [m.offset() for m in second.messages] == [4, 5]
+    (gap,) = runner.feed.take_gaps()
+    assert (gap.topic, gap.partition, gap.start, gap.end, gap.lost) == (INPUT, 0, 2, 4, 2)
+    # A resumed, paused or re-fetched partition is not a gap.
+    assert runner.feed.take_gaps() == []
+    runner.feed.close()
+
+
+async def test_no_gap_when_nothing_was_deleted() -> None:
+    broker = MemoryBroker()
+    _publish(broker, [f"job-{n}" for n in range(4)])
+    await asyncio.wait_for(_runner(broker, batch_size=2).run(max_batches=1), timeout=10)
+    runner = _runner(broker, batch_size=2)
+    await asyncio.wait_for(runner.run(max_batches=1), timeout=10)
+    assert runner.metrics.offset_resets.labels("slow")._value.get() == 0

@@ -1,6 +1,8 @@
-"""The real StageRunner on the in-memory broker: retries with backoff, dead letters (exhausted,
-permanent, undecodable, a batch handler's one failed record, an undeclared output) with every
-dlq.* header, and a whole failed batch that commits nothing."""
+"""The real StageRunner on the in-memory broker: retries with backoff, dead letters (a record that
+keeps failing while the others succeed, permanent, undecodable, a batch handler's one failed
+record, an undeclared output) with every dlq.* header, and a whole failed batch that waits for its
+dependency, committing nothing until it is back. tests/unit/test_runner_outage.py has the outage
+rule in depth."""
 
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ LETTERS = AvroSerde("dlq_envelope")
 GROUP = "g"
 
 
-def _settings(max_attempts: int = 3, batch_size: int = 8) -> Settings:
+def _settings(max_attempts: int = 3, batch_size: int = 8, **stage: Any) -> Settings:
     return Settings(
         kafka=KafkaSettings(topic_prefix=PREFIX),
         stage=StageSettings(
@@ -37,6 +39,7 @@ def _settings(max_attempts: int = 3, batch_size: int = 8) -> Settings:
             max_attempts=max_attempts,
             backoff_initial_s=0.05,
             backoff_max_s=0.08,
+            **stage,
         ),
     )
 
@@ -102,10 +105,15 @@ def _forward(failures: dict[str, list[BaseException]] | None = None, **settings:
     return ForwardStage(StageContext(_settings(**settings), "forward"), failures)
 
 
-async def test_transient_failures_are_retried_with_backoff_then_succeed() -> None:
+async def test_a_record_alone_failing_on_a_dependency_waits_with_backoff_then_succeeds() -> None:
     broker = MemoryBroker()
     _publish(broker, "job-a")
-    stage = _forward({"job-a": [ConnectionError("minio down"), TimeoutError("slow")]})
+    # Nothing else in the batch succeeds: an outage, not the record's fault, however often.
+    stage = _forward(
+        {"job-a": [ConnectionError("minio down"), TimeoutError("slow")]},
+        max_attempts=1,
+        outage_event_interval_s=0,
+    )
     runner = await _run(stage, broker)
 
     tries = stage.attempted_at["job-a"]
@@ -124,9 +132,11 @@ async def test_transient_failures_are_retried_with_backoff_then_succeed() -> Non
     assert len({e["event_id"] for e in events}) == 3, "each retry is its own event"
     assert runner.metrics.retries.labels("forward")._value.get() == 2
     assert _committed(broker) == 1
+    assert isinstance(runner.consumer, MemoryConsumer)
+    assert [kind for kind, _ in runner.consumer.flow_control] == ["pause", "resume"]
 
 
-async def test_exhausted_retries_dead_letter_with_every_header_and_the_partition_flows_on() -> None:
+async def test_a_record_that_keeps_failing_while_the_others_succeed_is_dead_lettered() -> None:
     broker = MemoryBroker()
     _publish(broker, "job-bad", "job-next")
     stage = _forward({"job-bad": [ConnectionError(f"down {n}") for n in range(3)]}, max_attempts=3)
@@ -145,7 +155,11 @@ async def test_exhausted_retries_dead_letter_with_every_header_and_the_partition
         "attempts",
         "first.failure.ms",
         "last.failure.ms",
+        "fault",
+        "error.kind",
     }
+    # A dependency's error, but the others got through: the record's own fault.
+    assert (headers["fault"], headers["error.kind"]) == ("record", "dependency")
     assert headers["original.topic"] == "t.jobs.accepted"
     assert (headers["original.partition"], headers["original.offset"]) == ("0", "0")
     assert headers["original.key"] == "job-bad"
@@ -175,6 +189,7 @@ async def test_a_permanent_error_is_dead_lettered_at_once() -> None:
     assert len(stage.attempted_at["job-p"]) == 1, "no retry for a permanent error"
     ((headers, _),) = _letters(broker)
     assert (headers["error.class"], headers["attempts"]) == ("PermanentError", "1")
+    assert (headers["fault"], headers["error.kind"]) == ("record", "record")
     assert headers["first.failure.ms"] == headers["last.failure.ms"]
     assert [e["state"] for e in _events(broker)] == ["dead_lettered"]
 
@@ -296,18 +311,21 @@ async def test_a_failing_batch_is_retried_whole_then_succeeds() -> None:
 
     assert stage.calls == [["job-1", "job-2"]] * 3
     assert _job_ids(broker, Topic.JOBS_REFERENCED) == ["job-1", "job-2"]
-    assert runner.metrics.retries.labels("gpu")._value.get() == 2
+    # Each of the two records retried twice.
+    assert runner.metrics.retries.labels("gpu")._value.get() == 4
     assert _committed(broker) == 2
 
 
-async def test_a_batch_that_keeps_failing_raises_and_commits_nothing() -> None:
+async def test_a_batch_failing_far_past_max_attempts_waits_for_its_dependency() -> None:
     broker = MemoryBroker()
     _publish(broker, "job-1", "job-2")
-    stage = GpuLikeStage(StageContext(_settings(max_attempts=2), "gpu"), batch_failures=99)
-    with pytest.raises(ConnectionError, match="every backend is down"):
-        await _run(stage, broker)
+    # Used to raise after max_attempts, crash the stage and crash-loop it under the supervisor.
+    stage = GpuLikeStage(StageContext(_settings(max_attempts=2), "gpu"), batch_failures=12)
+    runner = await _run(stage, broker)
 
-    assert len(stage.calls) == 2
+    assert len(stage.calls) == 13
     assert not _letters(broker), "a dependency outage is not poison: nothing dead-lettered"
-    assert not broker.messages(TOPICS(Topic.JOBS_REFERENCED))
-    assert _committed(broker) is None
+    assert _job_ids(broker, Topic.JOBS_REFERENCED) == ["job-1", "job-2"]
+    assert [c.offset for c in broker.commits] == [2], "one commit, after the dependency came back"
+    assert isinstance(runner.consumer, MemoryConsumer)
+    assert [kind for kind, _ in runner.consumer.flow_control] == ["pause", "resume"]

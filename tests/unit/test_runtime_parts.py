@@ -1,14 +1,34 @@
-"""The runtime's pure parts: error classification, backoff, dead-letter headers, topic names, config."""
+"""The runtime's pure parts: error classification, the retry rule, backoff, dead-letter headers,
+topic names, config."""
 
 from __future__ import annotations
 
+import errno
+import importlib
+import socket
+from typing import Any
+
+import aiohttp
 import pytest
+import urllib3.exceptions
+from confluent_kafka import KafkaError, KafkaException
+from minio.error import S3Error, ServerError
 
 from processors.backoff import backoff_delay
 from processors.config import load_settings
+from processors.kafka_clients import DeliveryFailed
 from processors.runtime.dlq import DeadLetter, parse_headers
-from processors.runtime.errors import PermanentError, TransientError, is_permanent
+from processors.runtime.errors import (
+    _DEPENDENCY_NAMES,
+    Fault,
+    PermanentError,
+    TransientError,
+    classify,
+    is_permanent,
+    is_transient,
+)
 from processors.runtime.records import Outcome, job_event
+from processors.runtime.retry import RetryPolicy, Tried, settle
 from schemas.serde import AvroSerde, SerdeError
 from schemas.topics import SCHEMA_OF, Topic, TopicNames
 from tests.fixtures.avro_samples import JOB_V1
@@ -21,6 +41,141 @@ def test_classification() -> None:
     assert not is_permanent(TransientError("x"))
     assert not is_permanent(ConnectionError("x"))
     assert not is_permanent(TimeoutError())
+
+
+def _s3(code: str) -> S3Error:
+    return S3Error(None, code, "msg", "res", "req", "host")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        TransientError("x"),
+        ConnectionRefusedError("refused"),
+        ConnectionResetError("reset"),
+        TimeoutError("slow"),
+        TimeoutError(),
+        socket.gaierror(-2, "Name or service not known"),
+        OSError(errno.EHOSTUNREACH, "No route to host"),
+        urllib3.exceptions.MaxRetryError(None, "/", "gave up"),  # type: ignore[arg-type]
+        urllib3.exceptions.ProtocolError("connection aborted"),
+        ServerError("503", 503),
+        _s3("SlowDown"),
+        _s3("ServiceUnavailable"),
+        _s3("NoSuchBucket"),
+        aiohttp.ClientConnectionError("refused"),
+        aiohttp.ServerTimeoutError("slow"),
+        aiohttp.ClientResponseError(None, (), status=503),  # type: ignore[arg-type]
+        aiohttp.ClientResponseError(None, (), status=429),  # type: ignore[arg-type]
+        KafkaException(KafkaError(KafkaError._TRANSPORT, "broker down")),
+        KafkaException(KafkaError(KafkaError._MSG_TIMED_OUT, "timed out")),
+        DeliveryFailed("timed out", [KafkaError(KafkaError._MSG_TIMED_OUT)]),
+        DeliveryFailed("still undelivered"),
+        ExceptionGroup("both", [ValueError("x"), ConnectionError("y")]),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_dependency_errors_are_outages(error: BaseException) -> None:
+    assert classify(error) is Fault.DEPENDENCY and is_transient(error)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        PermanentError("bad"),
+        SerdeError("garbage"),
+        ValueError("bad value"),
+        _s3("NoSuchKey"),
+        KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "too large")),
+        DeliveryFailed("too large", [KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)]),
+        urllib3.exceptions.LocationParseError("not a url"),  # a ValueError as well
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_record_faults_are_permanent(error: BaseException) -> None:
+    assert classify(error) is Fault.RECORD
+
+
+def test_explicit_classes_win_and_wrapped_outages_stay_outages() -> None:
+    class Both(TransientError, ValueError):
+        pass
+
+    assert classify(Both("x")) is Fault.DEPENDENCY
+    assert classify(RuntimeError("out of memory")) is Fault.UNKNOWN
+    assert classify(_s3("SomethingNew")) is Fault.UNKNOWN
+    assert classify(aiohttp.ClientResponseError(None, (), status=404)) is Fault.UNKNOWN  # type: ignore[arg-type]
+    try:
+        try:
+            raise ConnectionError("minio refused")
+        except ConnectionError as cause:
+            raise RuntimeError("upload failed") from cause
+    except RuntimeError as wrapped:
+        assert classify(wrapped) is Fault.DEPENDENCY
+    # A permanent error stays one, whatever caused it.
+    assert classify(PermanentError("bad").with_traceback(None)) is Fault.RECORD
+
+
+def test_every_dependency_name_names_a_real_class() -> None:
+    """The classification matches library classes by name: a rename must fail here, not silently."""
+    for name in sorted(_DEPENDENCY_NAMES):
+        module, _, qualname = name.rpartition(".")
+        found: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            found = getattr(found, part)
+        assert isinstance(found, type) and issubclass(found, BaseException), name
+        assert f"{found.__module__}.{found.__qualname__}" == name, name
+
+
+def _round(outcomes: dict[str, list[BaseException | None]]) -> Any:
+    async def run_round(items: list[str]) -> list[Tried[str]]:
+        results = []
+        for item in items:
+            error = outcomes[item].pop(0) if len(outcomes[item]) > 1 else outcomes[item][0]
+            results.append(Tried(error=error) if error else Tried(value=item))
+        return results
+
+    return run_round
+
+
+class _Quiet:
+    def __init__(self) -> None:
+        self.outages: list[int] = []
+        self.retried: list[tuple[str, int]] = []
+
+    async def outage(self, round_: int, failing: list[tuple[str, BaseException]], delay: float) -> None:
+        self.outages.append(round_)
+
+    def retrying(self, item: str, error: BaseException, attempt: int, delay: float) -> None:
+        self.retried.append((item, attempt))
+
+    async def wait(self, delay: float) -> None:
+        return None
+
+    async def discard(self, value: str) -> None:
+        return None
+
+
+async def test_the_retry_rule_in_rounds() -> None:
+    policy = RetryPolicy(max_attempts=3, initial_s=0, max_s=0)
+    down = ConnectionError("down")
+    # a works; b keeps failing on a dependency while a (the witness) works: b's own fault.
+    watch = _Quiet()
+    results = await settle(["a", "b"], _round({"a": [None], "b": [down]}), policy, watch)
+    assert results[0].value == "a" and results[1].error is down and results[1].attempts == 3
+    assert watch.retried == [("b", 1), ("b", 2)] and watch.outages == []
+    # Everything failing on a dependency: never given up on, and nothing counted.
+    watch = _Quiet()
+    results = await settle(
+        ["a", "b"], _round({"a": [down] * 9 + [None], "b": [down] * 9 + [None]}), policy, watch
+    )
+    assert [r.value for r in results] == ["a", "b"] and watch.outages == list(range(1, 10))
+    # An unknown error is counted even alone; a permanent one ends at once.
+    watch = _Quiet()
+    results = await settle(
+        ["a", "b"], _round({"a": [RuntimeError("bug")], "b": [KeyError("k")]}), policy, watch
+    )
+    assert (results[0].attempts, results[0].fault) == (3, Fault.UNKNOWN)
+    assert (results[1].attempts, results[1].fault) == (1, Fault.RECORD)
 
 
 def test_backoff_grows_and_is_capped() -> None:
@@ -42,6 +197,7 @@ def test_dead_letter_headers_round_trip() -> None:
         "attempts": "3",
         "first.failure.ms": "10",
         "last.failure.ms": "20",
+        "fault": "record",
     }
     assert (
         AvroSerde("dlq_envelope").decode(AvroSerde("dlq_envelope").encode(letter.record()))["attempts"] == 3
