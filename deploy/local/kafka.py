@@ -215,10 +215,6 @@ class KafkaService(ManagedService):
         return self.data_dir / "cluster.id"
 
     @property
-    def address(self) -> str:
-        return f"{LOOPBACK}:{self.port}"
-
-    @property
     def ports(self) -> dict[int, str]:
         return {self.port: "kafka.bootstrap", self.settings.kafka.controller_port: "kafka.controller_port"}
 
@@ -228,13 +224,9 @@ class KafkaService(ManagedService):
 
     # Install: resolve the jars once.
 
-    @property
-    def _complete_marker(self) -> Path:
-        return self.home / ".complete"
-
     def installed(self) -> bool:
         main_jar = self.libs / f"kafka_{self.scala_version}-{self.version}.jar"
-        return self._complete_marker.is_file() and main_jar.is_file()
+        return self.complete_marker.is_file() and main_jar.is_file()
 
     def install(self) -> None:
         if self.installed():
@@ -270,7 +262,7 @@ class KafkaService(ManagedService):
         )
         shutil.rmtree(self.libs, ignore_errors=True)
         staging.rename(self.libs)
-        self._complete_marker.write_text(self.version + "\n")
+        self.complete_marker.write_text(self.version + "\n")
         self.progress(f"kafka: {len(list(self.libs.glob('*.jar')))} jars cached in {self.libs}")
 
     # Prepare: config, Java check, storage format.

@@ -72,10 +72,6 @@ class MinioService(ManagedService):
         return self.settings.data_dir / "minio"
 
     @property
-    def address(self) -> str:
-        return f"{LOOPBACK}:{self.port}"
-
-    @property
     def console_address(self) -> str:
         return f"{LOOPBACK}:{self.settings.storage.console_port}"
 

@@ -212,10 +212,6 @@ class RegistryService(ManagedService):
         return self.settings.data_dir / "registry"
 
     @property
-    def address(self) -> str:
-        return f"{LOOPBACK}:{self.port}"
-
-    @property
     def ports(self) -> dict[int, str]:
         return {self.port: "registry.url", self.settings.registry.management_port: "registry.management_port"}
 
@@ -225,12 +221,8 @@ class RegistryService(ManagedService):
 
     # Install: resolve the archive once, unpack it.
 
-    @property
-    def _complete_marker(self) -> Path:
-        return self.home / ".complete"
-
     def installed(self) -> bool:
-        return self._complete_marker.is_file() and self.runner_jar.is_file()
+        return self.complete_marker.is_file() and self.runner_jar.is_file()
 
     def install(self) -> None:
         if self.installed():
@@ -279,7 +271,7 @@ class RegistryService(ManagedService):
         shutil.rmtree(self.app_dir, ignore_errors=True)
         staging.rename(self.app_dir)
         shutil.rmtree(download, ignore_errors=True)  # Maven's local repository keeps a copy
-        self._complete_marker.write_text(self.version + "\n")
+        self.complete_marker.write_text(self.version + "\n")
         self.progress(f"registry: Apicurio Registry {self.version} cached in {self.app_dir}")
 
     # Prepare and run.

@@ -232,6 +232,8 @@ class ManagedService(ABC):
     """One local server process: install once, start detached, find again, stop."""
 
     name: str
+    # The port clients use: subclasses define it (a property checking its setting is loopback).
+    port: int
     # Seconds between SIGTERM and SIGKILL on stop.
     grace_s: float = 20.0
 
@@ -243,8 +245,13 @@ class ManagedService(ABC):
     # What a subclass defines.
 
     @property
-    @abstractmethod
-    def address(self) -> str: ...
+    def address(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    @property
+    def complete_marker(self) -> Path:
+        """Written last by install(): a half-finished install is never taken for a finished one."""
+        return self.home / ".complete"
 
     @property
     def install_log(self) -> Path:
