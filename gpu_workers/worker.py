@@ -81,7 +81,9 @@ class GenerateStage(BatchStage):
 
     async def start(self) -> None:
         self.backends: dict[str, Backend] = {"compositor": CompositorBackend()}
-        self.reference_images = ReferenceImages(self.ctx.store)
+        self.reference_images = ReferenceImages(
+            self.ctx.store, max_bytes=self.ctx.settings.references.decoded_cache_bytes
+        )
         self.writer = OutputWriter(self.ctx.store, self.ctx.settings.stage)
         self.retries = BatchRetries()
         settings = self.ctx.settings.generation

@@ -24,6 +24,10 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 
 from processors.config import Settings
 
+# How long a consumer may go between polls before the group throws it out. Anything that must
+# finish within one batch (a stage's retries) is bounded by it: import it, do not repeat it.
+MAX_POLL_INTERVAL_MS = 300_000
+
 log = logging.getLogger(__name__)
 
 
@@ -51,7 +55,7 @@ def consumer_config(settings: Settings, group_id: str, **extra: Any) -> dict[str
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
         "session.timeout.ms": settings.stage.session_timeout_ms,
-        "max.poll.interval.ms": 300000,
+        "max.poll.interval.ms": MAX_POLL_INTERVAL_MS,
         "partition.assignment.strategy": "cooperative-sticky",
         "client.id": f"lightbox-{group_id}-{socket.gethostname()}",
         **extra,

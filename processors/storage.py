@@ -34,6 +34,7 @@ from minio.commonconfig import CopySource
 from minio.error import MinioException, S3Error
 
 from processors.config import StorageSettings
+from processors.runtime.errors import PermanentError, TransientError
 from processors.storage_keys import content_key
 
 # S3 error codes that mean "no such object" (MinIO and AWS answer with different ones).
@@ -207,12 +208,6 @@ class ObjectStore:
         for obj in self.client.list_objects(self.bucket, prefix=prefix, recursive=True):
             if obj.object_name is not None:
                 yield obj.object_name
-
-
-# Imported here, below ObjectStore, on purpose: the processors.runtime package imports this module
-# (StageContext.store) while it initialises, so whichever of the two is imported first, ObjectStore
-# must exist before the runtime's errors are asked for.
-from processors.runtime.errors import PermanentError, TransientError  # noqa: E402
 
 
 class StorageUnavailable(TransientError):

@@ -19,6 +19,8 @@ DERIVATIVES_PREFIX = "assets"
 REVIEW_PREFIX = "review"
 NOTIFY_PREFIX = "notify"
 HANDLED_PREFIX = "handled"
+# Originals of dead letters too large to carry (processors/runtime/dlq.py offloads them).
+DEAD_LETTERS_PREFIX = "dead-letters"
 URL_CACHE_DIR = "url-cache"
 # Beside a job's published files: everything about how they were made.
 LINEAGE_FILENAME = "lineage.json"
@@ -123,3 +125,9 @@ def handled_key(stage: str, job_id: str, topic_prefix: str = "", attempt: int | 
     later (a copy made by a redone upstream batch) is a duplicate, not new work."""
     suffix = f"@a{attempt}" if attempt is not None else ""
     return f"{_scoped(HANDLED_PREFIX, topic_prefix)}{stage}/{job_id}{suffix}.json"
+
+
+def dead_letter_key(original_topic: str, partition: int, offset: int, stage: str, part: str = "value") -> str:
+    """dead-letters/<broker topic>/<partition>/<offset>/<stage>.<value|key>: one object per
+    message and stage, so a redone batch rewrites the same object."""
+    return f"{DEAD_LETTERS_PREFIX}/{original_topic}/{partition}/{offset}/{stage}.{part}"

@@ -80,7 +80,9 @@ class PipelineSession:
         env: dict[str, str] | None = None,
         stages: list[str] | None = None,
         progress: Callable[[str], None] = print,
+        copies: int = 1,
     ) -> None:
+        """copies: processes per stage (a singleton stage runs once whatever it says)."""
         self.base_settings = settings
         self.settings = settings.model_copy(
             update={"kafka": settings.kafka.model_copy(update={"topic_prefix": prefix})}
@@ -93,6 +95,7 @@ class PipelineSession:
         }
         self.stages = stages or all_stages()
         self.progress = progress
+        self.copies = copies
         self.log_dir = settings.log_dir / "sessions" / prefix.rstrip(".")
         self.supervisor: Supervisor | None = None
 
@@ -105,6 +108,7 @@ class PipelineSession:
             self.stages,
             self.log_dir,
             env=self.env,
+            copies=self.copies,
             settings=self.settings.supervisor,
             state_file=self.log_dir / "supervisor.json",
         )

@@ -29,17 +29,9 @@ from typing import Any
 from processors.runtime.errors import classify
 from processors.runtime.records import Event, InputRecord
 from processors.runtime.sizes import TEXT, clip
+from processors.storage_keys import dead_letter_key
 
 HEADER_PREFIX = "dlq."
-# Where offloaded originals live. TODO-move: processors/storage_keys.py keeps every key layout
-# (another engineer's file); this prefix and dead_letter_key() belong there.
-DEAD_LETTERS_PREFIX = "dead-letters"
-
-
-def dead_letter_key(original_topic: str, partition: int, offset: int, stage: str, part: str = "value") -> str:
-    """dead-letters/<broker topic>/<partition>/<offset>/<stage>.<value|key>: one object per
-    message and stage, so a redone batch rewrites the same object. TODO-move to storage_keys."""
-    return f"{DEAD_LETTERS_PREFIX}/{original_topic}/{partition}/{offset}/{stage}.{part}"
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@
   (auto.offset.reset moved the consumer on without a word). Each such gap is kept for the runner
   to record as an `offset_reset` event (topic, partition, from, to).
 - Revokes: a batch fetched before its partition was revoked is stale. It is dropped unprocessed and
-  uncommitted; the partition's new owner reads it again, so nothing is lost.
+  uncommitted; the partition's new owner reads it again, so nothing is lost. The stage hears of
+  revokes as of assignments (its state for those partitions is the new owner's now).
 - Commits (commits.py) and the lag gauge, from the watermarks the fetcher already has.
 
 The confluent-kafka consumer is not meant to be shared across threads, so every call to it goes
@@ -108,6 +109,7 @@ class PartitionFeed:
         metrics: StageMetrics,
         log: logging.Logger,
         on_assigned: Callable[[str, list[int]], None],
+        on_revoked: Callable[[str, list[int]], None] | None = None,
     ) -> None:
         self.consumer = consumer
         self.stage_name = stage_name
@@ -115,6 +117,7 @@ class PartitionFeed:
         self.metrics = metrics
         self.log = log
         self._on_assigned = on_assigned
+        self._on_revoked = on_revoked
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"poll-{stage_name}")
         self.commits = Commits(log)
         self.paused = False
@@ -359,6 +362,9 @@ class PartitionFeed:
         for tp in revoked:
             self._expected.pop(tp, None)
             self._unchecked.discard(tp)
+        if self._on_revoked is not None:
+            for name, numbers in _by_topic(partitions).items():
+                self._on_revoked(name, numbers)
 
     def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         if self.paused:
@@ -367,10 +373,7 @@ class PartitionFeed:
             # Compared with the committed offset when its first message arrives.
             self._expected.pop((tp.topic, tp.partition), None)
             self._unchecked.add((tp.topic, tp.partition))
-        by_topic: dict[str, list[int]] = {}
-        for tp in partitions:
-            by_topic.setdefault(tp.topic, []).append(tp.partition)
-        for name, numbers in by_topic.items():
+        for name, numbers in _by_topic(partitions).items():
             self._on_assigned(name, numbers)
 
     def still_owned(self, fetched: Fetched) -> list[Message]:
@@ -401,3 +404,10 @@ class PartitionFeed:
             if high >= 0:
                 label = f"{tp.topic}/{tp.partition}"
                 self.metrics.lag.labels(self.stage_name, label).set(max(0, high - tp.offset))
+
+
+def _by_topic(partitions: list[TopicPartition]) -> dict[str, list[int]]:
+    by_topic: dict[str, list[int]] = {}
+    for tp in partitions:
+        by_topic.setdefault(tp.topic, []).append(tp.partition)
+    return by_topic

@@ -8,13 +8,15 @@ import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from processors.config import Settings
 from processors.metrics import StageMetrics
 from processors.runtime.records import InputRecord, Outcome
-from processors.storage import ObjectStore
 from schemas.topics import Topic, TopicNames
+
+if TYPE_CHECKING:
+    from processors.storage import ObjectStore
 
 
 @dataclass
@@ -32,6 +34,10 @@ class StageContext:
 
     @cached_property
     def store(self) -> ObjectStore:
+        # Imported here: processors.storage imports the runtime's errors, and importing it while
+        # this package initialises would make the two depend on which is imported first.
+        from processors.storage import ObjectStore
+
         return ObjectStore(self.settings.storage)
 
     @cached_property
@@ -65,6 +71,10 @@ class Stage(ABC):
 
     def partitions_assigned(self, topic: Topic, partitions: list[int]) -> None:
         """Rebalance hook, called on the poll thread: note what to restore, do not block."""
+
+    def partitions_revoked(self, topic: Topic, partitions: list[int]) -> None:
+        """Rebalance hook, called on the poll thread: forget what is the new owner's, do not
+        block."""
 
     async def before_batch(self) -> None:
         """Called before each batch is handled: restore state, reload rules."""

@@ -38,7 +38,8 @@ class IntakeStage(Stage):
     def __init__(self, ctx: StageContext, layout: ChangelogLayout | None = None) -> None:
         """layout: the topics' partitioning when already known (tests). Else it is checked here,
         before the runner makes its consumer: topics that cannot hold the table stop intake
-        before it joins its group, so no partition is ever handled with a table that is wrong."""
+        before it joins its group, so no partition is ever handled with a table that is wrong. A
+        broker that is down meanwhile is waited for (an outage must not stop intake for good)."""
         super().__init__(ctx)
         self.layout = layout if layout is not None else self._checked_layout()
 
@@ -48,6 +49,7 @@ class IntakeStage(Stage):
                 self.ctx.settings.kafka.bootstrap,
                 self.ctx.topics(Topic.CATALOG_EVENTS),
                 self.ctx.topics(Topic.INTAKE_SEEN),
+                log=self.ctx.log,
             )
         except ChangelogLayoutError as exc:
             self.ctx.log.error("configuration error, intake does not start: %s", exc)

@@ -3,7 +3,8 @@
 Scores every variant (decodes, asked size, not blank, product preserved against the stored
 reference and its mask), keeps the best, and records every score on the job. Below threshold the
 job is sent back for another attempt with a new seed, up to a limit; then it is routed to human
-review or failed, as configured.
+review or failed, as configured. A product missing from the reference is never retried (no seed
+can add it): it goes straight to review or failure.
 
 The job names the image it kept: `asset_key` is the exact key scored, and generated keys carry
 their image's sha256 (each read is checked against it), so what postprocess renders is the pixels
@@ -23,21 +24,27 @@ from typing import Any, ClassVar
 from PIL import Image
 
 from processors.imaging.checks import (
+    REASON_PRODUCT_MISSING,
     REASON_PRODUCT_NOT_PRESERVED,
     ImageCheckError,
     QualityThresholds,
     check_output,
     decode_image,
     failed_reasons,
-    product_preservation,
+    preservation_scores,
 )
 from processors.imaging.ocr import OcrUnavailable, text_match_score
+from processors.intake import text_or_none
 from processors.references.images import ReferenceImages, product_reference
 from processors.runtime import InputRecord, Outcome, Output, Stage
 from processors.runtime.records import job_event
 from processors.storage import ObjectFault, storage_errors
 from processors.storage_keys import generated_digest, handled_key
 from schemas.topics import Topic
+
+# Reasons another attempt cannot cure: the product is missing from the reference itself, so a new
+# seed cannot put it in the picture. Such a job goes straight to what exhausted attempts lead to.
+NOT_RETRIED = frozenset({REASON_PRODUCT_MISSING})
 
 
 class QualityStage(Stage):
@@ -46,7 +53,9 @@ class QualityStage(Stage):
     outputs: ClassVar[tuple[Topic, ...]] = (Topic.ASSETS_SCORED, Topic.GENERATION_REQUESTS)
 
     async def start(self) -> None:
-        self.reference_images = ReferenceImages(self.ctx.store)
+        self.reference_images = ReferenceImages(
+            self.ctx.store, max_bytes=self.ctx.settings.references.decoded_cache_bytes
+        )
         settings = self.ctx.settings.quality
         # One set of thresholds, from configuration, for the one verdict (checks.failed_reasons).
         self.thresholds = QualityThresholds.from_settings(settings)
@@ -91,7 +100,8 @@ class QualityStage(Stage):
 
         settings = self.ctx.settings.quality
         reason = reasons[0]
-        if int(job.get("attempt") or 0) + 1 < settings.max_attempts:
+        retriable = not NOT_RETRIED.intersection(reasons)
+        if retriable and int(job.get("attempt") or 0) + 1 < settings.max_attempts:
             retry = dict(job)
             retry["attempt"] = int(job.get("attempt") or 0) + 1
             retry["route"] = {**job["route"], "params": _adjusted(job["route"]["params"], reason)}
@@ -133,10 +143,10 @@ class QualityStage(Stage):
         # reviewed). So is the text of a job that carries one, when OCR is on.
         required = ["preservation"]
         if product is not None and mask is not None:
-            scores["preservation"] = product_preservation(image, product, mask)
+            scores.update(preservation_scores(image, product, mask))
         if self.clip is not None:
             scores["clip_score"] = self.clip.score(image, job["prompt"]["positive"])
-        text = spec.get("text_overlay")
+        text = text_or_none(spec.get("text_overlay"))
         if text and settings.ocr_for_text:
             required.append("ocr_score")
             # Tesseract missing here: the score stays unmeasured and a person must look.

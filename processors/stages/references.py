@@ -28,6 +28,7 @@ from processors import storage_keys
 from processors.imaging import formats
 from processors.imaging.masks import DEFAULT_PARAMS
 from processors.imaging.segmenter import ModelSegmenter, segment_product
+from processors.kafka_clients import MAX_POLL_INTERVAL_MS
 from processors.references.decoding import decoded_bytes, return_freed_pixels_to_the_os
 from processors.references.fetcher import ReferenceFetcher
 from processors.references.persist import DroppedReference, PersistedReference, ReferencePersister, lock_for
@@ -45,9 +46,9 @@ from processors.storage import is_missing
 from schemas.topics import Topic
 
 PRODUCT = "PRODUCT"
-# The consumer's max.poll.interval.ms (processors/kafka_clients.py): a batch that takes longer
-# gets the consumer thrown out of its group, so one reference's retries must end well before.
-MAX_POLL_INTERVAL_S = 300.0
+# The consumer's max.poll.interval: a batch that takes longer gets the consumer thrown out of its
+# group, so one reference's retries must end well before.
+MAX_POLL_INTERVAL_S = MAX_POLL_INTERVAL_MS / 1000
 
 
 @dataclass(frozen=True)

@@ -158,14 +158,30 @@ def test_a_stage_given_up_on_crashed_or_down_fails_the_supervisor_check() -> Non
     assert any("2 restart(s) not caused by the plan" in p for p in problems)
 
 
-def test_dead_letters_are_classified_by_their_error_class() -> None:
-    assert is_outage("ConnectionRefusedError") and is_outage("MaxRetryError") and is_outage("DeliveryFailed")
-    assert is_outage("RegistryUnavailableError") and is_outage("ReadTimeout")
-    assert not is_outage("SerdeError") and not is_outage("PermanentError") and not is_outage("KeyError")
-    letters = [Letter("a", "generate", "MaxRetryError", "minio down", "x.generation.requests/0/3")]
-    problems = failing(healthy(letters=letters))["dead_letters"]
-    assert "for an outage: MaxRetryError" in problems[0]
-    assert tally(healthy(letters=letters)).outage_letters == 1
+def _letter(error_class: str, fault: str, kind: str) -> Letter:
+    return Letter("a", "generate", error_class, "boom", "x.generation.requests/0/3", fault, kind)
+
+
+def test_dead_letters_are_judged_by_their_fault_and_kind_headers_not_their_class() -> None:
+    # A dependency error dead-lettered (it kept failing while its batch succeeded) is an outage,
+    # whatever its class is called; fault=record is the record's own fault even when the class
+    # name reads like an outage.
+    outage = _letter("StorageUnavailable", "record", "dependency")
+    own = _letter("ConnectionishValueError", "record", "record")
+    unplaced = _letter("RuntimeError", "unknown", "unknown")
+    assert is_outage(outage) and not is_outage(own) and not is_outage(unplaced)
+
+    problems = failing(healthy(letters=[outage, own, unplaced]))["dead_letters"]
+    assert "for an outage (fault=record, kind=dependency): StorageUnavailable" in problems[0]
+    assert "for the record's own fault (fault=record, kind=record)" in problems[1]
+    assert "for an error that could not be placed" in problems[2]
+    assert tally(healthy(letters=[outage, own, unplaced])).outage_letters == 1
+
+
+def test_a_letter_without_the_headers_is_still_a_lost_job() -> None:
+    problems = failing(healthy(letters=[_letter("MaxRetryError", "", "")]))["dead_letters"]
+    assert "an unjudged failure (dlq.fault=missing)" in problems[0]
+    assert tally(healthy(letters=[_letter("MaxRetryError", "", "")])).outage_letters == 0
 
 
 def test_a_state_is_read_by_time_then_lifecycle_order() -> None:

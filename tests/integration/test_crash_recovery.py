@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from uuid import uuid4
 
 import pytest
 
@@ -32,7 +33,11 @@ def _kill_while_busy(
 
 def test_sigkill_mid_run_loses_nothing_and_duplicates_nothing(pipeline, catalog_server) -> None:
     events = events_for(
-        catalog_server, [0, 1, 2, 3], "crash", channels=("web", "social"), locales=("en-US", "de-DE")
+        catalog_server,
+        [0, 1, 2, 3],
+        f"crash-{uuid4().hex[:6]}",
+        channels=("web", "social"),
+        locales=("en-US", "de-DE"),
     )
     job_ids = expected_job_ids(events)
     assert len(job_ids) == 16

@@ -2,7 +2,8 @@
 against real MinIO, scoring outputs for stored references whose product region is empty (a
 transparent cut-out or a one-colour frame under the full-frame mask an older references stage
 stored for them). The output shows exactly what a compositor would paste for such a reference,
-so a preservation measured over the empty region would be a perfect 1."""
+so a preservation measured over the empty region would be a perfect 1. Such a job is never
+retried: another attempt cannot add a product the reference lacks."""
 
 from __future__ import annotations
 
@@ -78,10 +79,17 @@ async def test_an_empty_product_region_scores_zero_and_never_passes(
     quality = job["quality"]
     assert quality["passed"] is False
     assert quality["scores"]["preservation"] == 0.0
-    # With the product_region score recorded (checks.preservation_scores) the reason is the
-    # cause, product_missing; from preservation alone it is the low score.
-    expected = "product_missing" if "product_region" in quality["scores"] else "product_not_preserved"
-    assert quality["reasons"][0] == expected
+    # The product_region score is recorded (checks.preservation_scores), so the reason is the
+    # cause, product_missing, not a low preservation score.
+    assert quality["scores"]["product_region"] == 0.0
+    assert quality["reasons"][0] == "product_missing"
+    # Never retried (no new seed can add a product the reference lacks): straight to review,
+    # flagged, or failed, as configured; never scored as passed.
     (event,) = outcome.events
-    assert event.state == "retry" and event.reason == expected
-    assert all(output.topic is not Topic.ASSETS_SCORED for output in outcome.outputs)
+    assert all(output.topic is not Topic.GENERATION_REQUESTS for output in outcome.outputs)
+    if stage.ctx.settings.quality.on_exhausted == "review":
+        assert event.state == "completed" and event.attributes["needs_review"] == "true"
+        assert [output.topic for output in outcome.outputs] == [Topic.ASSETS_SCORED]
+    else:
+        assert event.state == "failed" and event.reason == "quality_rejection"
+        assert outcome.outputs == []

@@ -11,9 +11,10 @@ failure says what went wrong without opening a log first:
 - assets: a published job's folder holds exactly the files its record names, nothing else;
 - supervisor: the supervisor gave up on no stage, every process runs at the end, and no stage
   exited but by the plan's SIGKILLs;
-- dead_letters: nothing is in the dead-letter topic for an outage (connection errors, timeouts,
-  a broker or storage that was down). The jobs of a chaos run are all valid, so a letter of any
-  other class is a lost job too, and reported as such.
+- dead_letters: nothing is in the dead-letter topic for an outage (a letter whose dlq.error.kind
+  is `dependency`: a broker or storage that was down). The jobs of a chaos run are all valid, so
+  a letter the runtime judged the record's own fault (dlq.fault `record`) or could not place
+  (`unknown`) is a lost job too, and reported with that cause.
 """
 
 from __future__ import annotations
@@ -29,45 +30,11 @@ from processors.topology import STAGE_NAMES
 
 ENDS = frozenset({JobState.PUBLISHED, JobState.FAILED, JobState.REJECTED})
 
-# Error classes that mean a dependency was unreachable, not that the message was bad: the
-# exception names the stages' clients raise (sockets, urllib3 under the MinIO SDK, aiohttp,
-# confluent-kafka, clickhouse-connect, the schema registry client, Lightbox's own wrappers).
-OUTAGE_CLASSES = frozenset(
-    {
-        "ConnectionError",
-        "ConnectionRefusedError",
-        "ConnectionResetError",
-        "ConnectionAbortedError",
-        "BrokenPipeError",
-        "TimeoutError",
-        "timeout",
-        "OSError",
-        "MaxRetryError",
-        "NewConnectionError",
-        "ProtocolError",
-        "ReadTimeoutError",
-        "ConnectTimeoutError",
-        "ServerError",  # minio: the server answered 5xx
-        "ClientConnectorError",
-        "ClientConnectionError",
-        "ClientOSError",
-        "ServerDisconnectedError",
-        "ServerTimeoutError",
-        "KafkaException",
-        "DeliveryFailed",
-        "TransientError",
-        "RegistryUnavailableError",
-        "EventLogUnavailable",
-        "OperationalError",
-        "BackendUnavailable",
-    }
-)
-_OUTAGE_WORDS = re.compile(r"Timeout|Connection|Unavailable|Unreachable|Disconnected", re.IGNORECASE)
-
-
-def is_outage(error_class: str) -> bool:
-    """Whether a dead letter's dlq.error.class names an outage rather than a fault of the message."""
-    return error_class in OUTAGE_CLASSES or bool(_OUTAGE_WORDS.search(error_class))
+# dlq.fault: whose fault the runtime judged it (processors/runtime/dlq.py).
+FAULT_RECORD = "record"
+FAULT_UNKNOWN = "unknown"
+# dlq.error.kind: how errors.classify() named the error itself.
+KIND_DEPENDENCY = "dependency"
 
 
 @dataclass(frozen=True)
@@ -79,6 +46,27 @@ class Letter:
     error_class: str
     error_message: str
     source: str  # original topic/partition/offset
+    fault: str = ""  # dlq.fault: record | unknown
+    error_kind: str = ""  # dlq.error.kind: dependency | record | unknown
+
+
+def is_outage(letter: Letter) -> bool:
+    """Whether a letter was written for an outage: its error is one classify() names a dependency
+    failure (the runtime dead-letters one only when it kept failing while the rest of its batch
+    succeeded, so its fault says record, yet what failed was a dependency)."""
+    return letter.error_kind == KIND_DEPENDENCY
+
+
+def cause(letter: Letter) -> str:
+    """What a letter was written for, from its dlq.fault and dlq.error.kind headers (never from
+    the error's class name, which says nothing reliable about whose fault it was)."""
+    if is_outage(letter):
+        return "an outage"
+    if letter.fault == FAULT_RECORD:
+        return "the record's own fault"
+    if letter.fault == FAULT_UNKNOWN:
+        return "an error that could not be placed and kept failing"
+    return f"an unjudged failure (dlq.fault={letter.fault or 'missing'})"
 
 
 @dataclass
@@ -191,9 +179,10 @@ def check_supervisor(evidence: Evidence) -> Check:
 def check_dead_letters(evidence: Evidence) -> Check:
     check = Check("dead_letters")
     for letter in evidence.letters:
-        kind = "an outage" if is_outage(letter.error_class) else "a valid job"
+        # Every job of a chaos run is valid: a letter of any cause is a lost job.
         check.problems.append(
-            f"{letter.source} ({letter.key}) dead-lettered by {letter.stage} for {kind}: "
+            f"{letter.source} ({letter.key}) dead-lettered by {letter.stage} for {cause(letter)} "
+            f"(fault={letter.fault or '?'}, kind={letter.error_kind or '?'}): "
             f"{letter.error_class}: {letter.error_message[:200]}"
         )
     return check
@@ -232,7 +221,7 @@ def tally(evidence: Evidence) -> Tally:
         if evidence.published_records.get(job, 0) > 1
         or evidence.asset_files.get(job, set()) - evidence.published_keys.get(job, set())
     )
-    outages = sum(1 for letter in evidence.letters if is_outage(letter.error_class))
+    outages = sum(1 for letter in evidence.letters if is_outage(letter))
     return Tally(len(evidence.job_ids), lost, duplicated, len(evidence.letters), outages)
 
 

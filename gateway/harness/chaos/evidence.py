@@ -33,6 +33,8 @@ def dead_letters(settings: Settings) -> list[Letter]:
                 stage=headers.get("stage", ""),
                 error_class=headers.get("error.class", ""),
                 error_message=headers.get("error.message", ""),
+                fault=headers.get("fault", ""),
+                error_kind=headers.get("error.kind", ""),
                 source="/".join(
                     headers.get(f"original.{part}", "?") for part in ("topic", "partition", "offset")
                 ),

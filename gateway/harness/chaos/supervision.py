@@ -22,32 +22,14 @@ TEND_INTERVAL_S = 0.2
 
 
 class ReplicatedSession(PipelineSession):
-    """PipelineSession with `copies` processes per stage (singletons once), in a supervisor of
-    its own. Otherwise the session's start: topics, then the stages, then the waits."""
+    """PipelineSession with `copies` processes per stage (singletons once), by default two, and
+    longer waits for them to join; the stack is expected to be up already."""
 
     def __init__(self, *args: Any, copies: int = 2, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.copies = copies
+        super().__init__(*args, copies=copies, **kwargs)
 
     def start(self, start_stack: bool = False, health_timeout_s: float = 180) -> None:
-        from deploy.local.stack import LocalStack
-
-        if start_stack:
-            LocalStack(self.base_settings, progress=self.progress).up()
-        LocalStack(self.settings, progress=lambda _: None).ensure_topics()
-        self.supervisor = Supervisor(
-            self.stages,
-            self.log_dir,
-            env=self.env,
-            copies=self.copies,
-            settings=self.settings.supervisor,
-            state_file=self.log_dir / "supervisor.json",
-        )
-        self.supervisor.start()
-        self.progress(f"started {len(self.supervisor.children)} stage processes; logs in {self.log_dir}")
-        if "eventlog" in self.stages:
-            self._wait_for_eventlog(health_timeout_s)
-        self._wait_for_groups(health_timeout_s)
+        super().start(start_stack=start_stack, health_timeout_s=health_timeout_s)
 
 
 @dataclass(frozen=True)
