@@ -45,8 +45,9 @@ class StorageSettings(BaseModel):
 class RegistrySettings(BaseModel):
     """The schema registry (Apicurio Registry 3.x; clients use its Confluent-compatible API)."""
 
-    # What serializers, kcat and `lightbox schemas` talk to. The local stack serves it on the
-    # host and port of this URL, which must be loopback.
+    # What serializers, ClickHouse's AvroConfluent format and `lightbox schemas` talk to (Debian's
+    # kcat lacks Avro support: docs/decisions.md). The local stack serves it on the host and port
+    # of this URL, which must be loopback.
     url: str = "http://127.0.0.1:18081/apis/ccompat/v7"
     # The rule set on every subject the tooling registers (a Confluent compatibility level).
     compatibility: Literal[

@@ -48,6 +48,7 @@ from schemas.registry_client import (
     schema_files,
     subject_name,
 )
+from schemas.registry_client import subjects as registry_subjects
 from schemas.serde import SerdeError, _describe_validation
 from schemas.topics import SCHEMA_OF, Topic, TopicNames
 
@@ -164,6 +165,10 @@ class ConfluentSerde:
             raise SerdeError(f"no record to encode for {self.subject}")
         return payload
 
+    def writer_fields(self) -> set[str]:
+        """Field names of the version encode() writes (a writer leaves out what it lacks)."""
+        return {f["name"] for f in self.writer().parsed["fields"]}
+
     def validate(self, record: dict[str, Any]) -> None:
         """Raise SerdeError naming the offending field when the record does not fit the version
         encode() would write it in."""
@@ -204,7 +209,8 @@ class ConfluentSerde:
         try:
             writer = self._client.get_schema(schema_id)
         except SchemaRegistryError as exc:
-            if is_not_found(exc, SCHEMA_NOT_FOUND):
+            # 40403 from a registry; confluent-kafka's in-process one answers a plain 40400.
+            if is_not_found(exc, SCHEMA_NOT_FOUND, 40400):
                 # Not remembered: an id registered a moment ago may not have reached this
                 # registry yet, and the next message with it deserves a fresh look.
                 why = f"schema id {schema_id} is not known to the registry ({describe(exc)})"
@@ -279,4 +285,44 @@ class ConfluentSerdes:
         return serde
 
 
-__all__ = ["ConfluentSerde", "ConfluentSerdes", "RegistryUnavailableError", "SerdeError"]
+MEMORY_SCHEME = "mock://"
+_memory_clients: dict[str, SchemaRegistryClient] = {}
+_memory_registered: set[str] = set()
+_memory_lock = threading.Lock()
+
+
+def memory_serdes(prefix: str = "", url: str = f"{MEMORY_SCHEME}lightbox") -> ConfluentSerdes:
+    """Serdes over an in-process registry (confluent-kafka's mock client, one per URL for the
+    whole process) with every committed schema version registered under the prefix's subjects,
+    oldest first. The framing is the real one; only the registry is in memory: the analogue of
+    the in-memory broker, for tests that run stages without a stack."""
+    # One client for every mock URL: ids are handed out in registration order, so two clients
+    # (one a test encodes with, one the runner decodes with) would disagree on them.
+    with _memory_lock:
+        client = _memory_clients.get(MEMORY_SCHEME)
+        if client is None:
+            client = _memory_clients[MEMORY_SCHEME] = SchemaRegistryClient.new_client({"url": url})
+        if prefix not in _memory_registered:
+            for _topic, subject, files in registry_subjects(prefix):
+                for version in files:
+                    client.register_schema(subject, Schema(version.text.strip(), "AVRO"))
+            _memory_registered.add(prefix)
+    return ConfluentSerdes(RegistrySettings(url=url), prefix, client)
+
+
+def serdes_for(settings: RegistrySettings, prefix: str = "") -> ConfluentSerdes:
+    """The serdes a process uses: the configured registry's, or the in-process one for a
+    `mock://` URL (unit tests)."""
+    if settings.url.startswith(MEMORY_SCHEME):
+        return memory_serdes(prefix, settings.url)
+    return ConfluentSerdes(settings, prefix)
+
+
+__all__ = [
+    "ConfluentSerde",
+    "ConfluentSerdes",
+    "RegistryUnavailableError",
+    "SerdeError",
+    "memory_serdes",
+    "serdes_for",
+]

@@ -31,6 +31,21 @@ def _docker_usable() -> bool:
     return True
 
 
+MEMORY_REGISTRY_URL = "mock://lightbox-unit"
+
+
+@pytest.fixture(autouse=True)
+def _unit_registry(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unit tests run stages on the in-memory broker: their settings name the in-process registry
+    (real Confluent framing, schemas registered from schemas/avro), so no test needs the stack's
+    registry unless it is an integration test."""
+    if "integration" in request.keywords:
+        return
+    parts = Path(str(request.node.path)).parts
+    if "unit" in parts or "fuzz" in parts:
+        monkeypatch.setenv("LIGHTBOX_REGISTRY__URL", MEMORY_REGISTRY_URL)
+
+
 @pytest.fixture(scope="session")
 def stack_settings() -> Iterator[Settings]:
     """Settings pointing at a running Kafka and MinIO."""

@@ -103,7 +103,10 @@ class PipelineSession:
         stack = LocalStack(self.base_settings, progress=self.progress)
         if start_stack:
             stack.up()
-        LocalStack(self.settings, progress=lambda _: None).ensure_topics()
+        session_stack = LocalStack(self.settings, progress=lambda _: None)
+        session_stack.ensure_topics()
+        # Every topic carries Confluent-framed Avro: the prefix's subjects must exist first.
+        session_stack.ensure_schemas()
         self.supervisor = Supervisor(
             self.stages,
             self.log_dir,

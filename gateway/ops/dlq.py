@@ -17,7 +17,9 @@ from confluent_kafka import Consumer, TopicPartition
 
 from processors.config import Settings
 from processors.kafka_clients import Message, make_producer, produce_and_confirm
-from schemas.serde import AvroSerde
+from processors.runtime.codec import Codec
+from processors.runtime.dlq import dead_letter_key, parse_headers
+from processors.storage import ObjectStore
 from schemas.topics import Topic, TopicNames
 
 log = logging.getLogger(__name__)
@@ -54,7 +56,7 @@ def read(
     idle_timeout_s (logged as a warning)."""
     topic = TopicNames(settings.kafka.topic_prefix)(Topic.PIPELINE_DLQ)
     consumer = _consumer(settings)
-    serde = AvroSerde("dlq_envelope")
+    serde = Codec.of(settings).serde(Topic.PIPELINE_DLQ)
     try:
         metadata = consumer.list_topics(topic, timeout=10).topics[topic]
         partitions = sorted(metadata.partitions) if partition is None else [partition]
@@ -78,6 +80,7 @@ def read(
                     if message.offset() > last:
                         break
                     letter = serde.decode(message.value())
+                    letter["dlq_headers"] = parse_headers(list(message.headers() or []))
                     letter["dlq_partition"] = p
                     letter["dlq_offset"] = message.offset()
                     yield letter
@@ -122,14 +125,44 @@ def replay(
 ) -> int:
     """Re-produce the dead letters; raises DeliveryFailed unless the broker acknowledged all."""
 
+    store: ObjectStore | None = None
+
     def messages() -> Iterator[Message]:
+        nonlocal store
         for letter in read(settings, partition=partition, start=start, end=end):
             origin = f"dlq/{letter['dlq_partition']}/{letter['dlq_offset']}".encode()
-            yield (
-                letter["original_topic"],
-                letter.get("original_key"),
-                letter.get("original_value"),
-                [("lightbox.replayed-from", origin)],
-            )
+            key, value = letter.get("original_key"), letter.get("original_value")
+            if value is None and letter["dlq_headers"].get("original.ref"):
+                store = store or ObjectStore(settings.storage)
+                key, value = _stored_original(store, letter, key)
+            yield (letter["original_topic"], key, value, [("lightbox.replayed-from", origin)])
 
     return produce_and_confirm(make_producer(settings), messages())
+
+
+def _stored_original(
+    store: ObjectStore, letter: dict[str, Any], key: bytes | None
+) -> tuple[bytes | None, bytes]:
+    """The original of a letter too large to carry it, from the object its pointer names (the
+    `dlq.original.ref` header), proven by the `dlq.original.sha256` header; a key too long for
+    the letter lies beside it (dead_letter_key's `key` part)."""
+    headers = letter["dlq_headers"]
+    ref = headers["original.ref"]
+    prefix = f"s3://{store.bucket}/"
+    if not ref.startswith(prefix):
+        raise ValueError(f"dead letter points at {ref}, outside this stack's bucket {store.bucket}")
+    value = store.get_checked(ref[len(prefix) :], headers.get("original.sha256") or None)
+    if key is None:
+        key_object = dead_letter_key(
+            letter["original_topic"],
+            letter["original_partition"],
+            letter["original_offset"],
+            letter["stage"],
+            "key",
+        )
+        try:
+            key = store.get_bytes(key_object)
+        except Exception as exc:  # no key object: the original had no key (or a short one)
+            if "NoSuchKey" not in f"{type(exc).__name__} {exc}":
+                raise
+    return key, value

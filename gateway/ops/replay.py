@@ -18,8 +18,8 @@ from confluent_kafka import Consumer, TopicPartition
 from processors.config import Settings
 from processors.eventlog.reader import EventLogReader
 from processors.kafka_clients import DeliveryFailed, make_producer, produce_and_confirm
+from processors.runtime.codec import Codec
 from processors.topology import JOB_STAGES, UnknownStage, job_input, stage_spec
-from schemas.serde import AvroSerde
 from schemas.topics import Topic, TopicNames
 
 REPLAY_NAMESPACE = uuid.UUID("0b6c1f0e-7d55-4c8a-a0a4-7c9d8f3a2e61")
@@ -100,7 +100,7 @@ async def replay_job(
     timeline = await EventLogReader(settings).timeline(job_id)
     topic, partition, offset = replay_source(timeline, from_stage)
     names = TopicNames(settings.kafka.topic_prefix)
-    serde = AvroSerde("job")
+    serde = Codec.of(settings).serde(topic)
     job = serde.decode(_read_at(settings, names(topic), partition, offset))
     replayed = rewrite_for_replay(job, model, backend, int(time.time() * 1000))
     message = (names(topic), replayed["job_id"].encode(), serde.encode(replayed), None)

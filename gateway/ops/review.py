@@ -9,7 +9,7 @@ from confluent_kafka import Producer
 from gateway.ops.entry import check_review
 from processors.config import Settings
 from processors.kafka_clients import make_producer, produce_and_confirm
-from schemas.serde import AvroSerde
+from processors.runtime.codec import Codec
 from schemas.topics import Topic, TopicNames
 
 
@@ -28,14 +28,15 @@ def submit_decision(
     if decision not in ("APPROVE", "REJECT"):
         raise ValueError(f"decision must be APPROVE or REJECT, not {decision!r}")
     check_review(settings.review, job_id, reviewer, reason)
-    value = AvroSerde("review_decision").encode(
+    value = Codec.of(settings).encode(
+        Topic.REVIEW_DECISIONS,
         {
             "job_id": job_id,
             "decision": decision,
             "reviewer": reviewer,
             "reason": reason,
             "decided_at": int(time.time() * 1000),
-        }
+        },
     )
     topic = TopicNames(settings.kafka.topic_prefix)(Topic.REVIEW_DECISIONS)
     # Raises DeliveryFailed (a RuntimeError) unless the broker acknowledged the decision.

@@ -14,6 +14,7 @@ from confluent_kafka import Producer
 from gateway.ops.entry import MAX_LINE_CHARS, catalog_bounds
 from processors.config import Settings
 from processors.kafka_clients import make_producer, produce_and_confirm
+from processors.runtime.codec import Codec
 from schemas.serde import AvroSerde, SerdeError
 from schemas.topics import Topic, TopicNames
 
@@ -103,7 +104,10 @@ def publish(
     # Raises DeliveryFailed (a RuntimeError) naming the topic unless every event was acknowledged.
     if producer is None:  # not `producer or ...`: an idle Producer is falsy (len() is its queue)
         producer = make_producer(settings)
+    # parse_lines' payload only proves the event fits the schema; the topic carries the
+    # registry's Confluent framing, written here with the newest registered version.
+    serde = Codec.of(settings).serde(Topic.CATALOG_EVENTS)
     return produce_and_confirm(
         producer,
-        ((topic, event["product"]["sku"].encode(), payload, None) for _, event, payload in events),
+        ((topic, event["product"]["sku"].encode(), serde.encode(event), None) for _, event, _ in events),
     )

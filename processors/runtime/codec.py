@@ -1,37 +1,67 @@
-"""Bytes to records and back: one serde per schema, looked up by the topic a message is on.
+"""Bytes to records and back: one serde per topic, from the process's serde factory.
 
-Decoding an input raises SerdeError for anything that is not a record of its topic's schema; the
-runner dead-letters such a message at once (retrying cannot make bytes decode).
+Every topic carries Confluent-framed Avro through the schema registry (schemas/confluent_serde.py):
+the factory is the process's ConfluentSerdes (one registry client, one id cache), or the
+in-process registry's (`memory_serdes`) for stages run on the in-memory broker.
+
+Decoding an input raises SerdeError for anything that is not a record of its topic's schema (no
+Confluent frame, an id the registry does not know, another schema's record); the runner
+dead-letters such a message at once (retrying cannot make bytes decode). A registry that cannot
+answer raises RegistryUnavailableError, a ConnectionError: a dependency fault, never the message's.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from confluent_kafka import Message
 
+from processors.config import Settings
 from processors.runtime.records import InputRecord
-from schemas.serde import AvroSerde
-from schemas.topics import SCHEMA_OF, Topic, TopicNames
+from schemas.confluent_serde import serdes_for
+from schemas.topics import Topic, TopicNames
+
+
+class TopicSerde(Protocol):
+    def encode(self, record: dict[str, Any]) -> bytes: ...
+
+    def decode(self, payload: bytes | None) -> dict[str, Any]: ...
+
+    def writer_fields(self) -> set[str]: ...
+
+
+SerdeFactory = Callable[[Topic], TopicSerde]
+
+
+def serde_factory(settings: Settings) -> SerdeFactory:
+    """The configured registry's serdes under the settings' topic prefix."""
+    return serdes_for(settings.registry, settings.kafka.topic_prefix)
 
 
 class Codec:
-    def __init__(self, topics: TopicNames) -> None:
+    def __init__(self, topics: TopicNames, serdes: SerdeFactory) -> None:
         self.topics = topics
-        self._serdes: dict[str, AvroSerde] = {}
+        self._factory = serdes
+        self._serdes: dict[Topic, TopicSerde] = {}
 
-    def serde(self, schema: str) -> AvroSerde:
-        if schema not in self._serdes:
-            self._serdes[schema] = AvroSerde(schema)
-        return self._serdes[schema]
+    @classmethod
+    def of(cls, settings: Settings) -> Codec:
+        return cls(TopicNames(settings.kafka.topic_prefix), serde_factory(settings))
+
+    def serde(self, topic: Topic) -> TopicSerde:
+        found = self._serdes.get(topic)
+        if found is None:
+            found = self._serdes[topic] = self._factory(topic)
+        return found
 
     def encode(self, topic: Topic, value: dict[str, Any]) -> bytes:
-        return self.serde(SCHEMA_OF[topic]).encode(value)
+        return self.serde(topic).encode(value)
 
     def decode(self, message: Message) -> InputRecord:
         topic = self.topics.logical(str(message.topic()))
         raw = message.value()
-        value = self.serde(SCHEMA_OF[topic]).decode(raw)
+        value = self.serde(topic).decode(raw)
         return InputRecord(
             topic=topic,
             partition=int(message.partition() or 0),

@@ -140,7 +140,7 @@ class Outbox:
                 )
 
     def events(self, events: list[Event], record: InputRecord | None, duration_ms: float) -> list[Outgoing]:
-        serde = self.codec.serde("pipeline_event")
+        serde = self.codec.serde(Topic.PIPELINE_EVENTS)
         source = source_of(record)
         encoded = []
         for event in events:
@@ -252,9 +252,8 @@ class Outbox:
         return Pending(list(effects or []), messages, record, letter, uploads)
 
     def _letter_message(self, letter: DeadLetter) -> Outgoing:
-        serde = self.codec.serde("dlq_envelope")
-        fields = {f["name"] for f in serde.writer.parsed["fields"]}
-        value = serde.encode(letter.record(fields))
+        serde = self.codec.serde(Topic.PIPELINE_DLQ)
+        value = serde.encode(letter.record(serde.writer_fields()))
         key = letter.key_text.encode()
         return Outgoing(self.topics(Topic.PIPELINE_DLQ), key, value, letter.headers())
 

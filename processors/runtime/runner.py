@@ -52,7 +52,7 @@ from processors.kafka_clients import (
     topic_message_limits,
 )
 from processors.logs import current_job_id, current_stage
-from processors.runtime.codec import Codec
+from processors.runtime.codec import Codec, serde_factory
 from processors.runtime.delivery import Deliverer
 from processors.runtime.errors import Fault, classify
 from processors.runtime.feed import AheadQueue, PartitionFeed
@@ -62,6 +62,7 @@ from processors.runtime.records import Event, InputRecord, Outcome
 from processors.runtime.retry import RetryPolicy, Settled, StopRequested, Tried, elapsed_ms, settle
 from processors.runtime.sizes import MessageLimits
 from processors.runtime.stage import BatchStage, Stage
+from schemas.registry_client import RegistryUnavailableError
 from schemas.serde import SerdeError
 from schemas.topics import RUNTIME_TOPICS
 
@@ -93,7 +94,7 @@ class StageRunner:
             consumer = make_consumer(self.settings, group_id_for(self.settings, stage.name))
         self.consumer = consumer
         self.producer = producer if producer is not None else make_producer(self.settings)
-        self.codec = Codec(self.ctx.topics)
+        self.codec = Codec(self.ctx.topics, serde_factory(self.settings))
         self.limits = limits or MessageLimits(self.settings.stage.max_message_bytes)
         self.outbox = Outbox(
             stage.name,
@@ -105,7 +106,13 @@ class StageRunner:
             self.settings.storage.bucket,
         )
         self.feed = PartitionFeed(
-            consumer, stage.name, self.settings.stage, self.metrics, self.log, self._partitions_assigned
+            consumer,
+            stage.name,
+            self.settings.stage,
+            self.metrics,
+            self.log,
+            self._partitions_assigned,
+            self._partitions_revoked,
         )
         self.deliverer = Deliverer(
             self.outbox,
@@ -138,9 +145,13 @@ class StageRunner:
         if self._learn_limits:
             await self._read_broker_limits()
         self.feed.subscribe(topics)
-        await self.stage.start()
-        self.log.info("stage started", extra={"topic": ",".join(topics)})
+        started = False
         try:
+            # Inside the try: a start() that raises must still close the consumer (its threads
+            # would keep the process from exiting) and flush the producer.
+            await self.stage.start()
+            started = True
+            self.log.info("stage started", extra={"topic": ",".join(topics)})
             if self.stage.prefetch_batches > 0:
                 await self._run_prefetching(max_batches)
             else:
@@ -148,11 +159,14 @@ class StageRunner:
         except StopRequested as exc:
             self.log.warning("%s: the batch in hand is left uncommitted, to be redone", exc)
         finally:
-            await self.stage.stop()
-            await self._drain_events()
-            self.producer.flush(10)
-            self.feed.close()
-            self.log.info("stage stopped")
+            try:
+                if started:
+                    await self.stage.stop()
+                await self._drain_events()
+            finally:
+                self.producer.flush(10)
+                self.feed.close()
+                self.log.info("stage stopped")
 
     async def _read_broker_limits(self) -> None:
         names = [self.ctx.topics(t) for t in {*self.outbox.declared, *RUNTIME_TOPICS}]
@@ -165,6 +179,9 @@ class StageRunner:
 
     def _partitions_assigned(self, topic_name: str, partitions: list[int]) -> None:
         self.stage.partitions_assigned(self.ctx.topics.logical(topic_name), partitions)
+
+    def _partitions_revoked(self, topic_name: str, partitions: list[int]) -> None:
+        self.stage.partitions_revoked(self.ctx.topics.logical(topic_name), partitions)
 
     # -- the two loops -----------------------------------------------------------------------
 
@@ -258,7 +275,7 @@ class StageRunner:
                 continue
             self.metrics.consumed.labels(self.stage.name).inc()
             try:
-                records.append(self.codec.decode(message))
+                records.append(await self._decode(message))
             except SerdeError as exc:
                 pendings.append(self.outbox.undecodable(message, exc))
                 continue
@@ -300,6 +317,25 @@ class StageRunner:
             self.settings.stage.outage_event_interval_s,
             self._stopping,
         )
+
+    async def _decode(self, message: Message) -> InputRecord:
+        """The message's record. A registry that cannot answer (writer schema not cached yet) is
+        an outage like a handler's: the partitions are held and the decode retried until it
+        answers; the message is fine, so it is never dead-lettered for it."""
+        outage = self._outage()
+        round_ = 0
+        try:
+            while True:
+                try:
+                    return self.codec.decode(message)
+                except RegistryUnavailableError as exc:
+                    round_ += 1
+                    delay = self.policy.delay(round_)
+                    await outage.hold(f"schema registry: {exc}")
+                    self.log.warning("schema registry unavailable, retrying in %.2fs: %s", delay, exc)
+                    await outage.wait(delay)
+        finally:
+            await outage.release()
 
     async def _before_batch(self) -> None:
         outage = self._outage()

@@ -38,7 +38,7 @@ from processors.runtime.codec import Codec
 from processors.state.entry import SeenEntry
 from processors.state.restore import RestoreBudget, RestoreReport, read_to_end
 from schemas.serde import SerdeError
-from schemas.topics import SCHEMA_OF, Topic, TopicNames
+from schemas.topics import Topic
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class SeenTable:
             intake.restore_floor_s, intake.restore_per_record_s, intake.restore_progress_s
         )
         # The serde the stage's outbox writes entries with (the codec's, whatever its framing).
-        self.serde = Codec(TopicNames(settings.kafka.topic_prefix)).serde(SCHEMA_OF[Topic.INTAKE_SEEN])
+        self.serde = Codec.of(settings).serde(Topic.INTAKE_SEEN)
         self.clock = clock
         self._entries: dict[str, SeenEntry] = {}
         self._lock = threading.Lock()

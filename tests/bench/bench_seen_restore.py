@@ -24,13 +24,13 @@ import uuid
 
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from deploy.local.stack import topic_configs
+from deploy.local.stack import LocalStack, topic_configs
 from processors.config import Settings, load_settings
 from processors.kafka_clients import make_producer
 from processors.runtime.codec import Codec
 from processors.state.entry import SeenEntry
 from processors.state.seen_table import SeenTable
-from schemas.topics import SCHEMA_OF, Topic, TopicNames
+from schemas.topics import Topic, TopicNames
 
 
 def _settings(prefix: str) -> Settings:
@@ -51,7 +51,7 @@ def _create(settings: Settings, partitions: int) -> str:
 
 def _produce(settings: Settings, name: str, entries: int, partitions: int) -> float:
     # As the stage's outbox writes entries, and the table reads them.
-    serde = Codec(TopicNames(settings.kafka.topic_prefix)).serde(SCHEMA_OF[Topic.INTAKE_SEEN])
+    serde = Codec.of(settings).serde(Topic.INTAKE_SEEN)
     producer = make_producer(settings, **{"linger.ms": 50, "batch.size": 1_000_000})
     now = int(time.time() * 1000)
     started = time.perf_counter()
@@ -129,6 +129,8 @@ def main() -> None:
     prefix = f"bench-seen-{uuid.uuid4().hex[:6]}."
     settings = _settings(prefix)
     name = _create(settings, args.partitions)
+    # The changelog is registry-framed: the prefix's subjects must exist before it is written.
+    LocalStack(settings, progress=lambda _: None).ensure_schemas()
     print(f"producing {args.entries:,} entries to {name} ({args.partitions} partitions)", flush=True)
     produce_s = _produce(settings, name, args.entries, args.partitions)
     print(f"produced in {produce_s:.1f} s; restoring in a fresh process", flush=True)

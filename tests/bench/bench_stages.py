@@ -20,11 +20,11 @@ from confluent_kafka import Producer
 from deploy.local.stack import LocalStack
 from gateway.harness.sample_catalog import SampleProduct, catalog_events
 from processors.config import Settings, load_settings
+from processors.runtime.codec import Codec
 from processors.runtime.runner import StageRunner
 from processors.runtime.stage import Stage, StageContext
 from processors.stages.intake import IntakeStage
 from processors.stages.prompt import PromptStage
-from schemas.serde import AvroSerde
 from schemas.topics import Topic, TopicNames
 
 
@@ -42,11 +42,9 @@ def catalog(n: int) -> list[dict]:
     return out
 
 
-def produce(
-    settings: Settings, topic: Topic, schema: str, records: list[dict], key: Callable[[dict], str]
-) -> None:
+def produce(settings: Settings, topic: Topic, records: list[dict], key: Callable[[dict], str]) -> None:
     producer = Producer({"bootstrap.servers": settings.kafka.bootstrap, "linger.ms": 20})
-    serde = AvroSerde(schema)
+    serde = Codec.of(settings).serde(topic)
     name = TopicNames(settings.kafka.topic_prefix)(topic)
     for record in records:
         producer.produce(name, key=key(record).encode(), value=serde.encode(record))
@@ -78,11 +76,13 @@ def main() -> None:
     base = load_settings()
     prefix = f"bench-stages-{uuid.uuid4().hex[:6]}."
     settings = base.model_copy(update={"kafka": base.kafka.model_copy(update={"topic_prefix": prefix})})
-    LocalStack(settings, progress=lambda _: None).ensure_topics()
+    stack = LocalStack(settings, progress=lambda _: None)
+    stack.ensure_topics()
+    stack.ensure_schemas()  # the prefix's subjects: every topic is registry-framed
 
     events = catalog(args.events)
     # Keyed by SKU, as upstream catalogues do: intake re-keys anything else (one more hop).
-    produce(settings, Topic.CATALOG_EVENTS, "catalog_event", events, lambda e: e["product"]["sku"])
+    produce(settings, Topic.CATALOG_EVENTS, events, lambda e: e["product"]["sku"])
     intake = IntakeStage(StageContext(settings, "intake"))
     elapsed = asyncio.run(drive(intake, args.events))
     print(f"intake: {args.events} events in {elapsed:.2f} s = {args.events / elapsed:,.0f} messages/s")
@@ -108,7 +108,7 @@ def main() -> None:
                 "mask_key": None,
             }
         ]
-    produce(settings, Topic.JOBS_REFERENCED, "job", jobs, lambda j: j["job_id"])
+    produce(settings, Topic.JOBS_REFERENCED, jobs, lambda j: j["job_id"])
     prompt = PromptStage(StageContext(settings, "prompt"))
     elapsed = asyncio.run(drive(prompt, len(jobs)))
     print(f"prompt: {len(jobs)} jobs in {elapsed:.2f} s = {len(jobs) / elapsed:,.0f} messages/s")

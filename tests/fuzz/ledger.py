@@ -25,7 +25,7 @@ from processors.eventlog.reader import EventLogReader
 from processors.runtime.codec import Codec
 from processors.runtime.dlq import parse_headers
 from schemas.serde import SerdeError
-from schemas.topics import SCHEMA_OF, Topic, TopicNames
+from schemas.topics import Topic, TopicNames
 from tests.fuzz.payloads import Case, build
 
 
@@ -69,7 +69,7 @@ class FuzzProducer:
         self.settings = settings
         self.limit = limit
         self.topics = TopicNames(settings.kafka.topic_prefix)
-        self.codec = Codec(self.topics)
+        self.codec = Codec.of(settings)
         self._producer = Producer(
             {
                 "bootstrap.servers": settings.kafka.bootstrap,
@@ -115,7 +115,7 @@ class FuzzProducer:
 
     def _decode(self, topic: Topic, value: bytes | None) -> dict[str, Any] | None:
         try:
-            return self.codec.serde(SCHEMA_OF[topic]).decode(value)
+            return self.codec.serde(topic).decode(value)
         except SerdeError:
             return None
 
@@ -135,7 +135,7 @@ class Accounting:
 
 def account(settings: Settings, sent: list[Sent]) -> Accounting:
     names = TopicNames(settings.kafka.topic_prefix)
-    codec = Codec(names)
+    codec = Codec.of(settings)
     letters: dict[tuple[str, str, str], dict[str, str]] = {}
     result = Accounting()
     for message in read_topic(settings, Topic.PIPELINE_DLQ):

@@ -22,6 +22,7 @@ from typing import Any
 from hypothesis import strategies as st
 
 from processors.runtime.codec import Codec
+from schemas.confluent_serde import memory_serdes
 from schemas.serde import SerdeError
 from schemas.topics import SCHEMA_OF, Topic, TopicNames
 from tests.fixtures.avro_samples import SAMPLES
@@ -295,4 +296,5 @@ def _case(
 
 
 def codec_for(prefix: str) -> Codec:
-    return Codec(TopicNames(prefix))
+    """The runtime's codec over the in-process registry (no stack needed to draw cases)."""
+    return Codec(TopicNames(prefix), memory_serdes(prefix))

@@ -14,9 +14,9 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from deploy.local.stack import LocalStack
 from processors.kafka_clients import group_id_for
 from processors.runtime import Event, InputRecord, Outcome, Stage
+from processors.runtime.codec import Codec
 from processors.runtime.runner import StageRunner
 from processors.runtime.stage import StageContext
-from schemas.serde import AvroSerde
 from schemas.topics import Topic, TopicNames
 
 pytestmark = pytest.mark.integration
@@ -56,9 +56,11 @@ def _decisions_topic(
             ),
         }
     )
-    LocalStack(settings, progress=lambda _: None).ensure_topics()
+    stack = LocalStack(settings, progress=lambda _: None)
+    stack.ensure_topics()
+    stack.ensure_schemas()  # the prefix's subjects: every topic is registry-framed
     topic = TopicNames(prefix)(Topic.REVIEW_DECISIONS)
-    serde = AvroSerde("review_decision")
+    serde = Codec.of(settings).serde(Topic.REVIEW_DECISIONS)
     producer = Producer({"bootstrap.servers": settings.kafka.bootstrap})
     for job_id in ids:
         record = {"job_id": job_id, "decision": "APPROVE", "reviewer": "t", "reason": "", "decided_at": 0}

@@ -12,10 +12,11 @@ import pytest
 from confluent_kafka import Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from deploy.local.stack import LocalStack
 from gateway.ops import dlq
 from processors.config import Settings
 from processors.kafka_clients import DeliveryFailed, make_producer, produce_and_confirm, producer_config
-from schemas.serde import AvroSerde
+from processors.runtime.codec import Codec
 from schemas.topics import Topic, TopicNames
 
 pytestmark = pytest.mark.integration
@@ -34,22 +35,33 @@ def _create(settings: Settings, topic: str, partitions: int = 1) -> None:
         future.result(30)
 
 
-def _letter(original_topic: str, n: int) -> bytes:
+_REGISTERED: set[str] = set()
+
+
+def _letter(settings: Settings, original_topic: str, n: int) -> bytes:
+    prefix = settings.kafka.topic_prefix
+    if prefix not in _REGISTERED:  # the DLQ is registry-framed: its prefix's subjects first, once
+        LocalStack(settings, progress=lambda _: None).ensure_schemas()
+        _REGISTERED.add(prefix)
     now = dt.datetime.now(dt.UTC)
-    return AvroSerde("dlq_envelope").encode(
-        {
-            "original_topic": original_topic,
-            "original_partition": 0,
-            "original_offset": n,
-            "original_key": f"k{n}".encode(),
-            "original_value": f"v{n}".encode(),
-            "stage": "test",
-            "error_class": "ValueError",
-            "error_message": f"letter {n}",
-            "attempts": 1,
-            "first_failure_at": now,
-            "last_failure_at": now,
-        }
+    return (
+        Codec.of(settings)
+        .serde(Topic.PIPELINE_DLQ)
+        .encode(
+            {
+                "original_topic": original_topic,
+                "original_partition": 0,
+                "original_offset": n,
+                "original_key": f"k{n}".encode(),
+                "original_value": f"v{n}".encode(),
+                "stage": "test",
+                "error_class": "ValueError",
+                "error_message": f"letter {n}",
+                "attempts": 1,
+                "first_failure_at": now,
+                "last_failure_at": now,
+            }
+        )
     )
 
 
@@ -84,7 +96,7 @@ def test_dlq_replay_to_an_invalid_topic_raises(stack_settings: Settings) -> None
     dlq_topic = TopicNames(settings.kafka.topic_prefix)(Topic.PIPELINE_DLQ)
     _create(settings, dlq_topic)
     bad_topic = "no such topic: spaces are not allowed"
-    produce_and_confirm(make_producer(settings), [(dlq_topic, b"x", _letter(bad_topic, 0), None)])
+    produce_and_confirm(make_producer(settings), [(dlq_topic, b"x", _letter(settings, bad_topic, 0), None)])
     with pytest.raises(DeliveryFailed, match="no such topic"):
         dlq.replay(settings, partition=0)
 
@@ -113,10 +125,10 @@ def test_dlq_read_moves_past_a_trailing_transaction_marker(stack_settings: Setti
     settings = _prefixed(stack_settings, "dlqgap")
     dlq_topic = TopicNames(settings.kafka.topic_prefix)(Topic.PIPELINE_DLQ)
     _create(settings, dlq_topic)
-    produce_and_confirm(make_producer(settings), [(dlq_topic, b"a", _letter("t", 0), None)])
+    produce_and_confirm(make_producer(settings), [(dlq_topic, b"a", _letter(settings, "t", 0), None)])
     # A committed transaction: its letter at offset 1, its commit marker at offset 2.
     txn = _transactional(settings)
-    txn.produce(dlq_topic, key=b"b", value=_letter("t", 1))
+    txn.produce(dlq_topic, key=b"b", value=_letter(settings, "t", 1))
     txn.commit_transaction(30)
     _wait_for_high_watermark(settings, dlq_topic, 3)
 
@@ -134,13 +146,13 @@ def test_dlq_read_moves_past_an_aborted_transaction(stack_settings: Settings) ->
     dlq_topic = TopicNames(settings.kafka.topic_prefix)(Topic.PIPELINE_DLQ)
     _create(settings, dlq_topic)
     plain = make_producer(settings)
-    produce_and_confirm(plain, [(dlq_topic, b"a", _letter("t", 0), None)])
+    produce_and_confirm(plain, [(dlq_topic, b"a", _letter(settings, "t", 0), None)])
     txn = _transactional(settings)
-    txn.produce(dlq_topic, key=b"x", value=_letter("t", 99))
+    txn.produce(dlq_topic, key=b"x", value=_letter(settings, "t", 99))
     txn.flush(30)
     txn.abort_transaction(30)
     _wait_for_high_watermark(settings, dlq_topic, 3)
-    produce_and_confirm(plain, [(dlq_topic, b"c", _letter("t", 3), None)])
+    produce_and_confirm(plain, [(dlq_topic, b"c", _letter(settings, "t", 3), None)])
 
     letters = list(dlq.read(settings, partition=0, idle_timeout_s=20))
     assert [letter["dlq_offset"] for letter in letters] == [0, 3]

@@ -32,6 +32,7 @@ from gpu_workers.outputs import OutputWriter, encode_png
 from gpu_workers.worker import GenerateStage
 from processors.config import Settings
 from processors.runtime import InputRecord, StageContext, TransientError
+from processors.runtime.codec import Codec
 from processors.runtime.runner import StageRunner
 from processors.stages.publish import PublishStage
 from processors.stages.quality import QualityStage
@@ -41,7 +42,6 @@ from processors.storage import (
     StorageUnavailable,
     storage_errors,
 )
-from schemas.serde import AvroSerde
 from schemas.topics import Topic, TopicNames
 from tests.integration.test_generate_duplicates import generation_request, stored_product
 from tests.integration.test_publish_webhooks_and_decisions import _ready_job
@@ -231,14 +231,15 @@ async def test_generate_waits_out_a_frozen_minio_and_loses_nothing(
             ),
         }
     )
-    LocalStack(settings, progress=lambda _: None).ensure_topics()
+    stack = LocalStack(settings, progress=lambda _: None)
+    stack.ensure_topics()
+    stack.ensure_schemas()  # the prefix's subjects: every topic is registry-framed
     store = ObjectStore(settings.storage)
     jobs = [
         generation_request(await asyncio.to_thread(stored_product, store), "a cube", "compositor")
         for _ in range(2)
     ]
-    names, serde = TopicNames(settings.kafka.topic_prefix), AvroSerde("job")
-    events_serde = AvroSerde("pipeline_event")
+    names, codec = TopicNames(settings.kafka.topic_prefix), Codec.of(settings)
     consumer = Consumer(
         {
             "bootstrap.servers": settings.kafka.bootstrap,
@@ -259,7 +260,9 @@ async def test_generate_waits_out_a_frozen_minio_and_loses_nothing(
             producer = Producer({"bootstrap.servers": settings.kafka.bootstrap})
             for job in jobs:
                 producer.produce(
-                    names(Topic.GENERATION_REQUESTS), key=job["job_id"].encode(), value=serde.encode(job)
+                    names(Topic.GENERATION_REQUESTS),
+                    key=job["job_id"].encode(),
+                    value=codec.serde(Topic.GENERATION_REQUESTS).encode(job),
                 )
             producer.flush(10)
             await asyncio.sleep(FREEZE_S)
@@ -272,9 +275,9 @@ async def test_generate_waits_out_a_frozen_minio_and_loses_nothing(
             if message.topic() == names(Topic.PIPELINE_DLQ):
                 letters.append(message.key().decode())
             elif message.topic() == names(Topic.GENERATION_RESULTS):
-                results.add(serde.decode(message.value())["job_id"])
+                results.add(codec.serde(Topic.GENERATION_RESULTS).decode(message.value())["job_id"])
             else:
-                event = events_serde.decode(message.value())
+                event = codec.serde(Topic.PIPELINE_EVENTS).decode(message.value())
                 if event["state"] == "retry":
                     retries.setdefault(event["job_id"], set()).add(event["reason"])
     finally:

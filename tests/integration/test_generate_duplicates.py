@@ -21,11 +21,11 @@ from deploy.local.stack import LocalStack
 from gpu_workers.worker import GenerateStage
 from processors import storage_keys
 from processors.config import Settings
+from processors.runtime.codec import Codec
 from processors.runtime.dlq import parse_headers
 from processors.runtime.runner import StageRunner
 from processors.runtime.stage import StageContext
 from processors.storage import ObjectStore
-from schemas.serde import AvroSerde
 from schemas.topics import Topic, TopicNames
 from tests.fixtures.avro_samples import JOB_V1
 from tests.ml.remote_api import InferenceAPI
@@ -89,7 +89,9 @@ def worker_settings(stack: Settings, endpoint: str, tag: str) -> Settings:
             "generation": stack.generation.model_copy(update={"remote_endpoint": endpoint, "max_batch": 8}),
         }
     )
-    LocalStack(settings, progress=lambda _: None).ensure_topics()
+    local = LocalStack(settings, progress=lambda _: None)
+    local.ensure_topics()
+    local.ensure_schemas()  # the prefix's subjects: every topic is registry-framed
     return settings
 
 
@@ -105,11 +107,13 @@ async def test_copies_of_a_failing_request_in_one_bisected_batch_each_get_a_dead
         bad = generation_request(ref, "a poison cube")
         # One batch: the failing request twice, and a good one twice, among distinct ones.
         sent = [good[0], bad, good[1], bad, good[0]]
-        names, serde = TopicNames(settings.kafka.topic_prefix), AvroSerde("job")
+        names, codec = TopicNames(settings.kafka.topic_prefix), Codec.of(settings)
         producer = Producer({"bootstrap.servers": settings.kafka.bootstrap})
         for job in sent:
             producer.produce(
-                names(Topic.GENERATION_REQUESTS), key=job["job_id"].encode(), value=serde.encode(job)
+                names(Topic.GENERATION_REQUESTS),
+                key=job["job_id"].encode(),
+                value=codec.serde(Topic.GENERATION_REQUESTS).encode(job),
             )
         producer.flush(10)
 
@@ -136,7 +140,7 @@ async def test_copies_of_a_failing_request_in_one_bisected_batch_each_get_a_dead
                 if message.topic() == names(Topic.PIPELINE_DLQ):
                     letters.append(parse_headers(message.headers()))
                 else:
-                    result = serde.decode(message.value())
+                    result = codec.serde(Topic.GENERATION_RESULTS).decode(message.value())
                     results[result["job_id"]] += 1
                     keys.setdefault(result["job_id"], set()).add(tuple(result["generation"]["output_keys"]))
             # Nothing more comes: one answer per copy, not one per generated image or per try.

@@ -16,11 +16,11 @@ from PIL import Image
 from deploy.local.stack import LocalStack
 from gpu_workers.worker import GenerateStage
 from processors import storage_keys
+from processors.runtime.codec import Codec
 from processors.runtime.dlq import parse_headers
 from processors.runtime.runner import StageRunner
 from processors.runtime.stage import StageContext
 from processors.storage import ObjectStore
-from schemas.serde import AvroSerde
 from schemas.topics import Topic, TopicNames
 from tests.fixtures.avro_samples import JOB_V1
 
@@ -73,15 +73,19 @@ async def test_bad_request_is_dead_lettered_and_its_batch_completes(stack_settin
     settings = stack_settings.model_copy(
         update={"kafka": stack_settings.kafka.model_copy(update={"topic_prefix": prefix, "partitions": 1})}
     )
-    LocalStack(settings, progress=lambda _: None).ensure_topics()
+    stack = LocalStack(settings, progress=lambda _: None)
+    stack.ensure_topics()
+    stack.ensure_schemas()
     store = ObjectStore(settings.storage)
     good = [_job(store, "20") for _ in range(3)]
     bad = _job(store, "fast")  # a rule set steps to something that is not a number
-    names, serde = TopicNames(prefix), AvroSerde("job")
+    names, codec = TopicNames(prefix), Codec.of(settings)
     producer = Producer({"bootstrap.servers": settings.kafka.bootstrap})
     for job in [good[0], bad, *good[1:]]:
         producer.produce(
-            names(Topic.GENERATION_REQUESTS), key=job["job_id"].encode(), value=serde.encode(job)
+            names(Topic.GENERATION_REQUESTS),
+            key=job["job_id"].encode(),
+            value=codec.serde(Topic.GENERATION_REQUESTS).encode(job),
         )
     producer.flush(10)
 
@@ -105,7 +109,7 @@ async def test_bad_request_is_dead_lettered_and_its_batch_completes(stack_settin
             if message.topic() == names(Topic.PIPELINE_DLQ):
                 letters[message.key().decode()] = parse_headers(message.headers())
             else:
-                results.add(serde.decode(message.value())["job_id"])
+                results.add(codec.serde(Topic.GENERATION_RESULTS).decode(message.value())["job_id"])
     finally:
         consumer.close()
         runner.request_stop()

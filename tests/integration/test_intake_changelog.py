@@ -32,26 +32,26 @@ from processors.runtime.codec import Codec
 from processors.state.entry import SeenEntry
 from processors.state.restore import RestoreTimeout
 from processors.state.seen_table import SeenTable
-from schemas.serde import AvroSerde
-from schemas.topics import SCHEMA_OF, Topic, TopicNames
+from schemas.topics import Topic, TopicNames
 from tests.fixtures.avro_samples import CATALOG_V1
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 DAY_S = 86400.0
-# Written as the stage's outbox writes entries (and the table reads them): through the codec.
-SERDE = Codec(TopicNames("")).serde(SCHEMA_OF[Topic.INTAKE_SEEN])
 
 
 def prefixed(settings: Settings, **intake: float) -> Settings:
     prefix = f"test-seen-{uuid.uuid4().hex[:8]}."
-    return settings.model_copy(
+    settings = settings.model_copy(
         update={
             "kafka": settings.kafka.model_copy(update={"topic_prefix": prefix}),
             "intake": settings.intake.model_copy(update=intake),
         }
     )
+    # Every topic is registry-framed: the prefix's subjects must exist before anything is written.
+    LocalStack(settings, progress=lambda _: None).ensure_schemas()
+    return settings
 
 
 def create(settings: Settings, topic: Topic, partitions: int, config: dict[str, str] | None = None) -> str:
@@ -100,8 +100,10 @@ def read_changelog(settings: Settings, name: str, partitions: int) -> list[tuple
 
 
 def write_entries(settings: Settings, name: str, entries: dict[str, SeenEntry]) -> None:
+    # Written as the stage's outbox writes entries (and the table reads them): through the codec.
+    serde = Codec.of(settings).serde(Topic.INTAKE_SEEN)
     messages = [
-        Outgoing(name, key.encode(), SERDE.encode(e.to_record(key)), None, e.partition)
+        Outgoing(name, key.encode(), serde.encode(e.to_record(key)), None, e.partition)
         for key, e in entries.items()
     ]
     produce_and_confirm(make_producer(settings), messages)
@@ -230,7 +232,7 @@ def test_intake_refuses_to_start_on_topics_that_cannot_hold_its_table(
     event = {**CATALOG_V1, "event_id": f"evt-{uuid.uuid4().hex[:6]}"}
     event["request"] = {**CATALOG_V1["request"], "variants": 1, "template_version": None}
     event["campaign"] = None
-    publish(settings, [(1, event, AvroSerde("catalog_event").encode(event))])
+    publish(settings, [(1, event, Codec.of(settings).serde(Topic.CATALOG_EVENTS).encode(event))])
 
     started = time.monotonic()
     result = _run_intake(settings)

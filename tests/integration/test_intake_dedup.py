@@ -31,14 +31,13 @@ from deploy.local.stack import LocalStack
 from processors.config import Settings
 from processors.intake.slot import slot_partition
 from processors.kafka_clients import Outgoing, group_id_for, make_producer, produce_and_confirm
-from schemas.serde import AvroSerde
+from processors.runtime.codec import Codec
 from schemas.topics import Topic, TopicNames
 from tests.fixtures.avro_samples import CATALOG_V1
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-CATALOG = AvroSerde("catalog_event")
 T0 = 1_750_000_000_000
 
 
@@ -53,7 +52,10 @@ class Intakes:
         self.names = TopicNames(prefix)
         self.log_dir = log_dir
         self.processes: list[subprocess.Popen[bytes]] = []
-        LocalStack(self.settings, progress=lambda _: None).ensure_topics()
+        stack = LocalStack(self.settings, progress=lambda _: None)
+        stack.ensure_topics()
+        stack.ensure_schemas()  # the prefix's subjects: every topic is registry-framed
+        self.codec = Codec.of(self.settings)
         self.partitions = self.settings.kafka.partitions
 
     def start(self, copies: int) -> None:
@@ -111,14 +113,14 @@ class Intakes:
         produce_and_confirm(
             make_producer(self.settings),
             [
-                Outgoing(topic, key, CATALOG.encode(event), None, partition)
+                Outgoing(topic, key, self.codec.serde(Topic.CATALOG_EVENTS).encode(event), None, partition)
                 for event, key, partition in messages
             ],
         )
 
     def read(self, topic: Topic) -> list[dict[str, Any]]:
         """Every record of a topic so far, decoded."""
-        serde = AvroSerde("job" if topic is Topic.JOBS_ACCEPTED else "pipeline_event")
+        serde = self.codec.serde(topic)
         name = self.names(topic)
         consumer = Consumer(
             {

@@ -23,12 +23,12 @@ from deploy.local.session import free_port
 from deploy.local.stack import LocalStack
 from processors.config import Settings
 from processors.runtime import InputRecord, StageContext
+from processors.runtime.codec import Codec
 from processors.runtime.records import now_ms
 from processors.runtime.runner import StageRunner
 from processors.stages.publish import DELIVERY_HEADER, Delivery, NotifyOutbox, PublishStage
 from processors.storage import ObjectStore
 from processors.storage_keys import notify_pending_prefix, notify_receipt_key
-from schemas.serde import AvroSerde
 from schemas.topics import Topic, TopicNames
 from tests.integration.test_publish_webhooks_and_decisions import _ready_job
 
@@ -162,15 +162,20 @@ async def test_the_runner_publishes_while_the_receiver_is_down(
     receiver is down; the notification arrives once it is up, and `notified` reaches
     pipeline.events with the next record the stage handles."""
     settings = _settings(stack_settings, receiver.url)
-    LocalStack(settings, progress=lambda _: None).ensure_topics()
+    stack = LocalStack(settings, progress=lambda _: None)
+    stack.ensure_topics()
+    stack.ensure_schemas()  # the prefix's subjects: every topic is registry-framed
     store = ObjectStore(settings.storage)
-    names, serde = TopicNames(settings.kafka.topic_prefix), AvroSerde("job")
-    events_serde = AvroSerde("pipeline_event")
+    names, codec = TopicNames(settings.kafka.topic_prefix), Codec.of(settings)
     first, second = [await asyncio.to_thread(_ready_job, store) for _ in range(2)]
     producer = Producer({"bootstrap.servers": settings.kafka.bootstrap})
 
     def send(job: dict[str, Any]) -> None:
-        producer.produce(names(Topic.ASSETS_READY), key=job["job_id"].encode(), value=serde.encode(job))
+        producer.produce(
+            names(Topic.ASSETS_READY),
+            key=job["job_id"].encode(),
+            value=codec.serde(Topic.ASSETS_READY).encode(job),
+        )
         producer.flush(10)
 
     consumer = Consumer(
@@ -192,9 +197,9 @@ async def test_the_runner_publishes_while_the_receiver_is_down(
             if message is None or message.error():
                 continue
             if message.topic() == names(Topic.ASSETS_PUBLISHED):
-                published[serde.decode(message.value())["job_id"]] += 1
+                published[codec.serde(Topic.ASSETS_PUBLISHED).decode(message.value())["job_id"]] += 1
             else:
-                event = events_serde.decode(message.value())
+                event = codec.serde(Topic.PIPELINE_EVENTS).decode(message.value())
                 states.setdefault(event["job_id"], []).append(event["state"])
         assert done(), (published, states)
 

@@ -32,18 +32,16 @@ from deploy.local.session import free_port
 from deploy.local.stack import LocalStack
 from processors.config import Settings
 from processors.kafka_clients import group_id_for, make_producer, produce_and_confirm
+from processors.runtime.codec import Codec
 from processors.runtime.runner import StageRunner
 from processors.runtime.stage import StageContext
 from processors.stages.publish import PublishStage
 from processors.storage import ObjectStore
-from schemas.serde import AvroSerde
 from schemas.topics import Topic, TopicNames
 from tests.fixtures.avro_samples import JOB_V1
+from tests.support.topics import read_topic
 
 pytestmark = pytest.mark.integration
-
-JOBS = AvroSerde("job")
-EVENTS = AvroSerde("pipeline_event")
 
 
 @pytest.fixture
@@ -125,34 +123,6 @@ def _ready_job(store: ObjectStore) -> dict[str, Any]:
     return job
 
 
-def _read(settings: Settings, topic: Topic) -> list[Any]:
-    name = TopicNames(settings.kafka.topic_prefix)(topic)
-    consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka.bootstrap,
-            "group.id": f"r-{uuid.uuid4().hex[:6]}",
-            "enable.auto.commit": False,
-        }
-    )
-    try:
-        parts = consumer.list_topics(name, timeout=10).topics[name].partitions
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(name, p), timeout=10)[1] for p in parts}
-        consumer.assign([TopicPartition(name, p, 0) for p in parts])
-        found: list[Any] = []
-        done = {p for p, end in ends.items() if end == 0}
-        deadline = time.monotonic() + 30
-        while len(done) < len(ends) and time.monotonic() < deadline:
-            for message in consumer.consume(100, 0.5):
-                if message.error():
-                    continue
-                found.append(message)
-                if message.offset() + 1 >= ends[message.partition()]:
-                    done.add(message.partition())
-        return found
-    finally:
-        consumer.close()
-
-
 def _committed(settings: Settings) -> int:
     name = TopicNames(settings.kafka.topic_prefix)(Topic.ASSETS_READY)
     consumer = Consumer(
@@ -199,10 +169,14 @@ async def test_a_frozen_minio_pauses_the_stage_and_nothing_is_dead_lettered(
             ),
         }
     )
-    LocalStack(settings, progress=lambda _: None).ensure_topics()
+    stack = LocalStack(settings, progress=lambda _: None)
+    stack.ensure_topics()
+    stack.ensure_schemas()  # the prefix's subjects: every topic is registry-framed
     store = _store(settings)
     store.ensure_bucket()
     ready = TopicNames(settings.kafka.topic_prefix)(Topic.ASSETS_READY)
+    codec = Codec.of(settings)
+    jobs = codec.serde(Topic.ASSETS_READY)
     first, *frozen = [_ready_job(store) for _ in range(4)]
 
     stage = PublishStage(StageContext(settings, "publish"))
@@ -211,14 +185,14 @@ async def test_a_frozen_minio_pauses_the_stage_and_nothing_is_dead_lettered(
     task = asyncio.create_task(runner.run())
     producer = make_producer(settings)
     try:
-        produce_and_confirm(producer, [(ready, first["job_id"].encode(), JOBS.encode(first), None)])
+        produce_and_confirm(producer, [(ready, first["job_id"].encode(), jobs.encode(first), None)])
         await _until(task, lambda: _committed(settings) == 1, 60)
 
         process.send_signal(signal.SIGSTOP)
         frozen_at = time.monotonic()
         try:
             produce_and_confirm(
-                producer, [(ready, j["job_id"].encode(), JOBS.encode(j), None) for j in frozen]
+                producer, [(ready, j["job_id"].encode(), jobs.encode(j), None) for j in frozen]
             )
             # Held: the partition paused while the batch waits, far past max_attempts rounds.
             await _until(task, lambda: runner.metrics.held.labels("publish")._value.get() == 1, 60)
@@ -238,10 +212,16 @@ async def test_a_frozen_minio_pauses_the_stage_and_nothing_is_dead_lettered(
         await asyncio.wait_for(task, timeout=30)
 
     assert thawed_after > 8
-    assert _read(settings, Topic.PIPELINE_DLQ) == [], "an outage is not poison"
-    published = sorted(JOBS.decode(m.value())["job_id"] for m in _read(settings, Topic.ASSETS_PUBLISHED))
+    assert read_topic(settings, Topic.PIPELINE_DLQ) == [], "an outage is not poison"
+    published = sorted(
+        codec.serde(Topic.ASSETS_PUBLISHED).decode(m.value())["job_id"]
+        for m in read_topic(settings, Topic.ASSETS_PUBLISHED)
+    )
     assert published == sorted(j["job_id"] for j in [first, *frozen]), "every job published, once"
-    events = [EVENTS.decode(m.value()) for m in _read(settings, Topic.PIPELINE_EVENTS)]
+    events = [
+        codec.serde(Topic.PIPELINE_EVENTS).decode(m.value())
+        for m in read_topic(settings, Topic.PIPELINE_EVENTS)
+    ]
     retried = {
         e["job_id"] for e in events if e["state"] == "retry" and e["attributes"].get("fault") == "dependency"
     }

@@ -25,6 +25,7 @@ from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, C
 from deploy.local.stack import LocalStack
 from processors.config import Settings
 from processors.kafka_clients import Outgoing, group_id_for, make_producer, produce_and_confirm
+from processors.runtime.codec import Codec, TopicSerde
 from processors.runtime.dlq import parse_headers
 from processors.runtime.runner import StageRunner
 from processors.runtime.sizes import MessageLimits, wire_size
@@ -32,15 +33,21 @@ from processors.runtime.stage import StageContext
 from processors.stages.publish import PublishStage
 from processors.storage import ObjectStore
 from processors.storage_keys import pending_key
-from schemas.serde import AvroSerde
 from schemas.topics import Topic, TopicNames
 from tests.fixtures.avro_samples import JOB_V1
+from tests.support.topics import read_topic
 
 pytestmark = pytest.mark.integration
 
-JOBS = AvroSerde("job")
-EVENTS = AvroSerde("pipeline_event")
-DECISIONS = AvroSerde("review_decision")
+_CODECS: dict[str, Codec] = {}
+
+
+def _serde(settings: Settings, topic: Topic) -> TopicSerde:
+    """The topic's registry serde under the settings' prefix, one codec (and id cache) per prefix."""
+    prefix = settings.kafka.topic_prefix
+    if prefix not in _CODECS:
+        _CODECS[prefix] = Codec.of(settings)
+    return _CODECS[prefix].serde(topic)
 
 
 def _settings(stack: Settings) -> Settings:
@@ -56,7 +63,9 @@ def _settings(stack: Settings) -> Settings:
             "provenance": stack.provenance.model_copy(update={"sign": False}),
         }
     )
-    LocalStack(settings, progress=lambda _: None).ensure_topics()
+    local = LocalStack(settings, progress=lambda _: None)
+    local.ensure_topics()
+    local.ensure_schemas()  # the prefix's subjects: every topic is registry-framed
     return settings
 
 
@@ -80,7 +89,7 @@ def _ready_job(store: ObjectStore, tag: str) -> dict[str, Any]:
     return job
 
 
-def _decision(job_id: str, reason: str) -> bytes:
+def _decision(settings: Settings, job_id: str, reason: str) -> bytes:
     record = {
         "job_id": job_id,
         "decision": "APPROVE",
@@ -88,35 +97,7 @@ def _decision(job_id: str, reason: str) -> bytes:
         "reason": reason,
         "decided_at": dt.datetime.now(dt.UTC),
     }
-    return DECISIONS.encode(record)
-
-
-def _read(settings: Settings, topic: Topic) -> list[Any]:
-    name = TopicNames(settings.kafka.topic_prefix)(topic)
-    consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka.bootstrap,
-            "group.id": f"reader-{uuid.uuid4().hex[:6]}",
-            "enable.auto.commit": False,
-        }
-    )
-    try:
-        parts = consumer.list_topics(name, timeout=10).topics[name].partitions
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(name, p), timeout=10)[1] for p in parts}
-        consumer.assign([TopicPartition(name, p, 0) for p in parts])
-        found: list[Any] = []
-        done = {p for p, end in ends.items() if end == 0}
-        deadline = time.monotonic() + 30
-        while len(done) < len(ends) and time.monotonic() < deadline:
-            for message in consumer.consume(100, 0.5):
-                if message.error():
-                    continue
-                found.append(message)
-                if message.offset() + 1 >= ends[message.partition()]:
-                    done.add(message.partition())
-        return found
-    finally:
-        consumer.close()
+    return _serde(settings, Topic.REVIEW_DECISIONS).encode(record)
 
 
 def _committed(settings: Settings, topic: Topic) -> int:
@@ -150,7 +131,11 @@ async def _run(
     """Held first (assets.ready), then decided (review.decisions), the stage running throughout."""
     task = asyncio.create_task(runner.run())
     try:
-        _produce(settings, Topic.ASSETS_READY, [(j["job_id"], JOBS.encode(j)) for j in jobs])
+        _produce(
+            settings,
+            Topic.ASSETS_READY,
+            [(j["job_id"], _serde(settings, Topic.ASSETS_READY).encode(j)) for j in jobs],
+        )
         prefix = settings.kafka.topic_prefix
         await _wait(task, lambda: all(store.exists(pending_key(j["job_id"], prefix)) for j in jobs))
         records = [(j["job_id"], d) for j, d in zip(jobs, decisions, strict=True)]
@@ -172,17 +157,24 @@ async def test_a_1mb_review_reason_is_dead_lettered_and_publish_keeps_running(st
     settings = _settings(stack_settings)
     big, fine = _ready_job(store, "a"), _ready_job(store, "b")
     decisions = TopicNames(settings.kafka.topic_prefix)(Topic.REVIEW_DECISIONS)
-    overhead = wire_size(Outgoing(decisions, big["job_id"].encode(), _decision(big["job_id"], ""))) + 3
-    huge = _decision(big["job_id"], "r" * (settings.stage.max_message_bytes - overhead))
+    overhead = (
+        wire_size(Outgoing(decisions, big["job_id"].encode(), _decision(settings, big["job_id"], ""))) + 3
+    )
+    huge = _decision(settings, big["job_id"], "r" * (settings.stage.max_message_bytes - overhead))
     assert wire_size(Outgoing(decisions, big["job_id"].encode(), huge)) <= settings.stage.max_message_bytes
 
     # The decision is accepted by the broker, as in the issue (the producer every tool uses).
     runner = StageRunner(PublishStage(StageContext(settings, "publish")))
-    await _run(runner, settings, store, [big, fine], [huge, _decision(fine["job_id"], "looks good")])
+    await _run(
+        runner, settings, store, [big, fine], [huge, _decision(settings, fine["job_id"], "looks good")]
+    )
 
-    published = [JOBS.decode(m.value())["job_id"] for m in _read(settings, Topic.ASSETS_PUBLISHED)]
+    published = [
+        _serde(settings, Topic.ASSETS_PUBLISHED).decode(m.value())["job_id"]
+        for m in read_topic(settings, Topic.ASSETS_PUBLISHED)
+    ]
     assert published == [fine["job_id"]], "the next job published; the oversized one never reached the topic"
-    (letter,) = _read(settings, Topic.PIPELINE_DLQ)
+    (letter,) = read_topic(settings, Topic.PIPELINE_DLQ)
     headers = parse_headers(letter.headers())
     assert headers["original.topic"] == decisions and headers["original.key"] == big["job_id"]
     assert headers["error.class"] == "OutputTooLarge" and "assets.published" in headers["error.message"]
@@ -191,7 +183,10 @@ async def test_a_1mb_review_reason_is_dead_lettered_and_publish_keeps_running(st
     assert bucket == settings.storage.bucket
     assert store.get_bytes(key) == huge, "the original, from object storage, byte for byte"
     assert headers["original.sha256"] == hashlib.sha256(huge).hexdigest()
-    events = [EVENTS.decode(m.value()) for m in _read(settings, Topic.PIPELINE_EVENTS)]
+    events = [
+        _serde(settings, Topic.PIPELINE_EVENTS).decode(m.value())
+        for m in read_topic(settings, Topic.PIPELINE_EVENTS)
+    ]
     states = [(e["state"], e["reason"]) for e in events if e["job_id"] == big["job_id"]]
     assert ("failed", "output_too_large") in states and ("dead_lettered", "OutputTooLarge") in states
     assert ("published", "") in [(e["state"], e["reason"]) for e in events if e["job_id"] == fine["job_id"]]
@@ -213,17 +208,21 @@ async def test_a_record_the_broker_refuses_dead_letters_its_input(stack_settings
     # published records go out in one batch, which the broker refuses whole: the fine one is not
     # dead-lettered for the other's sake.
     runner = StageRunner(PublishStage(StageContext(settings, "publish")), limits=MessageLimits(1_000_000))
-    decisions = [_decision(big["job_id"], reason), _decision(fine["job_id"], "ok")]
+    decisions = [_decision(settings, big["job_id"], reason), _decision(settings, fine["job_id"], "ok")]
     await _run(runner, settings, store, [big, fine], decisions)
 
-    assert [JOBS.decode(m.value())["job_id"] for m in _read(settings, Topic.ASSETS_PUBLISHED)] == [
-        fine["job_id"]
-    ]
-    (letter,) = _read(settings, Topic.PIPELINE_DLQ)
+    assert [
+        _serde(settings, Topic.ASSETS_PUBLISHED).decode(m.value())["job_id"]
+        for m in read_topic(settings, Topic.ASSETS_PUBLISHED)
+    ] == [fine["job_id"]]
+    (letter,) = read_topic(settings, Topic.PIPELINE_DLQ)
     headers = parse_headers(letter.headers())
     assert headers["original.key"] == big["job_id"] and headers["error.class"] == "OutputTooLarge"
     assert "refused by Kafka" in headers["error.message"]
-    events = [EVENTS.decode(m.value()) for m in _read(settings, Topic.PIPELINE_EVENTS)]
+    events = [
+        _serde(settings, Topic.PIPELINE_EVENTS).decode(m.value())
+        for m in read_topic(settings, Topic.PIPELINE_EVENTS)
+    ]
     assert ("failed", "output_too_large") in [
         (e["state"], e["reason"]) for e in events if e["job_id"] == big["job_id"]
     ]

@@ -4,7 +4,6 @@ so the stack's own registry is never restarted under other tests."""
 
 from __future__ import annotations
 
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ from confluent_kafka import KafkaError, KafkaException
 
 from deploy.local.kafka import admin_client
 from deploy.local.registry import RegistryService
+from deploy.local.session import free_port
 from processors.config import Settings
 from schemas.compat import check, register
 from schemas.confluent_serde import ConfluentSerdes
@@ -23,12 +23,6 @@ from schemas.topics import Topic
 from tests.fixtures.avro_samples import SAMPLES
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

@@ -16,14 +16,12 @@ from confluent_kafka.admin import AdminClient
 from deploy.local.stack import LocalStack
 from processors.kafka_clients import group_id_for, make_producer, produce_and_confirm
 from processors.runtime import Event, InputRecord, Outcome, Stage
+from processors.runtime.codec import Codec
 from processors.runtime.runner import StageRunner
 from processors.runtime.stage import StageContext
-from schemas.serde import AvroSerde
 from schemas.topics import Topic, TopicNames
 
 pytestmark = pytest.mark.integration
-
-EVENTS = AvroSerde("pipeline_event")
 
 
 class Seen(Stage):
@@ -42,6 +40,7 @@ class Seen(Stage):
 
 def _events(settings: Any) -> list[dict[str, Any]]:
     name = TopicNames(settings.kafka.topic_prefix)(Topic.PIPELINE_EVENTS)
+    events = Codec.of(settings).serde(Topic.PIPELINE_EVENTS)
     consumer = Consumer(
         {"bootstrap.servers": settings.kafka.bootstrap, "group.id": f"r-{uuid.uuid4().hex[:6]}"}
     )
@@ -53,7 +52,7 @@ def _events(settings: Any) -> list[dict[str, Any]]:
             batch = consumer.consume(100, 0.5)
             if batch:
                 idle = time.monotonic()
-            found.extend(EVENTS.decode(m.value()) for m in batch if not m.error())
+            found.extend(events.decode(m.value()) for m in batch if not m.error())
         return found
     finally:
         consumer.close()
@@ -64,9 +63,11 @@ async def test_resuming_past_retention_is_recorded_with_the_lost_range(stack_set
     settings = stack_settings.model_copy(
         update={"kafka": stack_settings.kafka.model_copy(update={"topic_prefix": prefix, "partitions": 1})}
     )
-    LocalStack(settings, progress=lambda _: None).ensure_topics()
+    stack = LocalStack(settings, progress=lambda _: None)
+    stack.ensure_topics()
+    stack.ensure_schemas()  # the prefix's subjects: every topic is registry-framed
     topic = TopicNames(prefix)(Topic.REVIEW_DECISIONS)
-    serde = AvroSerde("review_decision")
+    serde = Codec.of(settings).serde(Topic.REVIEW_DECISIONS)
     ids = [f"gap-{n}" for n in range(7)]
     record = {"decision": "APPROVE", "reviewer": "t", "reason": "", "decided_at": 0}
     produce_and_confirm(

@@ -18,10 +18,10 @@ from PIL import Image
 from gpu_workers.worker import GenerateStage
 from processors.config import Settings
 from processors.runtime import InputRecord, Outcome, StageContext
+from processors.runtime.codec import Codec
 from processors.stages.quality import QualityStage
 from processors.storage import ObjectStore
 from processors.storage_keys import generated_digest
-from schemas.serde import AvroSerde
 from schemas.topics import Topic
 from tests.integration.test_generate_duplicates import generation_request, stored_product
 from tests.ml.remote_api import InferenceAPI
@@ -29,14 +29,14 @@ from tests.ml.remote_api import InferenceAPI
 pytestmark = pytest.mark.integration
 
 
-def _record(topic: Topic, job: dict[str, Any], offset: int = 0) -> InputRecord:
+def _record(codec: Codec, topic: Topic, job: dict[str, Any], offset: int = 0) -> InputRecord:
     value = copy.deepcopy(job)
-    raw = AvroSerde("job").encode(value)
+    raw = codec.serde(topic).encode(value)  # the bytes the topic carries: registry-framed
     return InputRecord(topic, 0, offset, job["job_id"].encode(), value, raw, [], int(time.time() * 1000))
 
 
-async def _generate(stage: GenerateStage, request: dict[str, Any]) -> dict[str, Any]:
-    (outcome,) = await stage.handle_batch([_record(Topic.GENERATION_REQUESTS, request, offset=7)])
+async def _generate(stage: GenerateStage, codec: Codec, request: dict[str, Any]) -> dict[str, Any]:
+    (outcome,) = await stage.handle_batch([_record(codec, Topic.GENERATION_REQUESTS, request, offset=7)])
     await asyncio.gather(*outcome.effects)  # the uploads, as the runtime waits for them
     assert outcome.dead_letter is None
     (output,) = outcome.outputs
@@ -63,6 +63,7 @@ async def test_a_redone_batch_on_another_backend_leaves_the_scored_image_alone(
         }
     )
     store = ObjectStore(settings.storage)
+    codec = Codec.of(settings)
     generate = GenerateStage(StageContext(settings, "generate"))
     quality = QualityStage(StageContext(settings, "quality"))
     await generate.start()
@@ -71,21 +72,21 @@ async def test_a_redone_batch_on_another_backend_leaves_the_scored_image_alone(
         ref = await asyncio.to_thread(stored_product, store)
         request = generation_request(ref, "a lamp", backend="remote", fallbacks=["compositor:compositor"])
 
-        first = await _generate(generate, request)
+        first = await _generate(generate, codec, request)
         assert first["generation"]["backend"] == "remote"
         (scored_key,) = first["generation"]["output_keys"]
         scored_bytes = await asyncio.to_thread(store.get_bytes, scored_key)
         assert generated_digest(scored_key) == hashlib.sha256(scored_bytes).hexdigest()
 
         scored = _only_output(
-            await quality.handle(_record(Topic.GENERATION_RESULTS, first)), Topic.ASSETS_SCORED
+            await quality.handle(_record(codec, Topic.GENERATION_RESULTS, first)), Topic.ASSETS_SCORED
         )
         assert scored["asset_key"] == scored_key, "the scored job names the image that was scored"
 
         # The same batch again (its offsets were never committed), and the remote API is down
         # now: the request fails over to the compositor, which draws other pixels.
         await api.stop()
-        redone = await _generate(generate, request)
+        redone = await _generate(generate, codec, request)
         assert redone["generation"]["backend"] == "compositor"
         assert redone["generation"]["fell_back_from"] == "remote"
         (redone_key,) = redone["generation"]["output_keys"]
@@ -97,7 +98,7 @@ async def test_a_redone_batch_on_another_backend_leaves_the_scored_image_alone(
         assert await asyncio.to_thread(store.get_bytes, scored_key) == scored_bytes
         # The redone result reaches quality too (another offset): the attempt was judged, so
         # the other pixels are neither scored nor sent on to be rendered.
-        again = await quality.handle(_record(Topic.GENERATION_RESULTS, redone, offset=1))
+        again = await quality.handle(_record(codec, Topic.GENERATION_RESULTS, redone, offset=1))
         assert [(e.state, e.reason) for e in again.events] == [("duplicate_job", "already_scored")]
         assert not again.outputs
 
@@ -107,7 +108,7 @@ async def test_a_redone_batch_on_another_backend_leaves_the_scored_image_alone(
         postprocess = PostprocessStage(StageContext(settings, "postprocess"))
         await postprocess.start()
         ready = _only_output(
-            await postprocess.handle(_record(Topic.ASSETS_SCORED, scored)), Topic.ASSETS_READY
+            await postprocess.handle(_record(codec, Topic.ASSETS_SCORED, scored)), Topic.ASSETS_READY
         )
         derivative = ready["derivatives"][0]
         data = await asyncio.to_thread(store.get_bytes, derivative["key"])

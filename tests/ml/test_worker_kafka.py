@@ -20,10 +20,10 @@ from deploy.local.stack import LocalStack
 from gpu_workers.registry import ModelRegistry
 from gpu_workers.worker import GenerateStage
 from processors import storage_keys
+from processors.runtime.codec import Codec
 from processors.runtime.runner import StageRunner
 from processors.runtime.stage import StageContext
 from processors.storage import ObjectStore
-from schemas.serde import AvroSerde
 from schemas.topics import Topic, TopicNames
 from tests.fixtures.avro_samples import JOB_V1
 
@@ -56,7 +56,9 @@ def worker_settings(stack_settings, tmp_path_factory):
             ),
         }
     )
-    LocalStack(settings, progress=lambda _: None).ensure_topics()
+    stack = LocalStack(settings, progress=lambda _: None)
+    stack.ensure_topics()
+    stack.ensure_schemas()  # the prefix's subjects: every topic is registry-framed
     return settings
 
 
@@ -111,11 +113,13 @@ def _request(job_id: str, refs: list[dict], backend: str, fallbacks: list[str], 
 
 async def _run_worker(settings, jobs: list[dict], timeout_s: float = 180) -> dict[str, dict]:
     names = TopicNames(settings.kafka.topic_prefix)
-    serde = AvroSerde("job")
+    codec = Codec.of(settings)
     producer = Producer({"bootstrap.servers": settings.kafka.bootstrap})
     for job in jobs:
         producer.produce(
-            names(Topic.GENERATION_REQUESTS), key=job["job_id"].encode(), value=serde.encode(job)
+            names(Topic.GENERATION_REQUESTS),
+            key=job["job_id"].encode(),
+            value=codec.serde(Topic.GENERATION_REQUESTS).encode(job),
         )
     producer.flush(10)
 
@@ -136,7 +140,7 @@ async def _run_worker(settings, jobs: list[dict], timeout_s: float = 180) -> dic
         while wanted - set(results) and time.monotonic() < deadline:
             message = await asyncio.to_thread(consumer.poll, 0.5)
             if message is not None and not message.error():
-                record = serde.decode(message.value())
+                record = codec.serde(Topic.GENERATION_RESULTS).decode(message.value())
                 if record["job_id"] in wanted:
                     results[record["job_id"]] = record
             if task.done():

@@ -33,15 +33,10 @@ from deploy.local.service import (
     port_open,
     tail,
 )
+from deploy.local.session import free_port
 from deploy.local.stack import LocalStack, ServiceStatus, StackError, topic_configs
 from processors.config import KafkaSettings, RegistrySettings, Settings, StorageSettings
 from schemas.topics import Topic
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

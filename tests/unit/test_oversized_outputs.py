@@ -14,8 +14,6 @@ import asyncio
 import copy
 import datetime as dt
 import hashlib
-import shutil
-from pathlib import Path
 from typing import Any, ClassVar
 
 from confluent_kafka import KafkaError, KafkaException, Producer
@@ -30,8 +28,7 @@ from processors.runtime.sizes import MessageLimits, wire_size
 from processors.runtime.stage import StageContext
 from processors.stages.publish import PublishStage
 from processors.storage_keys import pending_key
-from schemas.registry import AVRO_DIR, SchemaRegistry
-from schemas.serde import AvroSerde
+from schemas.confluent_serde import memory_serdes
 from schemas.topics import Topic, TopicNames
 from tests.fixtures.avro_samples import JOB_V1
 
@@ -39,10 +36,10 @@ PREFIX = "t."
 TOPICS = TopicNames(PREFIX)
 INPUT = TOPICS(Topic.JOBS_ACCEPTED)
 OUTPUT = TOPICS(Topic.JOBS_REFERENCED)
-JOBS = AvroSerde("job")
-EVENTS = AvroSerde("pipeline_event")
-LETTERS = AvroSerde("dlq_envelope")
-DECISIONS = AvroSerde("review_decision")
+JOBS = memory_serdes(PREFIX)(Topic.JOBS_ACCEPTED)
+EVENTS = memory_serdes(PREFIX)(Topic.PIPELINE_EVENTS)
+LETTERS = memory_serdes(PREFIX)(Topic.PIPELINE_DLQ)
+DECISIONS = memory_serdes(PREFIX)(Topic.REVIEW_DECISIONS)
 GROUP = "g"
 
 
@@ -258,27 +255,19 @@ async def test_a_dead_letter_the_broker_refuses_is_sent_again_without_its_origin
     assert broker.committed_offset(GROUP, INPUT, 0) == 1
 
 
-def test_the_pointer_travels_in_the_envelope_once_the_schema_has_the_field(tmp_path: Path) -> None:
-    """dlq_envelope v1 has no original_ref field (header only); a version with it gets it."""
-    root = tmp_path / "avro"
-    shutil.copytree(AVRO_DIR, root)
-    v1 = (root / "dlq_envelope" / "v1.avsc").read_text()
-    field = '{"name": "original_ref", "type": ["null", "string"], "default": null}'
-    marker = '{"name": "last_failure_at"'
-    at = v1.index(marker)
-    end = v1.index("}}", at) + 2
-    (root / "dlq_envelope" / "v2.avsc").write_text(v1[:end] + ",\n    " + field + v1[end:])
-    serde = AvroSerde("dlq_envelope", SchemaRegistry(root))
-    fields = {f["name"] for f in serde.writer.parsed["fields"]}
+def test_the_pointer_travels_in_the_envelope_once_the_schema_has_the_field() -> None:
+    """dlq_envelope v1 has no original_ref field (header only); v2, the newest, carries it."""
+    fields = LETTERS.writer_fields()
+    assert "original_ref" in fields
     letter = DeadLetter("t", 0, 1, b"k", b"v" * 10, "publish", "OutputTooLarge", "big", 1, 10, 20)
     offloaded, objects = letter.offloaded("lightbox")
-    decoded = serde.decode(serde.encode(offloaded.record(fields)))
+    decoded = LETTERS.decode(LETTERS.encode(offloaded.record(fields)))
     assert decoded["original_ref"] == "s3://lightbox/dead-letters/t/0/1/publish.value"
     assert objects == [("dead-letters/t/0/1/publish.value", b"v" * 10)]
-    # And v1 still encodes it (the field left out).
-    assert LETTERS.decode(
-        LETTERS.encode(offloaded.record({f["name"] for f in LETTERS.writer.parsed["fields"]}))
-    )
+    # And a v1 writer still encodes it (the field left out), read back with no pointer.
+    v1_fields = {f["name"] for f in LETTERS.writer(1).parsed["fields"]}
+    assert "original_ref" not in v1_fields
+    assert LETTERS.decode(LETTERS.encode(offloaded.record(v1_fields), version=1))["original_ref"] is None
 
 
 def test_wire_size_is_what_librdkafka_checks() -> None:

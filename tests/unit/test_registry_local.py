@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 import threading
 from collections.abc import Iterator
@@ -22,13 +21,8 @@ from deploy.local.registry import (
     system_properties,
 )
 from deploy.local.service import StackError
+from deploy.local.session import free_port
 from processors.config import KafkaSettings, RegistrySettings, Settings
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

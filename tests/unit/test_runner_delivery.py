@@ -18,15 +18,15 @@ from processors.runtime import InputRecord, Outcome, Stage
 from processors.runtime.memory import Commit, MemoryBroker, MemoryConsumer, MemoryProducer
 from processors.runtime.runner import StageRunner
 from processors.runtime.stage import StageContext
-from schemas.serde import AvroSerde
+from schemas.confluent_serde import memory_serdes
 from schemas.topics import Topic, TopicNames
 from tests.fixtures.avro_samples import JOB_V1
 
 PREFIX = "t."
 TOPICS = TopicNames(PREFIX)
 INPUT = TOPICS(Topic.JOBS_ACCEPTED)
-JOBS = AvroSerde("job")
-EVENTS = AvroSerde("pipeline_event")
+JOBS = memory_serdes(PREFIX)(Topic.JOBS_ACCEPTED)
+EVENTS = memory_serdes(PREFIX)(Topic.PIPELINE_EVENTS)
 GROUP = "g"
 
 

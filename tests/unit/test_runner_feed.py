@@ -15,13 +15,13 @@ from processors.runtime.feed import AheadQueue
 from processors.runtime.memory import MemoryBroker, MemoryConsumer, MemoryProducer
 from processors.runtime.runner import StageRunner
 from processors.runtime.stage import StageContext
-from schemas.serde import AvroSerde
+from schemas.confluent_serde import memory_serdes
 from schemas.topics import Topic, TopicNames
 from tests.fixtures.avro_samples import JOB_V1
 
 PREFIX = "t."
 INPUT = TopicNames(PREFIX)(Topic.JOBS_ACCEPTED)
-JOBS = AvroSerde("job")
+JOBS = memory_serdes(PREFIX)(Topic.JOBS_ACCEPTED)
 GROUP = "g"
 
 
@@ -146,7 +146,7 @@ async def test_lag_is_what_remains_after_the_committed_batch() -> None:
     assert runner.metrics.lag.labels("slow", f"{INPUT}/0")._value.get() == 3
 
 
-EVENTS = AvroSerde("pipeline_event")
+EVENTS = memory_serdes(PREFIX)(Topic.PIPELINE_EVENTS)
 
 
 async def test_resuming_past_retention_records_the_lost_range_as_an_event() -> None:

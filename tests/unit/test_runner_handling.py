@@ -18,15 +18,15 @@ from processors.runtime.dlq import parse_headers
 from processors.runtime.memory import MemoryBroker, MemoryConsumer, MemoryProducer
 from processors.runtime.runner import StageRunner
 from processors.runtime.stage import StageContext
-from schemas.serde import AvroSerde
+from schemas.confluent_serde import memory_serdes
 from schemas.topics import Topic, TopicNames
 from tests.fixtures.avro_samples import JOB_V1
 
 PREFIX = "t."
 TOPICS = TopicNames(PREFIX)
-JOBS = AvroSerde("job")
-EVENTS = AvroSerde("pipeline_event")
-LETTERS = AvroSerde("dlq_envelope")
+JOBS = memory_serdes(PREFIX)(Topic.JOBS_ACCEPTED)
+EVENTS = memory_serdes(PREFIX)(Topic.PIPELINE_EVENTS)
+LETTERS = memory_serdes(PREFIX)(Topic.PIPELINE_DLQ)
 GROUP = "g"
 
 

@@ -18,11 +18,12 @@ from processors.runtime.memory import MemoryBroker, MemoryProducer
 from processors.state.entry import SeenEntry
 from processors.state.restore import RestoreBudget, RestoreTimeout, read_to_end
 from processors.state.seen_table import SeenTable
-from schemas.serde import AvroSerde
+from schemas.confluent_serde import memory_serdes
+from schemas.topics import Topic
 
 DAY_S = 86400.0
 TOPIC = "intake.seen"
-SERDE = AvroSerde("seen_event")
+SERDE = memory_serdes("")(Topic.INTAKE_SEEN)
 
 
 class Clock:
@@ -170,10 +171,8 @@ def test_a_v2_entry_expires_from_its_first_sighting() -> None:
         "event_id": "e",
         "first_seen_at": int((clock.now - 31 * DAY_S) * 1000),
     }
-    v2 = AvroSerde("seen_event")
-    version = next(v for v in v2.registry.versions("seen_event") if v.version == 2)
     consumer = ScriptedConsumer(
-        {0: [(b"job:j", v2.encode({**old, "source_partition": 0, "source_offset": 1}, version))]}
+        {0: [(b"job:j", SERDE.encode({**old, "source_partition": 0, "source_offset": 1}, version=2))]}
     )
     seen, broker = table(clock, consumer)
     seen.on_assign([0])

@@ -35,6 +35,9 @@ class _NoStack:
     def ensure_topics(self) -> None:
         pass
 
+    def ensure_schemas(self) -> None:
+        pass
+
 
 @pytest.mark.parametrize(
     ("make", "copies"),

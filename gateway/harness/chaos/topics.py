@@ -113,7 +113,7 @@ class EventFeed:
     undecodable: int = 0
 
     def __post_init__(self) -> None:
-        self._codec = Codec(TopicNames(self.settings.kafka.topic_prefix))
+        self._codec = Codec.of(self.settings)
         self._consumer = _consumer(self.settings)
         name = TopicNames(self.settings.kafka.topic_prefix)(Topic.PIPELINE_EVENTS)
         metadata = self._consumer.list_topics(name, timeout=10).topics[name]
