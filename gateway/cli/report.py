@@ -21,6 +21,16 @@ def print_summary(summary: dict[str, Any]) -> None:
         f"artifact rate: {summary['artifact_rate']:.1%} of {summary['quality_verdicts']} quality verdicts "
         "were rejected (blank, wrong size, product lost…)"
     )
+    if summary.get("first_pass_scored"):
+        print(
+            f"first-pass yield: {summary['first_pass_yield']:.1%} of {summary['first_pass_scored']} jobs "
+            "passed the quality gate on their first attempt"
+        )
+    if stages := summary.get("stage_handler_ms"):
+        print(
+            "p95 handler time per stage: "
+            + ", ".join(f"{s} {_ms(v['p95_ms'])}" for s, v in sorted(stages.items()))
+        )
     if summary["reasons"]:
         print("reasons recorded:")
         for r in summary["reasons"]:

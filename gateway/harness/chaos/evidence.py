@@ -17,7 +17,7 @@ from processors.eventlog.reader import EventLogReader, EventLogUnavailable
 from processors.runtime.codec import Codec
 from processors.runtime.dlq import parse_headers
 from processors.storage import ObjectStore
-from schemas.topics import Topic, TopicNames
+from schemas.topics import Topic
 
 EVENT_LOG_CHUNK = 50  # job ids per event-log query: results stay small
 EVENT_LOG_RETRY_S = 60.0
@@ -45,7 +45,7 @@ def dead_letters(settings: Settings) -> list[Letter]:
 
 def published(settings: Settings) -> tuple[Counter[str], dict[str, set[str]]]:
     """Records on assets.published by job, and the files they name."""
-    codec = Codec(TopicNames(settings.kafka.topic_prefix))
+    codec = Codec.of(settings)
     counts: Counter[str] = Counter()
     keys: dict[str, set[str]] = {}
     for message in read_topic(settings, Topic.ASSETS_PUBLISHED):
