@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
@@ -14,9 +16,16 @@ from processors.imaging.ocr import (
     text_similarity,
 )
 
-needs_tesseract = pytest.mark.skipif(
-    not tesseract_available(), reason="tesseract binary not installed (apt-get install tesseract-ocr)"
-)
+
+def needs_tesseract(test):  # type: ignore[no-untyped-def]
+    """scripts/bootstrap.sh installs tesseract-ocr: a test that needs it fails without it."""
+
+    @functools.wraps(test)  # keeps the signature, so pytest still injects fixtures
+    def run(*args, **kwargs):  # type: ignore[no-untyped-def]
+        assert tesseract_available(), "tesseract binary not installed: run scripts/bootstrap.sh"
+        return test(*args, **kwargs)
+
+    return run
 
 
 def _render(*lines: str, size: tuple[int, int] = (640, 96)) -> Image.Image:
@@ -44,7 +53,8 @@ def test_similarity_uses_the_best_window() -> None:
 
 
 def test_missing_binary_is_ocr_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
-    pytesseract = pytest.importorskip("pytesseract")
+    import pytesseract  # the ml extra installs it
+
     monkeypatch.setattr(pytesseract.pytesseract, "tesseract_cmd", "/nonexistent/tesseract")
     assert not tesseract_available()
     with pytest.raises(OcrUnavailable, match="/nonexistent/tesseract"):
