@@ -10,7 +10,17 @@ from gateway.cli.common import Commands, settings_of
 def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.web.app import serve
 
-    serve(settings_of(args), host=args.host, port=args.port)
+    settings = settings_of(args)
+    overrides: dict[str, object] = {}
+    if args.behind_proxy:
+        overrides["behind_proxy"] = True
+    if args.tls_cert or args.tls_key:
+        overrides.update(tls_cert=args.tls_cert or "", tls_key=args.tls_key or "")
+    if args.allow_host:
+        overrides["allowed_hosts"] = [*settings.gateway.allowed_hosts, *args.allow_host]
+    if overrides:
+        settings = settings.model_copy(update={"gateway": settings.gateway.model_copy(update=overrides)})
+    serve(settings, host=args.host, port=args.port)
     return 0
 
 
@@ -31,12 +41,31 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def register_serve(commands: Commands) -> None:
     p = commands.add_parser(
         "serve",
-        help="the HTTP gateway: POST /v1/events, GET /v1/jobs/ID, the /review page",
-        description="The HTTP API for systems that cannot speak Kafka, and the review page. Bound to "
-        "loopback (the default) it answers only requests addressed to loopback (Host header).",
+        help="the HTTP gateway: the JSON API (/docs), the review and dashboard pages",
+        description="The HTTP API for systems that cannot speak Kafka, and the pages for reviewers "
+        "and analysts. Every route but /healthz, /readyz, /docs and /openapi.json needs an API token "
+        "(`lightbox tokens create`). It answers only Host names it knows (loopback, the bind "
+        "address, gateway.allowed_hosts). Off loopback it refuses to start without TLS "
+        "(--tls-cert/--tls-key) or --behind-proxy, and without an allowed host name.",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    p.add_argument("--tls-cert", help="PEM certificate chain: serve HTTPS (gateway.tls_cert)")
+    p.add_argument("--tls-key", help="PEM private key of --tls-cert (gateway.tls_key)")
+    p.add_argument(
+        "--behind-proxy",
+        action="store_true",
+        help="a proxy in front terminates TLS (gateway.behind_proxy): serve plain HTTP off loopback, "
+        "session cookies marked Secure",
+    )
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a Host name to answer besides loopback and the bind address (repeatable; "
+        "'.example.com' for a domain and its subdomains; gateway.allowed_hosts)",
+    )
     p.set_defaults(func=cmd_serve)
 
 

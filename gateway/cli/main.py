@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gateway.cli import chaos, dlq, eventlog, harness, jobs, keys, pipeline, schemas, stack, topology
+from gateway.cli import chaos, dlq, eventlog, harness, jobs, keys, pipeline, schemas, stack, tokens, topology
 
 DESCRIPTION = """\
 Lightbox: catalog events in, generated, quality-checked, traceable product images out.
@@ -35,6 +35,7 @@ Day to day:
   lightbox chaos             kill stages, MinIO and the broker while jobs run; check nothing is lost
   lightbox schemas check     are the working tree's Avro schemas compatible with the registry?
   lightbox keys init         make a local TEST signing chain (production configures a real one)
+  lightbox tokens create     make an API token for the HTTP gateway, with a role
 
 Configuration: LIGHTBOX_* environment variables or a YAML file (--config / LIGHTBOX_CONFIG);
 see README.md, "Configuration".
@@ -63,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     chaos.register(commands)
     schemas.register(commands)
     keys.register(commands)
+    tokens.register(commands)
     return parser
 
 

@@ -2,7 +2,7 @@
 
 One Kafka producer and one event-log reader serve every request: a producer per request would
 open a broker connection (and an idempotent-producer session) for each POST, and a reader per
-request an HTTP session (or a ClickHouse connection) for each GET. They are opened when the app
+request an HTTP session (or ClickHouse connections) for each GET. They are opened when the app
 starts and closed, after the queue has been flushed, when it stops.
 """
 
@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 import jinja2
 from aiohttp import web
 from confluent_kafka import Producer
+from minio import Minio
 
 from processors.config import Settings
 from processors.eventlog.reader import EventLogReader
@@ -28,8 +29,27 @@ JOB_SERDE = web.AppKey("job_serde", AvroSerde)
 PAGES = web.AppKey("pages", jinja2.Environment)
 PRODUCER = web.AppKey("producer", Producer)
 EVENT_LOG = web.AppKey("event_log", EventLogReader)
+# Signs asset URLs (no network: the region is given, so the SDK never asks the server for it).
+PRESIGNER = web.AppKey("presigner", Minio)
 
 FLUSH_ON_STOP_S = 10.0
+# MinIO's region unless one is configured; presigning needs one.
+STORAGE_REGION = "us-east-1"
+
+
+def presigner(settings: Settings) -> Minio:
+    """A client for presigned GET URLs that name the storage host clients reach
+    (gateway.asset_url_endpoint), which may differ from the one the gateway uses."""
+    storage, gateway = settings.storage, settings.gateway
+    endpoint = gateway.asset_url_endpoint or storage.endpoint
+    secure = gateway.asset_url_secure if gateway.asset_url_endpoint else storage.secure
+    return Minio(
+        endpoint,
+        access_key=storage.access_key,
+        secret_key=storage.secret_key,
+        secure=secure,
+        region=STORAGE_REGION,
+    )
 
 
 async def kafka_and_event_log(app: web.Application) -> AsyncIterator[None]:

@@ -17,7 +17,8 @@ LIFECYCLE_SQL = "[" + ",".join(f"'{s}'" for s in LIFECYCLE) + "]"
 STATE_RANK_SQL = f"indexOf({LIFECYCLE_SQL}, state)"
 # The state a job is in now: published if it ever was (see job_states.FINAL), else latest by
 # time, then by lifecycle rank.
-CURRENT_STATE_SQL = f"argMax(state, tuple(state = '{JobState.PUBLISHED}', at, {STATE_RANK_SQL}))"
+CURRENT_STATE_ORDER_SQL = f"tuple(state = '{JobState.PUBLISHED}', at, {STATE_RANK_SQL})"
+CURRENT_STATE_SQL = f"argMax(state, {CURRENT_STATE_ORDER_SQL})"
 
 
 def _iso(value: Any) -> Any:
@@ -191,7 +192,7 @@ def list_jobs(client: Client, database: str, filters: JobFilter) -> dict[str, An
         params["after_ms"], params["after_id"] = filters.after
     rows = client.query(
         f"""SELECT job_id,
-                   argMaxIf(state, tuple(at, {STATE_RANK_SQL}), has({LIFECYCLE_SQL}, state)) AS job_state,
+                   argMaxIf(state, {CURRENT_STATE_ORDER_SQL}, has({LIFECYCLE_SQL}, state)) AS job_state,
                    toUnixTimestamp64Milli(min(at)) AS created_ms,
                    toUnixTimestamp64Milli(max(at)) AS updated_ms,
                    anyIf(attributes['sku'], attributes['sku'] != '') AS sku,

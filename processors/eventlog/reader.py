@@ -3,20 +3,26 @@ otherwise through the event-log sink that owns the embedded engine.
 
 A one-off caller (the CLI) just calls a query: each opens and closes its own HTTP session. A
 long-lived caller (the HTTP gateway) opens the reader once (`await reader.open()`, or
-`async with reader`) and every query reuses one session and one ClickHouse client until
-`close()`.
+`async with reader`) and every query reuses one session, or one set of ClickHouse connections,
+until `close()`.
+
+No query blocks the event loop: clickhouse-connect's calls are blocking, so against a server they
+run on a lane (engine.py) of a few threads, each with its own connection made once and kept; one
+connection serialises its calls, so connections are never shared between threads. Analyst SQL
+has a lane (and a read-only connection) of its own.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any, Self
+from urllib.parse import quote
 
 import aiohttp
-from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import OperationalError
 
 from processors.config import Settings
@@ -30,6 +36,7 @@ from processors.eventlog.analyst import (
     run_analyst_query,
 )
 from processors.eventlog.clickhouse import connect, connect_analyst
+from processors.eventlog.engine import ClickHouseLane
 
 # Above the analyst's max_execution_time (20 s by default), so a timeout is the engine's, named.
 TIMEOUT = aiohttp.ClientTimeout(total=30)
@@ -52,8 +59,8 @@ class EventLogReader:
         self.settings = settings
         self.database = settings.clickhouse.database
         self._base = f"http://127.0.0.1:{settings.clickhouse.query_port}"
-        self._client: Client | None = None
-        self._analyst: Client | None = None
+        self._lane: ClickHouseLane | None = None
+        self._analyst: ClickHouseLane | None = None
         self._table_functions: frozenset[str] | None = None
         self._session: aiohttp.ClientSession | None = None
 
@@ -61,12 +68,20 @@ class EventLogReader:
     def _direct(self) -> bool:
         return not self.settings.uses_embedded_clickhouse
 
-    def _server(self) -> Client:
-        # Connected on first use, not at construction: a gateway starts even while ClickHouse
-        # is down, and answers 503 until it is back.
-        if self._client is None:
-            self._client = connect(self.settings)
-        return self._client
+    def _server(self) -> ClickHouseLane:
+        # Connected on first use (per thread), not at construction: a gateway starts even while
+        # ClickHouse is down, and answers 503 until it is back.
+        if self._lane is None:
+            threads = max(1, self.settings.gateway.eventlog_threads)
+            self._lane = ClickHouseLane("reader", lambda: connect(self.settings), threads)
+        return self._lane
+
+    def _analyst_lane(self) -> ClickHouseLane:
+        if self._analyst is None:
+            # Its own connection, opened read-only with the limits: never the one the other
+            # queries use, so a long query here holds up nothing else.
+            self._analyst = ClickHouseLane("reader-analyst", lambda: connect_analyst(self.settings))
+        return self._analyst
 
     def _new_session(self) -> aiohttp.ClientSession:
         return aiohttp.ClientSession(timeout=TIMEOUT)
@@ -80,10 +95,11 @@ class EventLogReader:
         if self._session is not None:
             await self._session.close()
             self._session = None
-        for client in (self._client, self._analyst):
-            if client is not None:
-                client.close()
-        self._client = self._analyst = None
+        lanes = [lane for lane in (self._lane, self._analyst) if lane is not None]
+        self._lane = self._analyst = None
+        for lane in lanes:
+            # Waits for a query in flight: off the loop.
+            await asyncio.to_thread(lane.close)
 
     async def __aenter__(self) -> Self:
         await self.open()
@@ -127,24 +143,31 @@ class EventLogReader:
 
     async def timeline(self, job_id: str) -> dict[str, Any]:
         if self._direct:
-            return self._direct_call(queries.job_timeline, job_id)
-        return await self._get(f"/jobs/{job_id}")
+            return await self._direct_call(queries.job_timeline, job_id)
+        # Quoted whole: a job id is arbitrary text ("?", "/", "%" among it), one path segment.
+        return await self._get(f"/jobs/{quote(job_id, safe='')}")
 
     async def summary(self, since_ms: int = 0) -> dict[str, Any]:
         if self._direct:
-            return self._direct_call(queries.summary, since_ms)
+            return await self._direct_call(queries.summary, since_ms)
         return await self._get("/summary", since_ms=str(since_ms))
 
     async def latencies(self, job_ids: list[str]) -> dict[str, dict[str, float]]:
         if self._direct:
-            return self._direct_call(queries.job_latencies, job_ids)
+            return await self._direct_call(queries.job_latencies, job_ids)
         return await self._request("POST", "/latencies", json={"job_ids": job_ids})
 
     async def states(self, job_ids: list[str]) -> dict[str, str]:
         """Each job's current state (a service query: never queued behind analyst SQL)."""
         if self._direct:
-            return self._direct_call(queries.job_states, job_ids)
+            return await self._direct_call(queries.job_states, job_ids)
         return await self._request("POST", "/states", json={"job_ids": job_ids})
+
+    async def list_jobs(self, filters: queries.JobFilter) -> dict[str, Any]:
+        """A page of jobs, newest first (queries.list_jobs)."""
+        if self._direct:
+            return await self._direct_call(queries.list_jobs, filters)
+        return await self._request("POST", "/jobs/list", json=filters.to_json())
 
     async def sql(self, sql: str) -> dict[str, Any]:
         """One analyst statement, under the analyst's limits (processors/eventlog/analyst.py)."""
@@ -155,22 +178,23 @@ class EventLogReader:
         if not self._direct:
             return await self._request("POST", "/query", refusals=True, json={"sql": sql})
         try:
-            if self._analyst is None:
-                # Its own connection, opened read-only with the limits: never the one the other
-                # queries use, so a long query here holds up nothing else.
-                self._analyst = connect_analyst(self.settings)
-                self._table_functions = engine_table_functions(self._analyst)
-            assert self._table_functions is not None
-            return run_analyst_query(self._analyst, sql, limits, self._table_functions)
+            lane = self._analyst_lane()
+            if self._table_functions is None:
+                self._table_functions = await lane.call(engine_table_functions)
+            return await lane.call(run_analyst_query, sql, limits, self._table_functions)
         except (AnalystQueryRefused, AnalystQueryFailed) as exc:
             raise QueryRefused(str(exc)) from exc
         except (OperationalError, OSError) as exc:
             raise self._unreachable(exc) from exc
 
-    def _direct_call(self, query: Callable[..., Any], *args: Any) -> Any:
+    async def _direct_call(self, query: Callable[..., Any], *args: Any) -> Any:
+        lane = self._server()
         try:
-            return query(self._server(), self.database, *args)
+            return await lane.call(query, self.database, *args)
         except (OperationalError, OSError) as exc:
+            # The server may have restarted (and lost the table connect() creates): each thread
+            # reconnects before its next query.
+            lane.reset()
             raise self._unreachable(exc) from exc
 
     def _unreachable(self, exc: BaseException) -> EventLogUnavailable:
@@ -179,7 +203,7 @@ class EventLogReader:
     async def healthy(self) -> bool:
         try:
             if self._direct:
-                self._server().command("SELECT 1")
+                await self._server().call(lambda client: client.command("SELECT 1"))
             else:
                 await self._get("/healthz")
         except Exception:

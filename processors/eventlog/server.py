@@ -107,6 +107,15 @@ def build_query_app(lanes: QueryLanes, database: str) -> web.Application:
         ids = [str(i) for i in body.get("job_ids", [])]
         return web.json_response(await lanes.queries.call(queries.job_states, database, ids))
 
+    @routes.post("/jobs/list")
+    async def list_jobs(request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        try:
+            filters = queries.JobFilter.from_json(body)
+        except (TypeError, ValueError) as exc:
+            return _error(400, str(exc))
+        return web.json_response(await lanes.queries.call(queries.list_jobs, database, filters))
+
     @routes.post("/query")
     async def query(request: web.Request) -> web.Response:
         body = await _json_body(request)

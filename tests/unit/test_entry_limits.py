@@ -18,6 +18,7 @@ from gateway.cli.main import main
 from gateway.ops.entry import MAX_EVENTS_PER_REQUEST, MAX_LINE_CHARS, EntryError, check_review
 from gateway.ops.review import submit_decision
 from gateway.ops.submit import parse_lines
+from gateway.ops.tokens import Role, TokenStore
 from gateway.web.app import build_app
 from processors.config import ReviewSettings, load_settings
 from tests.fixtures.avro_samples import CATALOG_V1
@@ -154,36 +155,54 @@ def test_job_ids_model_names_and_analyst_sql_are_bounded(capsys) -> None:
 
 
 @pytest.fixture
-async def http(sent) -> AsyncIterator[TestClient]:
+async def http(sent, tmp_path) -> AsyncIterator[TestClient]:
     # The app builds its producer and stores without connecting: every request below is refused
     # before MinIO or Kafka would be asked anything.
-    async with TestClient(TestServer(build_app(load_settings()), host="127.0.0.1")) as client:
+    settings = load_settings()
+    gateway = settings.gateway.model_copy(
+        update={
+            "tokens_file": str(tmp_path / "tokens.json"),
+            "session_key_file": str(tmp_path / "session.key"),
+        }
+    )
+    settings = settings.model_copy(update={"gateway": gateway})
+    token = TokenStore.of(settings).create("admin-bot", Role.ADMIN)[1]
+    app = build_app(settings)
+    async with TestClient(TestServer(app, host="127.0.0.1"), headers=_bearer(token)) as client:
         yield client
 
 
-async def test_the_review_route_refuses_a_long_reason_naming_the_field_and_limit(http, sent) -> None:
-    response = await http.post(
-        "/review/job-1", json={"decision": "reject", "reviewer": "ana", "reason": "x" * ONE_MB}
-    )
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def test_the_decision_route_refuses_a_long_reason_naming_the_field_and_limit(http, sent) -> None:
+    # The 1 MB reason is refused by size before it is parsed.
+    response = await http.post("/v1/jobs/job-1/decision", json={"decision": "reject", "reason": "x" * ONE_MB})
+    assert response.status == 413
+    assert response.content_type == "application/problem+json"
+
+    # Under the body limit, over the field's own: 400 naming the field and the limit.
+    response = await http.post("/v1/jobs/job-1/decision", json={"decision": "reject", "reason": "x" * 5000})
     assert response.status == 400
+    assert response.content_type == "application/problem+json"
     body = await response.json()
-    assert (body["field"], body["limit"]) == ("reason", REVIEW.max_reason_chars)
-    assert body["error"] == f"reason: {ONE_MB} characters, at most 2000 (review.max_reason_chars)"
+    assert (body["field"], body["limit"], body["status"]) == ("reason", REVIEW.max_reason_chars, 400)
+    assert body["detail"] == "reason: 5000 characters, at most 2000 (review.max_reason_chars)"
 
-    response = await http.post(
-        "/review/job-1", data={"decision": "reject", "reviewer": "ana", "reason": "x" * 5000}
-    )
+    # The reviewer is the token's name: a client cannot send one.
+    response = await http.post("/v1/jobs/job-1/decision", json={"decision": "approve", "reviewer": "eve"})
     assert response.status == 400
-    assert "reason: 5000 characters, at most 2000" in await response.text()
-
-    response = await http.post("/review/job-1", json={"decision": "approve", "reviewer": "r" * 201})
     assert (await response.json())["field"] == "reviewer"
     assert sent == []
 
 
 async def test_a_long_job_id_in_the_url_is_refused(http) -> None:
-    for path in (f"/v1/jobs/{'j' * 300}", f"/review/{'j' * 300}"):
-        response = await (http.get(path) if path.startswith("/v1") else http.post(path, json={}))
+    for path in (f"/v1/jobs/{'j' * 300}", f"/v1/jobs/{'j' * 300}/decision"):
+        if path.endswith("decision"):
+            response = await http.post(path, json={"decision": "approve"})
+        else:
+            response = await http.get(path)
         assert response.status == 400, path
         body = await response.json()
         assert (body["field"], body["limit"]) == ("job_id", 256), path
@@ -192,11 +211,11 @@ async def test_a_long_job_id_in_the_url_is_refused(http) -> None:
 async def test_event_posts_are_bounded_in_count_and_in_their_fields(http, sent) -> None:
     response = await http.post("/v1/events", json={"events": [CATALOG_V1] * (MAX_EVENTS_PER_REQUEST + 1)})
     assert response.status == 413
-    assert f"at most {MAX_EVENTS_PER_REQUEST}" in (await response.json())["error"]
+    assert f"at most {MAX_EVENTS_PER_REQUEST}" in (await response.json())["detail"]
 
     response = await http.post("/v1/events", json={"events": [CATALOG_V1, _event(title="t" * 100_000)]})
     assert response.status == 400
     (problem,) = (await response.json())["errors"]
     assert problem["index"] == 1
-    assert "product.title" in problem["message"] and "at most 300" in problem["message"]
+    assert "product.title" in problem["detail"] and "at most 300" in problem["detail"]
     assert sent == []
