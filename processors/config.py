@@ -311,12 +311,16 @@ class WebhookEndpoint(BaseModel):
 class WebhookSettings(BaseModel):
     """Completion notifications, signed the Standard Webhooks way (processors/webhooks.py).
 
-    catalog_event has no field for a callback URL, so for now the URL is per source (the
-    upstream system named in each event's `source`); review.webhook_url stays the catch-all."""
+    Where a job's notification goes, first match wins: the request's own webhook_url (catalog
+    event v3; its host must be in allowed_hosts), the endpoint of its source (the upstream
+    system named in the event's `source`), then review.webhook_url, the catch-all."""
 
     sources: dict[str, WebhookEndpoint] = {}
-    # Signs notifications to review.webhook_url.
+    # Signs notifications to review.webhook_url, and to a request's own URL when its source has
+    # no endpoint (with a secret) of its own.
     secret: str = ""
+    # Hosts ("host" or "host:port") a request may name in its own webhook_url. Empty: none may.
+    allowed_hosts: list[str] = []
 
 
 class Settings(BaseSettings):

@@ -110,12 +110,19 @@ def verify(
     raise WebhookVerificationError("no matching signature")
 
 
-def endpoint_for(settings: Settings, source: str | None) -> WebhookEndpoint | None:
-    """Where the completion notification of a request from `source` goes, and its secret:
-    webhooks.sources[source] when configured, else review.webhook_url signed with
-    webhooks.secret; None when neither is set."""
-    if source and source in settings.webhooks.sources:
-        return settings.webhooks.sources[source]
+def endpoint_for(
+    settings: Settings, source: str | None, request_url: str | None = None
+) -> WebhookEndpoint | None:
+    """Where the completion notification of a request from `source` goes, and its secret: the
+    request's own URL (intake checked its host against webhooks.allowed_hosts), signed with the
+    source's secret or else webhooks.secret; else webhooks.sources[source]; else
+    review.webhook_url signed with webhooks.secret; None when none is set."""
+    own = settings.webhooks.sources.get(source) if source else None
+    if request_url:
+        secret = own.secret if own is not None and own.secret else settings.webhooks.secret
+        return WebhookEndpoint(url=request_url, secret=secret)
+    if own is not None:
+        return own
     if settings.review.webhook_url:
         return WebhookEndpoint(url=settings.review.webhook_url, secret=settings.webhooks.secret)
     return None

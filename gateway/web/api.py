@@ -167,7 +167,9 @@ def _parsed(lines: list[str]) -> ParsedFile:
         raise Problem(400, f"an event does not fit the catalog_event schema: {str(exc)[:300]}") from None
 
 
-def _validated(body: dict[str, Any]) -> tuple[tuple[int, dict[str, Any], bytes], dict[str, Any]]:
+def _validated(
+    body: dict[str, Any], settings: Settings
+) -> tuple[tuple[int, dict[str, Any], bytes], dict[str, Any]]:
     """The event ready to publish, and its record as intake will read it; Problem 400 when it does
     not fit the schema or intake's size limits, 422 when intake would reject it."""
     # The same checks as `lightbox submit`, one "line" for the event.
@@ -177,7 +179,7 @@ def _validated(body: dict[str, Any]) -> tuple[tuple[int, dict[str, Any], bytes],
         raise Problem(400, problem.message, field=serde_field(problem.message), kind="invalid-field")
     (entry,) = parsed.events
     record = _catalog_serde().decode(entry[2])
-    rejections = validate_event(record, _policy(), _templates())
+    rejections = validate_event(record, _policy(), _templates(), settings.webhooks.allowed_hosts)
     if rejections:
         first = rejections[0]
         raise Problem(
@@ -193,7 +195,7 @@ def _validated(body: dict[str, Any]) -> tuple[tuple[int, dict[str, Any], bytes],
 
 
 async def _accept_request(request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
-    entry, record = _validated(body)
+    entry, record = _validated(body, request.app[SETTINGS])
     job_ids = request_job_ids(record)
     await _publish(request, [entry])
     return {

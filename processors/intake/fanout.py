@@ -158,6 +158,8 @@ def _job(
         # Intake names the version this one replaces, once its table has said it is an update.
         "supersedes": None,
         "product_sha256": digest,
+        "source": ev.get("source") or "",
+        "webhook_url": ev.get("webhook_url"),
     }
 
 

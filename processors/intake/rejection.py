@@ -7,7 +7,7 @@ and all of them in its attributes):
 ``missing_field`` ``invalid_type`` ``invalid_text`` ``too_long`` ``invalid_enum`` ``invalid_value``
 ``invalid_size`` ``invalid_url`` ``no_product_reference`` ``unknown_template``
 ``unknown_template_version`` ``restricted_term`` ``unsupported_use`` ``too_many_attributes``
-``too_many_references`` ``too_many_jobs``
+``too_many_references`` ``too_many_jobs`` ``webhook_not_allowed``
 
 Decided against intake's de-duplication table, not by validation (processors/intake/dedup.py),
 and recorded the same way: ``stale_event`` (field ``occurred_at``: not newer than what the

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -29,19 +29,28 @@ from processors.intake.policy import IntakePolicy
 from processors.intake.rejection import Rejection
 from processors.intake.template_check import TemplateCatalogue, check_template_reference
 
+# Browsers and proxies handle URLs of this length; a longer callback is no one's real endpoint.
+MAX_WEBHOOK_URL_CHARS = 2000
+
 
 def validate_event(
-    event: Mapping[str, Any], policy: IntakePolicy, templates: TemplateCatalogue
+    event: Mapping[str, Any],
+    policy: IntakePolicy,
+    templates: TemplateCatalogue,
+    webhook_hosts: Collection[str] = (),
 ) -> list[Rejection]:
     """Every reason the event cannot be accepted; an empty list means accept.
 
     templates is the catalogue the request's template_id and pinned template_version are looked
     up in (required: a request naming a template nobody has must be rejected here, not fail later).
+    webhook_hosts: the hosts (host or host:port) a request's own webhook_url may name
+    (webhooks.allowed_hosts).
     """
     if not isinstance(event, Mapping):
         return [Rejection("invalid_type", "", f"expected a record, got {type_name(event)}")]
     c = FieldChecker(policy)
     _check_envelope(c, event)
+    _check_webhook_url(c, event, webhook_hosts)
     product = c.section(event, "product", "product")
     title = attrs = None
     if product is not None:
@@ -69,6 +78,31 @@ def _check_envelope(c: FieldChecker, event: Mapping[str, Any]) -> None:
         c.reject("invalid_type", "occurred_at", f"expected epoch milliseconds, got {type_name(occurred)}")
     c.text(event, "source", "source", p.max_text_chars, allow_empty=True)
     c.text(event, "campaign", "campaign", p.max_text_chars, required=False, allow_empty=True)
+
+
+def _check_webhook_url(c: FieldChecker, event: Mapping[str, Any], allowed: Collection[str]) -> None:
+    """A request's own webhook is a URL an upstream system makes Lightbox POST to: only hosts
+    the deployment lists may be named, or any sender could aim the publish stage at internal
+    services (the reference downloader's address rules guard GETs, not these POSTs)."""
+    url = c.text(event, "webhook_url", "webhook_url", MAX_WEBHOOK_URL_CHARS, required=False)
+    if not url:
+        return
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        c.reject("invalid_url", "webhook_url", f"{short(url)} is not an http(s) URL")
+        return
+    if parts.username is not None or parts.password is not None:
+        c.reject("invalid_url", "webhook_url", "credentials in the URL")
+        return
+    host = parts.hostname.lower()
+    named = {host, f"{host}:{parts.port}"} if parts.port else {host}
+    if not named & {h.lower() for h in allowed}:
+        c.reject(
+            "webhook_not_allowed",
+            "webhook_url",
+            f"{host} is not in webhooks.allowed_hosts"
+            + ("" if allowed else " (empty: requests may not name their own webhook)"),
+        )
 
 
 def _check_product(

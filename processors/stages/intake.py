@@ -78,7 +78,9 @@ class IntakeStage(Stage):
         event_id = str(event.get("event_id", ""))
         # The store is the catalogue: an unknown template and an unknown pinned version are both
         # rejected here, so fan_out's version lookup below always succeeds.
-        rejections = validate_event(event, self.policy, self.templates)
+        rejections = validate_event(
+            event, self.policy, self.templates, self.ctx.settings.webhooks.allowed_hosts
+        )
         if rejections:
             first = rejections[0]
             all_reasons = ";".join(f"{r.reason}@{r.field}" for r in rejections)
@@ -221,6 +223,9 @@ class IntakeStage(Stage):
                 "slot": job["idempotency_key"],
                 "asset_version": str(job["asset_version"]),
             }
+            # GET /v1/jobs filters on these: a job is findable by campaign from its first event.
+            if job["spec"].get("campaign"):
+                attributes["campaign"] = job["spec"]["campaign"]
             if job["supersedes"]:
                 attributes["supersedes"] = job["supersedes"]
             outcome.events.append(job_event(job, "pending", attributes=attributes))

@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import socket
+import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
@@ -41,7 +42,7 @@ from typing import Any, ClassVar
 import aiohttp
 
 from processors.backoff import backoff_delay
-from processors.config import ReviewSettings
+from processors.config import Settings, WebhookEndpoint
 from processors.provenance.signing import ContentSigner, derivative_mime
 from processors.runtime import Event, InputRecord, Outcome, Output, PermanentError, Stage
 from processors.runtime.records import job_event, now_ms
@@ -57,6 +58,7 @@ from processors.storage_keys import (
     published_key,
     published_prefix,
 )
+from processors.webhooks import endpoint_for, sign
 from schemas.serde import AvroSerde
 from schemas.topics import Topic
 
@@ -92,9 +94,12 @@ class PublishStage(Stage):
         # to start rather than publish unsigned files.
         self.signer = ContentSigner.from_settings(self.ctx.settings)
         self.notifier: Notifier | None = None
-        if self.settings.webhook_url:
+        webhooks = self.ctx.settings.webhooks
+        # Requests may name their own webhook only where hosts are allowed; with no endpoint of
+        # any kind configured, no job can have one and the outbox is never scanned.
+        if self.settings.webhook_url or webhooks.sources or webhooks.allowed_hosts:
             outbox = NotifyOutbox(self.ctx.store, self.topic_prefix)
-            self.notifier = Notifier(outbox, self.settings, self.ctx.log)
+            self.notifier = Notifier(outbox, self.ctx.settings, self.ctx.log)
             await self.notifier.start()
 
     async def stop(self) -> None:
@@ -247,7 +252,7 @@ class PublishStage(Stage):
         approved = job_event(job, "approved", attributes={"reviewer": reviewer})
         published = job_event(job, "published", attributes={"prefix": prefix, "files": str(len(keys))})
         events = [approved, published]
-        if self.notifier is not None:
+        if self.notifier is not None and self.notifier.endpoint(job) is not None:
             delivery = Delivery.of(job, self.notifier.owner)
             if await self.run_blocking(self.notifier.outbox.queue, delivery):
                 events.extend(await self.notifier.first_try(delivery))
@@ -293,6 +298,8 @@ class Delivery:
     body: dict[str, Any]
     queued_at: int  # epoch ms
     owner: str  # the publish process that tries it
+    source: str = ""  # the request's source and its own webhook URL: pick the endpoint
+    request_url: str = ""
     attempts: int = 0
     last_reason: str = ""
     next_at: int = 0  # epoch ms of the next try
@@ -319,6 +326,8 @@ class Delivery:
             },
             queued_at=now_ms(),
             owner=owner,
+            source=job.get("source") or "",
+            request_url=job.get("webhook_url") or "",
         )
 
     def to_json(self) -> bytes:
@@ -402,12 +411,21 @@ class Sent:
 
 
 async def post_webhook(
-    session: aiohttp.ClientSession, url: str, delivery: Delivery, timeout_s: float
+    session: aiohttp.ClientSession, endpoint: WebhookEndpoint, delivery: Delivery, timeout_s: float
 ) -> Sent:
-    headers = {DELIVERY_HEADER: delivery.delivery_id, "Idempotency-Key": delivery.delivery_id}
+    """One POST, signed the Standard Webhooks way when the endpoint has a secret: webhook-id is
+    the delivery id, the same on every try, so the receiver de-duplicates on it."""
+    body = json.dumps(delivery.body, sort_keys=True, separators=(",", ":")).encode()
+    headers = {
+        "Content-Type": "application/json",
+        DELIVERY_HEADER: delivery.delivery_id,
+        "Idempotency-Key": delivery.delivery_id,
+    }
+    if endpoint.secret:
+        headers.update(sign(endpoint.secret, delivery.delivery_id, int(time.time()), body))
     try:
         async with session.post(
-            url, json=delivery.body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s)
+            endpoint.url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s)
         ) as response:
             status = response.status
     except (aiohttp.ClientError, TimeoutError):
@@ -434,9 +452,10 @@ class Notifier:
     outcome: a stage has no other way to emit events (processors.runtime sends them with a
     record's outcome), so a delivery made while no record arrives is reported with the next."""
 
-    def __init__(self, outbox: NotifyOutbox, settings: ReviewSettings, log: logging.Logger) -> None:
+    def __init__(self, outbox: NotifyOutbox, settings: Settings, log: logging.Logger) -> None:
         self.outbox = outbox
-        self.settings = settings
+        self.all_settings = settings
+        self.settings = settings.review
         self.log = log
         self.owner = _worker_id()
         self._mine: dict[str, Delivery] = {}
@@ -458,6 +477,9 @@ class Notifier:
                 await self._task
         if self._session is not None:
             await self._session.close()
+
+    def endpoint(self, job: dict[str, Any]) -> WebhookEndpoint | None:
+        return endpoint_for(self.all_settings, job.get("source"), job.get("webhook_url"))
 
     def take_events(self) -> list[Event]:
         events, self._events = self._events, []
@@ -546,8 +568,12 @@ class Notifier:
         assert self._session is not None
         delivery.attempts += 1
         delivery.touched_at = now_ms()
-        url, timeout_s = self.settings.webhook_url, self.settings.notify_timeout_s
-        sent = await post_webhook(self._session, url, delivery, timeout_s)
+        endpoint = endpoint_for(self.all_settings, delivery.source, delivery.request_url)
+        if endpoint is None:
+            # Configuration changed since it was queued: nowhere to send it, said once, for good.
+            sent = Sent(False, None, "webhook_not_configured", final=True)
+        else:
+            sent = await post_webhook(self._session, endpoint, delivery, self.settings.notify_timeout_s)
         if sent.accepted:
             self._receiver_down = False
             delivery.last_reason = ""

@@ -10,6 +10,7 @@ import copy
 import datetime as dt
 import hashlib
 import io
+import json
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -18,11 +19,12 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from processors.config import Settings
+from processors.config import Settings, WebhookEndpoint
 from processors.runtime import InputRecord, Outcome, StageContext
 from processors.stages.publish import PublishStage
 from processors.storage import ObjectStore
 from processors.storage_keys import decided_key, pending_key, published_prefix
+from processors.webhooks import WebhookVerificationError, new_secret, verify
 from schemas.topics import Topic
 from tests.fixtures.avro_samples import JOB_V1
 
@@ -250,3 +252,103 @@ async def test_a_copy_of_a_published_job_from_another_input_publishes_nothing(ma
     # The first input again (redelivered before its commit) is the same publish, redone.
     again = await stage.handle(_record(Topic.ASSETS_READY, job, offset=3))
     assert [o.topic for o in again.outputs] == [Topic.ASSETS_PUBLISHED]
+
+
+# -- signed notifications to the request's own or its source's endpoint ------------------------
+
+
+@pytest.fixture
+async def signed_receiver() -> AsyncIterator[dict[str, Any]]:
+    """A receiver that keeps each POST's raw body and headers, as a Standard Webhooks receiver
+    must verify them (before parsing the body); answers the statuses queued in "statuses"."""
+    state: dict[str, Any] = {"statuses": [], "posts": []}
+
+    async def receive(request: web.Request) -> web.Response:
+        state["posts"].append((dict(request.headers), await request.read()))
+        return web.Response(status=state["statuses"].pop(0) if state["statuses"] else 200)
+
+    app = web.Application()
+    app.router.add_post("/own", receive)
+    runner = web.AppRunner(app, shutdown_timeout=0.2)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    state["host"], state["url"] = f"127.0.0.1:{port}", f"http://127.0.0.1:{port}/own"
+    try:
+        yield state
+    finally:
+        await runner.cleanup()
+
+
+async def _signed_stage(stack_settings: Settings, **webhooks: Any) -> PublishStage:
+    settings = _settings(stack_settings)
+    settings = settings.model_copy(
+        update={
+            "webhooks": settings.webhooks.model_copy(update=webhooks),
+            "review": settings.review.model_copy(
+                update={"notify_backoff_initial_s": 0.05, "notify_backoff_max_s": 0.1}
+            ),
+        }
+    )
+    stage = PublishStage(StageContext(settings, "publish"))
+    await stage.start()
+    return stage
+
+
+async def _posts(receiver: dict[str, Any], count: int) -> list[tuple[dict[str, str], bytes]]:
+    for _ in range(200):
+        if len(receiver["posts"]) >= count:
+            break
+        await asyncio.sleep(0.05)
+    return receiver["posts"]
+
+
+async def test_a_requests_own_webhook_is_signed_and_keeps_its_id_across_retries(
+    stack_settings: Settings, signed_receiver: dict[str, Any]
+) -> None:
+    secret = new_secret()
+    stage = await _signed_stage(
+        stack_settings, allowed_hosts=[signed_receiver["host"]], sources={}, secret=secret
+    )
+    try:
+        job = await asyncio.to_thread(_ready_job, stage.ctx.store)
+        job["source"], job["webhook_url"] = "shop", signed_receiver["url"]
+        signed_receiver["statuses"] = [503]
+        outcome = await stage.handle(_record(Topic.ASSETS_READY, job))
+        assert _states(outcome)[-1] == ("retry", "webhook_503")
+        posts = await _posts(signed_receiver, 2)
+    finally:
+        await stage.stop()
+    assert len(posts) == 2
+    ids = {verify(secret, headers, body) for headers, body in posts}
+    # One notification, two tries: the same webhook-id, each try signed (and verifiable) anew.
+    (delivery_id,) = ids
+    assert delivery_id == outcome.events[-1].attributes["delivery_id"]
+    assert json.loads(posts[1][1])["job_id"] == job["job_id"]
+    with pytest.raises(WebhookVerificationError):
+        verify(secret, posts[0][0], posts[0][1] + b" ")
+    with pytest.raises(WebhookVerificationError):
+        verify(new_secret(), *posts[0])
+
+
+async def test_a_sources_endpoint_gets_its_jobs_signed_with_its_own_secret(
+    stack_settings: Settings, signed_receiver: dict[str, Any]
+) -> None:
+    own = new_secret()
+    endpoint = WebhookEndpoint(url=signed_receiver["url"], secret=own)
+    stage = await _signed_stage(stack_settings, sources={"pim": endpoint}, secret=new_secret())
+    try:
+        ours = await asyncio.to_thread(_ready_job, stage.ctx.store)
+        ours["source"] = "pim"
+        other = await asyncio.to_thread(_ready_job, stage.ctx.store)
+        other["source"] = "elsewhere"
+        first = await stage.handle(_record(Topic.ASSETS_READY, ours))
+        second = await stage.handle(_record(Topic.ASSETS_READY, other, offset=1))
+    finally:
+        await stage.stop()
+    assert _states(first)[-1] == ("notified", "")
+    # No endpoint for that source and no catch-all: published, and no notification queued.
+    assert _states(second) == [("approved", ""), ("published", "")]
+    ((headers, body),) = signed_receiver["posts"]
+    verify(own, headers, body)
+    assert json.loads(body)["job_id"] == ours["job_id"]

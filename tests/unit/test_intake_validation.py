@@ -14,6 +14,7 @@ from processors.intake import (
     IntakePolicy,
     PolicyError,
     Rejection,
+    fan_out,
     reasons_as_text,
     validate_event,
     with_defaults,
@@ -479,3 +480,43 @@ def test_policy_loads_from_a_path_and_refuses_unknown_keys(tmp_path: Path) -> No
     file.write_text("restricted_terms: cure\n")
     with pytest.raises(PolicyError, match="restricted_terms"):
         IntakePolicy.load(file)
+
+
+# -- a request's own webhook -------------------------------------------------------------------
+
+HOOKS = ["hooks.example.com", "127.0.0.1:8099"]
+
+
+def _with_hook(url: Any) -> list[Rejection]:
+    return validate_event({**make_event(), "webhook_url": url}, POLICY, TEMPLATES, HOOKS)
+
+
+def test_a_webhook_on_an_allowed_host_is_accepted_and_carried_into_every_job() -> None:
+    assert _with_hook("https://hooks.example.com/lightbox?team=7") == []
+    assert _with_hook("http://127.0.0.1:8099/hook") == []
+    assert _with_hook(None) == []
+    jobs = fan_out({**make_event(), "webhook_url": "https://hooks.example.com/x"}, 1, lambda *_: "1.0.0")
+    assert {(job["source"], job["webhook_url"]) for job in jobs} == {("pim", "https://hooks.example.com/x")}
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("https://internal.corp/admin", "webhook_not_allowed"),
+        ("http://127.0.0.1:9000/minio", "webhook_not_allowed"),  # the allowed host, another port
+        ("http://169.254.169.254/latest/meta-data", "webhook_not_allowed"),
+        ("ftp://hooks.example.com/x", "invalid_url"),
+        ("https://user:pw@hooks.example.com/x", "invalid_url"),
+        ("https://hooks.example.com/" + "x" * 2000, "too_long"),
+        (7, "invalid_type"),
+    ],
+)
+def test_a_webhook_anywhere_else_is_refused_naming_the_field(url: Any, reason: str) -> None:
+    assert {(r.reason, r.field) for r in _with_hook(url)} == {(reason, "webhook_url")}
+
+
+def test_with_no_allowed_hosts_no_request_may_name_a_webhook() -> None:
+    (refusal,) = validate_event(
+        {**make_event(), "webhook_url": "https://hooks.example.com/"}, POLICY, TEMPLATES
+    )
+    assert refusal.reason == "webhook_not_allowed" and "empty" in refusal.detail
