@@ -9,17 +9,19 @@ import sys
 from pathlib import Path
 
 from gateway.cli.common import Commands, settings_of
-from processors.config import Settings
-from processors.provenance.keys import ALGS, ChainPaths, describe_chain, init_test_chain, trust_anchors
-
-
-def _test_dir(settings: Settings) -> Path:
-    return settings.home / "keys"
+from processors.provenance.keys import (
+    ALGS,
+    ChainPaths,
+    describe_chain,
+    init_test_chain,
+    test_chain_dir,
+    trust_anchors_of,
+)
 
 
 def cmd_keys_init(args: argparse.Namespace) -> int:
     settings = settings_of(args)
-    directory = Path(args.dir).expanduser() if args.dir else _test_dir(settings)
+    directory = Path(args.dir).expanduser() if args.dir else test_chain_dir(settings)
     try:
         paths = init_test_chain(directory, args.alg, force=args.force)
     except FileExistsError as exc:
@@ -34,7 +36,8 @@ def cmd_keys_init(args: argparse.Namespace) -> int:
         "provenance.key_path to a chain from a CA on the C2PA trust list."
     )
     if args.dir:
-        print(f"(published files are signed with {_test_dir(settings)} unless provenance.cert_path says so)")
+        default = test_chain_dir(settings)
+        print(f"(published files are signed with {default} unless provenance.cert_path says so)")
     return 0
 
 
@@ -42,7 +45,7 @@ def cmd_keys_show(args: argparse.Namespace) -> int:
     settings = settings_of(args)
     provenance = settings.provenance
     chain_path = Path(provenance.cert_path).expanduser() if provenance.cert_path else None
-    chain_path = chain_path or ChainPaths(_test_dir(settings)).chain
+    chain_path = chain_path or ChainPaths(test_chain_dir(settings)).chain
     if not chain_path.is_file():
         print(f"no signing chain at {chain_path}: run `lightbox keys init`", file=sys.stderr)
         return 1
@@ -68,9 +71,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     settings = settings_of(args)
     try:
-        anchors, origin = trust_anchors(
-            settings.provenance.trust_anchors_path, _test_dir(settings), args.trust
-        )
+        anchors, origin = trust_anchors_of(settings, args.trust)
     except OSError as exc:
         print(f"error: cannot read the trust anchors: {exc}", file=sys.stderr)
         return 2

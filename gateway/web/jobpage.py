@@ -22,7 +22,7 @@ from urllib.parse import quote, urlencode
 from aiohttp import web
 
 from gateway.ops.entry import EntryError, check_id
-from gateway.web.jobs_api import published_files, stored_record
+from gateway.web.jobs_api import content_credentials, published_files, stored_record
 from gateway.web.pages import (
     JOB_READERS,
     STORAGE_ERRORS,
@@ -57,6 +57,8 @@ class Record:
     # Every file under the job's published prefix (the lineage document is written before the
     # job's own published_keys are, so it cannot list them).
     published: list[str] = field(default_factory=list)
+    # Published image -> its content credentials as a verifier sees them (jobs_api).
+    credentials: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -238,6 +240,9 @@ async def load_view(request: web.Request, job_id: str) -> JobView:
     try:
         record = await asyncio.to_thread(find_record, store, serde, prefix, job_id, timeline)
         keys = await asyncio.to_thread(_generated_keys, store, job_id)
+        record.credentials = await asyncio.to_thread(
+            content_credentials, request.app[SETTINGS], store, record.published
+        )
     except STORAGE_ERRORS as exc:
         raise PageError(
             503, "Storage cannot answer", f"object storage could not be read: {str(exc)[:200]}"
@@ -287,7 +292,26 @@ def _model(generation: dict[str, Any]) -> str:
     return f"{generation.get('model')} ({generation.get('model_version')})"
 
 
-def lineage_groups(job_id: str, job: dict[str, Any], published_keys: list[str]) -> list[dict[str, Any]]:
+def credentials_text(summary: dict[str, Any]) -> str:
+    """One line a reviewer reads: does this file's C2PA manifest verify, who signed it, and what
+    it declares the image to be."""
+    verdict = "verifies" if summary.get("ok") else "does NOT verify"
+    parts = [f"{verdict} ({summary.get('state')})"]
+    if summary.get("signer"):
+        parts.append(f"signed by {summary['signer']}")
+    if summary.get("digital_source_type"):
+        parts.append(str(summary["digital_source_type"]))
+    if summary.get("failures"):
+        parts.append("failures: " + ", ".join(summary["failures"]))
+    return " · ".join(parts)
+
+
+def lineage_groups(
+    job_id: str,
+    job: dict[str, Any],
+    published_keys: list[str],
+    credentials: dict[str, dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
     """The record as groups of facts: which request, template, model, seed and parameters made
     the asset, which references it used and dropped, who decided, and how to make it again."""
     spec, product = job.get("spec") or {}, job.get("product") or {}
@@ -409,6 +433,12 @@ def lineage_groups(job_id: str, job: dict[str, Any], published_keys: list[str]) 
         for key in published_keys or job.get("published_keys") or []
     ]
     groups.append(_group("Published", published or [("files", None)]))
+    signed = [
+        (key.rsplit("/", 1)[-1], credentials_text(summary), file_url(job_id, key))
+        for key, summary in sorted((credentials or {}).items())
+    ]
+    if signed:
+        groups.append(_group("Content credentials (C2PA)", signed))
     return groups
 
 
@@ -488,7 +518,9 @@ async def job_page(request: web.Request) -> web.Response:
         "product": _product_view(view.job),
         "slot": (_product_view(view.job) or {}).get("slot", ""),
         "record_source": view.record.source,
-        "lineage": lineage_groups(view.job_id, view.job, view.record.published) if view.job else [],
+        "lineage": lineage_groups(view.job_id, view.job, view.record.published, view.record.credentials)
+        if view.job
+        else [],
     }
     return render(request, "job.html", job=job, compare=compare, compare_id=compare_id)
 

@@ -24,9 +24,12 @@ from gateway.ops.entry import EntryError, check_id
 from gateway.web.auth import Role, require
 from gateway.web.resources import EVENT_LOG, JOB_SERDE, PRESIGNER, SETTINGS, STORE
 from gateway.web.responses import Problem, json_response
+from processors.config import Settings
 from processors.eventlog.queries import MAX_JOB_PAGE, JobFilter
 from processors.eventlog.reader import EventLogUnavailable
 from processors.job_states import LIFECYCLE
+from processors.provenance.keys import trust_anchors_of
+from processors.provenance.verify import verify_bytes
 from processors.storage import ObjectStore, is_missing
 from processors.storage_keys import LINEAGE_FILENAME, decided_key, pending_key
 from schemas.serde import AvroSerde, SerdeError
@@ -252,13 +255,33 @@ def presigned(client: Minio, bucket: str, keys: list[tuple[str, str]], ttl_s: in
     ]
 
 
+# Published files that carry content credentials (the lineage document does not).
+CREDENTIAL_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+
+
+def content_credentials(settings: Settings, store: ObjectStore, keys: list[str]) -> dict[str, dict[str, Any]]:
+    """Blocking (storage, c2pa): each published image's C2PA manifest as a verifier sees it,
+    checked against the trust anchors `lightbox verify` uses (Verification.summary()). The
+    bytes verified are the stored ones, so what a page shows is what a customer downloads."""
+    images = [key for key in keys if key.lower().endswith(CREDENTIAL_SUFFIXES)]
+    if not images:
+        return {}
+    anchors, _ = trust_anchors_of(settings)
+    return {key: verify_bytes(store.get_bytes(key), trust_anchors_pem=anchors).summary() for key in images}
+
+
 def _detail(app: web.Application, job_id: str, timeline: dict[str, Any]) -> dict[str, Any]:
     """Blocking (storage): everything GET /v1/jobs/{id} answers besides the timeline itself."""
     settings, events = app[SETTINGS], timeline["events"]
     store: ObjectStore = app[STORE]
     source, record = stored_record(store, app[JOB_SERDE], job_id, events, settings.kafka.topic_prefix)
-    keys = asset_keys(record, events, published_files(store, events))
+    published = published_files(store, events)
+    keys = asset_keys(record, events, published)
     files = presigned(app[PRESIGNER], store.bucket, keys, settings.gateway.asset_url_ttl_s)
+    credentials = content_credentials(settings, store, published)
+    for file in files:
+        if file["key"] in credentials:
+            file["content_credentials"] = credentials[file["key"]]
     return {
         "job_id": job_id,
         "state": timeline["state"],

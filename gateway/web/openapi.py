@@ -268,6 +268,26 @@ def _schemas() -> dict[str, Any]:
                 "key": {"type": "string"},
                 "url": {"type": "string", "description": "A presigned GET URL, valid until expires_at."},
                 "expires_at": {"type": "string", "format": "date-time"},
+                "content_credentials": {
+                    "type": "object",
+                    "description": (
+                        "Published images only: the file's C2PA manifest as a verifier reads it "
+                        "from the stored bytes (`lightbox verify` gives the full report)."
+                    ),
+                    "required": ["ok", "state", "intact", "trusted", "signer", "failures"],
+                    "properties": {
+                        "ok": {"type": "boolean", "description": "intact and signed by a trusted chain"},
+                        "state": {
+                            "type": "string",
+                            "description": "c2pa's: Trusted, Valid, Invalid; or absent",
+                        },
+                        "intact": {"type": "boolean"},
+                        "trusted": {"type": "boolean"},
+                        "signer": {"type": "string"},
+                        "digital_source_type": {"type": "string"},
+                        "failures": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
             },
         },
         "JobDetail": {

@@ -21,12 +21,15 @@ import fcntl
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
+
+if TYPE_CHECKING:
+    from processors.config import Settings
 
 Alg = Literal["ES256", "ES384", "PS256"]
 ALGS: tuple[str, ...] = ("ES256", "ES384", "PS256")
@@ -163,6 +166,17 @@ def load_material(
         )
     check_material(material)
     return material
+
+
+def test_chain_dir(settings: Settings) -> Path:
+    """Where `lightbox keys init` keeps the local TEST chain, and where signing and verifying
+    look for it when no real one is configured."""
+    return settings.home / "keys"
+
+
+def trust_anchors_of(settings: Settings, explicit: str | None = None) -> tuple[str | None, str]:
+    """trust_anchors() for these settings."""
+    return trust_anchors(settings.provenance.trust_anchors_path, test_chain_dir(settings), explicit)
 
 
 def trust_anchors(

@@ -20,7 +20,7 @@ from typing import Any
 from processors.channels.render import parse_verdicts
 from processors.config import Settings
 from processors.imaging.formats import BY_PILLOW
-from processors.provenance.keys import SigningMaterial, load_material
+from processors.provenance.keys import SigningMaterial, load_material, test_chain_dir
 from processors.provenance.manifest import build_manifest
 from processors.provenance.xmp import read_xmp
 from processors.runtime.errors import PermanentError
@@ -67,7 +67,7 @@ class ContentSigner:
         if not provenance.sign:
             return None
         material = load_material(
-            provenance.cert_path, provenance.key_path, provenance.alg, settings.home / "keys"
+            provenance.cert_path, provenance.key_path, provenance.alg, test_chain_dir(settings)
         )
         if material.is_test:
             log.warning("signing published files with the local TEST certificate chain %s", material.source)

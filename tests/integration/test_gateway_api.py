@@ -193,6 +193,12 @@ async def test_a_request_is_answered_with_its_job_ids_and_the_job_detail_fetches
     }
     images = [a for a in published if a["key"].endswith((".png", ".jpg", ".webp"))]
     assert images
+    # Each image's content credentials, as `lightbox verify` reads them from the stored bytes.
+    for image in images:
+        credentials = image["content_credentials"]
+        assert (credentials["ok"], credentials["state"], credentials["failures"]) == (True, "Trusted", [])
+        assert credentials["digital_source_type"] and credentials["signer"]
+    assert all("content_credentials" not in a for a in published if a["key"].endswith(".json"))
     async with aiohttp.ClientSession() as plain:
         async with plain.get(images[0]["url"]) as fetched:
             assert fetched.status == 200

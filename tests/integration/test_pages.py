@@ -319,6 +319,9 @@ async def test_job_page_shows_timeline_variants_and_lineage_of_a_published_job(
     assert html.count('<figure class="variant chosen"') == 1
     assert html.count('<figure class="variant reference"') == 1
     assert "lineage.json" in html  # the published files
+    # Each published image's C2PA manifest, verified from the stored bytes.
+    assert "Content credentials (C2PA)" in html
+    assert "verifies (Trusted)" in html and "does NOT verify" not in html
     assert "policy:auto" in html  # who approved it
     assert f"lightbox replay {job_id} --from-stage generate" in html
     for src in re.findall(r'<img class="thumb" src="([^"]+)"', html):
