@@ -14,7 +14,7 @@ from confluent_kafka import Producer
 from gateway.ops.entry import MAX_LINE_CHARS, catalog_bounds
 from processors.config import Settings
 from processors.kafka_clients import make_producer, produce_and_confirm
-from processors.runtime.codec import Codec
+from processors.runtime.codec import Codec, TopicSerde
 from schemas.serde import AvroSerde, SerdeError
 from schemas.topics import Topic, TopicNames
 
@@ -94,19 +94,24 @@ def parse_file(path: Path) -> ParsedFile:
 
 
 def publish(
-    settings: Settings, events: list[tuple[int, dict[str, Any], bytes]], producer: Producer | None = None
+    settings: Settings,
+    events: list[tuple[int, dict[str, Any], bytes]],
+    producer: Producer | None = None,
+    serde: TopicSerde | None = None,
 ) -> int:
     """Produce the events keyed by SKU (a product's events stay in order, and intake's
     de-duplication state is partitioned with them). Returns the number delivered.
 
-    producer: a long-lived caller's own (the HTTP gateway keeps one); else one for this call."""
+    producer, serde: a long-lived caller's own (the HTTP gateway keeps one of each: a registry
+    client per call would look the schema id up again for every request); else made for this call."""
     topic = TopicNames(settings.kafka.topic_prefix)(Topic.CATALOG_EVENTS)
     # Raises DeliveryFailed (a RuntimeError) naming the topic unless every event was acknowledged.
     if producer is None:  # not `producer or ...`: an idle Producer is falsy (len() is its queue)
         producer = make_producer(settings)
     # parse_lines' payload only proves the event fits the schema; the topic carries the
     # registry's Confluent framing, written here with the newest registered version.
-    serde = Codec.of(settings).serde(Topic.CATALOG_EVENTS)
+    if serde is None:
+        serde = Codec.of(settings).serde(Topic.CATALOG_EVENTS)
     return produce_and_confirm(
         producer,
         ((topic, event["product"]["sku"].encode(), serde.encode(event), None) for _, event, _ in events),

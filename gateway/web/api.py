@@ -29,7 +29,7 @@ from gateway.web.auth import Identity, Role, end_session, identity_of, login, re
 from gateway.web.guards import MAX_BODY_BYTES
 from gateway.web.idempotency import HEADER as IDEMPOTENCY_HEADER
 from gateway.web.idempotency import REPLAYED_HEADER, IdempotencyStore, Remembered, body_digest, check_key
-from gateway.web.resources import EVENT_LOG, JOB_SERDE, PRODUCER, SETTINGS, STORE
+from gateway.web.resources import CATALOG_SERDE, EVENT_LOG, JOB_SERDE, PRODUCER, SETTINGS, STORE
 from gateway.web.responses import Problem, json_response
 from processors.config import Settings
 from processors.eventlog.reader import EventLogUnavailable
@@ -150,7 +150,8 @@ async def _storage(call: Callable[..., T], *args: Any) -> T:
 
 async def _publish(request: web.Request, events: list[tuple[int, dict[str, Any], bytes]]) -> None:
     try:
-        await asyncio.to_thread(publish, request.app[SETTINGS], events, request.app[PRODUCER])
+        app = request.app
+        await asyncio.to_thread(publish, app[SETTINGS], events, app[PRODUCER], app[CATALOG_SERDE])
     except (RuntimeError, KafkaException, OSError) as exc:  # OSError: the schema registry
         raise Problem(503, f"could not publish to Kafka: {exc}") from None
 

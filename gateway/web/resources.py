@@ -1,9 +1,10 @@
 """What the HTTP app holds for its lifetime, under typed keys.
 
-One Kafka producer and one event-log reader serve every request: a producer per request would
-open a broker connection (and an idempotent-producer session) for each POST, and a reader per
-request an HTTP session (or ClickHouse connections) for each GET. They are opened when the app
-starts and closed, after the queue has been flushed, when it stops.
+One Kafka producer, one registry serde and one event-log reader serve every request: a producer
+per request would open a broker connection (and an idempotent-producer session) for each POST, a
+serde per request look its schema id up again, and a reader per request open an HTTP session (or
+ClickHouse connections) for each GET. They are opened when the app starts and closed, after the
+queue has been flushed, when it stops.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from minio import Minio
 from processors.config import Settings
 from processors.eventlog.reader import EventLogReader
 from processors.kafka_clients import make_producer
+from processors.runtime.codec import Codec
 from processors.storage import ObjectStore
 from schemas.serde import AvroSerde
+from schemas.topics import Topic
 
 SETTINGS = web.AppKey("settings", Settings)
 BOUND_HOST = web.AppKey("bound_host", str)
@@ -29,6 +32,8 @@ JOB_SERDE = web.AppKey("job_serde", AvroSerde)
 PAGES = web.AppKey("pages", jinja2.Environment)
 PRODUCER = web.AppKey("producer", Producer)
 EVENT_LOG = web.AppKey("event_log", EventLogReader)
+# The catalog topic's registry serde: its schema id is looked up once, not per request.
+CATALOG_SERDE = web.AppKey("catalog_serde", object)  # a processors.runtime.codec.TopicSerde
 # Signs asset URLs (no network: the region is given, so the SDK never asks the server for it).
 PRESIGNER = web.AppKey("presigner", Minio)
 
@@ -60,6 +65,7 @@ async def kafka_and_event_log(app: web.Application) -> AsyncIterator[None]:
     await reader.open()
     app[PRODUCER] = producer
     app[EVENT_LOG] = reader
+    app[CATALOG_SERDE] = Codec.of(settings).serde(Topic.CATALOG_EVENTS)
     try:
         yield
     finally:
