@@ -52,19 +52,20 @@ class EntryError(ValueError):
 
 
 @functools.cache
-def _policy() -> IntakePolicy:
+def intake_policy() -> IntakePolicy:
+    """policy.yaml, loaded once per process: what intake itself will check an event against."""
     return IntakePolicy.load()
 
 
 @functools.cache
-def _templates() -> TemplateStore:
+def template_store() -> TemplateStore:
     return TemplateStore()
 
 
 def check_text(value: object, field: str, max_chars: int, setting: str, *, allow_empty: bool = True) -> str:
     """The value if it is text within max_chars, without control characters or unpaired
     surrogates; else EntryError naming the field, the limit and where the limit is set."""
-    checker = FieldChecker(_policy())
+    checker = FieldChecker(intake_policy())
     text = checker.check_text(value, field, max_chars, allow_empty=allow_empty)
     if text is None:
         (rejection,) = checker.out
@@ -86,4 +87,4 @@ def check_review(review: ReviewSettings, job_id: str, reviewer: str, reason: str
 
 def catalog_bounds(event: Mapping[str, Any]) -> list[Rejection]:
     """What intake would reject this event for on size alone: its own validation and limits."""
-    return [r for r in validate_event(event, _policy(), _templates()) if r.reason in SIZE_REASONS]
+    return [r for r in validate_event(event, intake_policy(), template_store()) if r.reason in SIZE_REASONS]

@@ -19,9 +19,17 @@ from typing import Any, TypeVar
 import urllib3
 from aiohttp import web
 from confluent_kafka import KafkaException
-from minio.error import MinioException, S3Error
+from minio.error import MinioException
 
-from gateway.ops.entry import MAX_EVENTS_PER_REQUEST, MAX_LINE_CHARS, EntryError, check_id, check_review
+from gateway.ops.entry import (
+    MAX_EVENTS_PER_REQUEST,
+    MAX_LINE_CHARS,
+    EntryError,
+    check_id,
+    check_review,
+    intake_policy,
+    template_store,
+)
 from gateway.ops.replay import ReplayError, replay_job
 from gateway.ops.review import submit_decision
 from gateway.ops.submit import ParsedFile, parse_lines, publish
@@ -29,13 +37,13 @@ from gateway.web.auth import Identity, Role, end_session, identity_of, login, re
 from gateway.web.guards import MAX_BODY_BYTES
 from gateway.web.idempotency import HEADER as IDEMPOTENCY_HEADER
 from gateway.web.idempotency import REPLAYED_HEADER, IdempotencyStore, Remembered, body_digest, check_key
+from gateway.web.jobs_api import read_record
 from gateway.web.resources import CATALOG_SERDE, EVENT_LOG, JOB_SERDE, PRODUCER, SETTINGS, STORE
 from gateway.web.responses import Problem, json_response
 from processors.config import Settings
 from processors.eventlog.reader import EventLogUnavailable
-from processors.intake import IntakePolicy, validate_event
+from processors.intake import validate_event
 from processors.intake.fanout import fan_out
-from processors.prompting import TemplateStore
 from processors.storage_keys import decided_key, pending_key
 from processors.topology import JOB_STAGES
 from schemas.serde import AvroSerde, SerdeError
@@ -50,16 +58,6 @@ ANY_ROLE = tuple(Role)
 MAX_REQUEST_BYTES = MAX_LINE_CHARS
 DECISIONS = ("approve", "reject")
 MAX_TOKEN_CHARS = 512
-
-
-@functools.cache
-def _policy() -> IntakePolicy:
-    return IntakePolicy.load()
-
-
-@functools.cache
-def _templates() -> TemplateStore:
-    return TemplateStore()
 
 
 @functools.cache
@@ -108,7 +106,7 @@ def request_job_ids(record: dict[str, Any]) -> list[str]:
     """The job ids intake will make of this (decoded, validated) catalog event. Fan-out is
     deterministic, so the answer is known before intake runs: the same computation as
     deploy/local/session.py expected_job_ids."""
-    return [job["job_id"] for job in fan_out(record, 0, _templates().resolve_version)]
+    return [job["job_id"] for job in fan_out(record, 0, template_store().resolve_version)]
 
 
 async def json_body(request: web.Request, max_bytes: int) -> Any:
@@ -180,7 +178,7 @@ def _validated(
         raise Problem(400, problem.message, field=serde_field(problem.message), kind="invalid-field")
     (entry,) = parsed.events
     record = _catalog_serde().decode(entry[2])
-    rejections = validate_event(record, _policy(), _templates(), settings.webhooks.allowed_hosts)
+    rejections = validate_event(record, intake_policy(), template_store(), settings.webhooks.allowed_hosts)
     if rejections:
         first = rejections[0]
         raise Problem(
@@ -274,15 +272,6 @@ async def post_events(request: web.Request) -> web.Response:
 # -- review decisions -------------------------------------------------------------------------
 
 
-def _read_job(store: Any, serde: AvroSerde, key: str) -> dict[str, Any] | None:
-    try:
-        return serde.decode(store.get_bytes(key))
-    except S3Error as exc:
-        if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
-            return None
-        raise
-
-
 def first_decision(job: dict[str, Any]) -> str:
     review = job.get("review") or {}
     text = f"{str(review.get('decision', 'decided')).lower()} by {review.get('reviewer') or 'unknown'}"
@@ -306,7 +295,7 @@ async def submit_review(
     if decision == "reject" and not reason.strip():
         raise Problem(400, "a rejection needs a reason", field="reason", kind="invalid-field")
     store, serde, prefix = app[STORE], app[JOB_SERDE], settings.kafka.topic_prefix
-    decided = await _storage(_read_job, store, serde, decided_key(job_id, prefix))
+    decided = await _storage(read_record, store, serde, decided_key(job_id, prefix))
     if decided is not None:
         raise Problem(409, f"already decided: {first_decision(decided)}")
     if not await _storage(store.exists, pending_key(job_id, prefix)):

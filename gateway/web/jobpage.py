@@ -225,12 +225,20 @@ def attempts_of(
     return [attempts[n] for n in sorted(attempts)]
 
 
-async def load_view(request: web.Request, job_id: str) -> JobView:
-    """Timeline, record and generated images of one job; PageError 400/503 when it cannot be."""
+def _checked_id(job_id: str) -> str:
     try:
-        check_id(job_id, "job_id")
+        return check_id(job_id, "job_id")
     except EntryError as exc:
         raise PageError(400, "Not a job id", str(exc)) from None
+
+
+def _storage_down(exc: BaseException) -> PageError:
+    return PageError(503, "Storage cannot answer", f"object storage could not be read: {str(exc)[:200]}")
+
+
+async def _timeline_and_record(request: web.Request, job_id: str) -> tuple[dict[str, Any], Record]:
+    """The job's timeline and its most complete stored record; PageError 503 when the event log
+    or storage cannot answer."""
     try:
         timeline = await request.app[EVENT_LOG].timeline(job_id)
     except EventLogError as exc:
@@ -238,15 +246,23 @@ async def load_view(request: web.Request, job_id: str) -> JobView:
     store, serde = request.app[STORE], request.app[JOB_SERDE]
     prefix = request.app[SETTINGS].kafka.topic_prefix
     try:
-        record = await asyncio.to_thread(find_record, store, serde, prefix, job_id, timeline)
+        return timeline, await asyncio.to_thread(find_record, store, serde, prefix, job_id, timeline)
+    except STORAGE_ERRORS as exc:
+        raise _storage_down(exc) from None
+
+
+async def load_view(request: web.Request, job_id: str) -> JobView:
+    """Timeline, record and generated images of one job; PageError 400/503 when it cannot be."""
+    _checked_id(job_id)
+    timeline, record = await _timeline_and_record(request, job_id)
+    store = request.app[STORE]
+    try:
         keys = await asyncio.to_thread(_generated_keys, store, job_id)
         record.credentials = await asyncio.to_thread(
             content_credentials, request.app[SETTINGS], store, record.published
         )
     except STORAGE_ERRORS as exc:
-        raise PageError(
-            503, "Storage cannot answer", f"object storage could not be read: {str(exc)[:200]}"
-        ) from None
+        raise _storage_down(exc) from None
     events = list(timeline.get("events") or [])
     attempts = attempts_of(job_id, keys, events, record.job)
     return JobView(job_id, str(timeline.get("state")), events, record, attempts)
@@ -532,23 +548,9 @@ async def job_file(request: web.Request) -> web.StreamResponse:
     reference, a derivative, a published file). Never any other key."""
     page_identity(request, *JOB_READERS)
     job_id, key = request.match_info["job_id"], request.query.get("key", "")
-    try:
-        check_id(job_id, "job_id")
-    except EntryError as exc:
-        raise PageError(400, "Not a job id", str(exc)) from None
+    _checked_id(job_id)
     if not key.startswith(generated_prefix(job_id)) or ".." in key:
-        try:
-            timeline = await request.app[EVENT_LOG].timeline(job_id)
-        except EventLogError as exc:
-            raise PageError(503, "The event log cannot answer", str(exc)) from None
-        store, serde = request.app[STORE], request.app[JOB_SERDE]
-        prefix = request.app[SETTINGS].kafka.topic_prefix
-        try:
-            record = await asyncio.to_thread(find_record, store, serde, prefix, job_id, timeline)
-        except STORAGE_ERRORS as exc:
-            raise PageError(
-                503, "Storage cannot answer", f"object storage could not be read: {exc}"
-            ) from None
+        _, record = await _timeline_and_record(request, job_id)
         if key not in _allowed_keys(record):
             raise PageError(404, "Not this job's file", f"job {job_id} names no stored file {key!r}")
     return await stream_image(request, key, f"job {job_id}'s file")

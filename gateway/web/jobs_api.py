@@ -173,15 +173,15 @@ def _get_json(store: ObjectStore, key: str) -> dict[str, Any] | None:
     return document if isinstance(document, dict) else None
 
 
-def _get_avro(store: ObjectStore, serde: AvroSerde, key: str) -> dict[str, Any] | None:
+def read_record(store: ObjectStore, serde: AvroSerde, key: str) -> dict[str, Any] | None:
+    """A stored job record (the review queue's held and decided jobs); None when there is none.
+    Blocking; SerdeError for bytes that are not one."""
     try:
         return serde.decode(store.get_bytes(key))
     except S3Error as exc:
         if is_missing(exc):
             return None
         raise
-    except SerdeError:
-        return None
 
 
 def stored_record(
@@ -201,7 +201,10 @@ def stored_record(
         ("decided", decided_key(job_id, topic_prefix)),
         ("held", pending_key(job_id, topic_prefix)),
     ):
-        record = _get_avro(store, serde, key)
+        try:
+            record = read_record(store, serde, key)
+        except SerdeError:
+            continue  # unreadable: the next place may hold it
         if record is not None:
             record.pop("source_references", None)  # the catalog's URLs: not the pipeline's files
             return where, record

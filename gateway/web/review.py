@@ -21,6 +21,7 @@ from minio.error import S3Error
 from gateway.ops.entry import MAX_ID_CHARS, EntryError, check_review, check_text
 from gateway.web.api import submit_review
 from gateway.web.auth import require_form
+from gateway.web.jobs_api import read_record
 from gateway.web.pages import REVIEWERS, PageError, page, page_identity, render, score_chips, stream_image
 from gateway.web.resources import JOB_SERDE, SETTINGS, STORE
 from gateway.web.responses import Problem
@@ -90,15 +91,6 @@ def decision_of(fields: dict[str, str], review: ReviewSettings, job_id: str, rev
             detail = f"a rejection for {decision.reason_code!r} needs a note saying why"
             raise Problem(400, detail, field="note", kind="invalid-field")
     return decision
-
-
-def _read_job(store: ObjectStore, serde: AvroSerde, key: str) -> dict[str, Any] | None:
-    try:
-        return serde.decode(store.get_bytes(key))
-    except S3Error as exc:
-        if is_missing(exc):
-            return None
-        raise
 
 
 def _load_pending(
@@ -182,7 +174,7 @@ def _held_or_decided(store: ObjectStore, serde: AvroSerde, job_id: str, prefix: 
     # Decided too: a page listed a job a moment before a decision moved it, and its images
     # still load.
     for key in (pending_key(job_id, prefix), decided_key(job_id, prefix)):
-        if (job := _read_job(store, serde, key)) is not None:
+        if (job := read_record(store, serde, key)) is not None:
             return job
     return None
 
