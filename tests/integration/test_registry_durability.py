@@ -18,8 +18,9 @@ from deploy.local.session import free_port
 from processors.config import Settings
 from schemas.compat import check, register
 from schemas.confluent_serde import ConfluentSerdes
+from schemas.registry import default_registry
 from schemas.registry_client import make_client, subject_name
-from schemas.topics import Topic
+from schemas.topics import SCHEMA_OF, Topic
 from tests.fixtures.avro_samples import SAMPLES
 
 pytestmark = pytest.mark.integration
@@ -65,6 +66,8 @@ def start(service: RegistryService) -> None:
 
 def test_registered_schemas_and_ids_survive_a_registry_restart(own_registry: RegistryService) -> None:
     settings = own_registry.settings
+    # Every version committed in the tree, oldest first, as `lightbox stack up` registers them.
+    committed = [v.version for v in default_registry().versions(SCHEMA_OF[Topic.CATALOG_EVENTS])]
     start(own_registry)
     register(settings)
     subject = subject_name(Topic.CATALOG_EVENTS, settings.kafka.topic_prefix)
@@ -72,18 +75,18 @@ def test_registered_schemas_and_ids_survive_a_registry_restart(own_registry: Reg
     before = client.get_versions(subject)
     newest = client.get_latest_version(subject)
     serdes = ConfluentSerdes(settings.registry, settings.kafka.topic_prefix)
-    payload = serdes(Topic.CATALOG_EVENTS).encode(SAMPLES[("catalog_event", 2)])
+    payload = serdes(Topic.CATALOG_EVENTS).encode(SAMPLES[("catalog_event", committed[-1])])
 
     own_registry.stop()
     assert not own_registry.healthy()
     start(own_registry)
 
     fresh = make_client(settings.registry)  # no client-side cache carried over
-    assert fresh.get_versions(subject) == before == [1, 2]
+    assert fresh.get_versions(subject) == before == committed
     assert fresh.get_latest_version(subject).schema_id == newest.schema_id
     assert fresh.get_compatibility(subject) == "BACKWARD"
     assert all(r.ok and not r.pending for r in check(settings))
     # Data written before the restart still names a schema the registry knows.
     after = ConfluentSerdes(settings.registry, settings.kafka.topic_prefix)
     decoded = after(Topic.CATALOG_EVENTS).decode(payload)
-    assert decoded["event_id"] == SAMPLES[("catalog_event", 2)]["event_id"]
+    assert decoded["event_id"] == SAMPLES[("catalog_event", committed[-1])]["event_id"]
