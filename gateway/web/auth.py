@@ -166,7 +166,7 @@ class Authenticator:
         record = self._current().get(token_id)
         if record is None:
             return None
-        fast = hashlib.sha256(secret.encode()).digest()
+        fast = hashlib.sha256(secret.encode("utf-8", "surrogateescape")).digest()
         remembered = self._verified.get(token_id)
         if remembered is not None:
             return record if hmac.compare_digest(remembered, fast) else None
@@ -192,7 +192,7 @@ class Authenticator:
         if len(parts) != 5 or parts[0] != "v1":
             return None
         _, session_id, token_id, expires, mac = parts
-        if not hmac.compare_digest(mac, self._mac("session", "v1", session_id, token_id, expires)):
+        if not same_text(mac, self._mac("session", "v1", session_id, token_id, expires)):
             return None
         if not expires.isdigit() or int(expires) < time.time():
             return None
@@ -209,6 +209,15 @@ AUTH = web.AppKey("auth", Authenticator)
 IDENTITY = web.RequestKey("identity", object)  # Identity | None
 SESSION_ID = web.RequestKey("session_id", str)
 CSRF_OK = web.RequestKey("csrf_ok", bool)
+
+
+def same_text(given: str, expected: str) -> bool:
+    """A constant-time comparison of text from a request: compare_digest refuses a str with
+    non-ASCII characters (TypeError, a 500), and aiohttp hands undecodable header bytes over as
+    surrogates, so both sides are compared as bytes."""
+    return hmac.compare_digest(
+        given.encode("utf-8", "surrogateescape"), expected.encode("utf-8", "surrogateescape")
+    )
 
 
 def _identity(record: TokenRecord) -> Identity:
@@ -246,7 +255,7 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
             request[IDENTITY], request[SESSION_ID] = _identity(record), session_id
             header_token = request.headers.get(CSRF_HEADER)
             if header_token is not None:
-                request[CSRF_OK] = hmac.compare_digest(header_token, auth.csrf_for(session_id))
+                request[CSRF_OK] = same_text(header_token, auth.csrf_for(session_id))
     return await handler(request)
 
 
@@ -309,7 +318,7 @@ def check_csrf(request: web.Request, submitted: str) -> None:
     checked, so require() lets its unsafe method through."""
     session_id = request.get(SESSION_ID)
     expected = request.app[AUTH].csrf_for(session_id) if session_id else None
-    if expected is None or not submitted or not hmac.compare_digest(submitted, expected):
+    if expected is None or not submitted or not same_text(submitted, expected):
         detail = "the form's CSRF token is missing or is not this session's"
         raise Problem(403, detail, kind="csrf", field=CSRF_FIELD)
     request[CSRF_OK] = True

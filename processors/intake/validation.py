@@ -87,7 +87,12 @@ def _check_webhook_url(c: FieldChecker, event: Mapping[str, Any], allowed: Colle
     url = c.text(event, "webhook_url", "webhook_url", MAX_WEBHOOK_URL_CHARS, required=False)
     if not url:
         return
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises for a port that is not a number in range
+    except ValueError as exc:
+        c.reject("invalid_url", "webhook_url", f"{short(url)}: {exc}")
+        return
     if parts.scheme not in ("http", "https") or not parts.hostname:
         c.reject("invalid_url", "webhook_url", f"{short(url)} is not an http(s) URL")
         return
@@ -95,7 +100,7 @@ def _check_webhook_url(c: FieldChecker, event: Mapping[str, Any], allowed: Colle
         c.reject("invalid_url", "webhook_url", "credentials in the URL")
         return
     host = parts.hostname.lower()
-    named = {host, f"{host}:{parts.port}"} if parts.port else {host}
+    named = {host, f"{host}:{port}"} if port else {host}
     if not named & {h.lower() for h in allowed}:
         c.reject(
             "webhook_not_allowed",

@@ -425,7 +425,13 @@ async def post_webhook(
         headers.update(sign(endpoint.secret, delivery.delivery_id, int(time.time()), body))
     try:
         async with session.post(
-            endpoint.url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s)
+            endpoint.url,
+            data=body,
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
+            # A redirect would replay this signed POST to wherever Location points, past the
+            # host allowlist intake checked: a 3xx is the receiver's refusal, never followed.
+            allow_redirects=False,
         ) as response:
             status = response.status
     except (aiohttp.ClientError, TimeoutError):

@@ -352,3 +352,30 @@ async def test_a_sources_endpoint_gets_its_jobs_signed_with_its_own_secret(
     ((headers, body),) = signed_receiver["posts"]
     verify(own, headers, body)
     assert json.loads(body)["job_id"] == ours["job_id"]
+
+
+async def test_a_redirect_is_a_refusal_never_followed(
+    stack_settings: Settings, signed_receiver: dict[str, Any], webhook: dict[str, Any]
+) -> None:
+    """Following a 307 would replay the signed POST to wherever Location points, past the host
+    allowlist: an allowed host must not be able to aim the publish stage at internal services."""
+
+    async def bounce(request: web.Request) -> web.Response:
+        raise web.HTTPTemporaryRedirect(webhook["url"])
+
+    app = web.Application()
+    app.router.add_post("/bounce", bounce)
+    runner = web.AppRunner(app, shutdown_timeout=0.2)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    stage = await _signed_stage(stack_settings, allowed_hosts=[f"127.0.0.1:{port}"], secret=new_secret())
+    try:
+        job = await asyncio.to_thread(_ready_job, stage.ctx.store)
+        job["webhook_url"] = f"http://127.0.0.1:{port}/bounce"
+        outcome = await stage.handle(_record(Topic.ASSETS_READY, job))
+    finally:
+        await stage.stop()
+        await runner.cleanup()
+    assert _states(outcome)[-1] == ("notify_failed", "webhook_307")
+    assert webhook["bodies"] == []  # the redirect's target never heard from us

@@ -9,6 +9,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -219,3 +220,16 @@ async def test_event_posts_are_bounded_in_count_and_in_their_fields(http, sent) 
     assert problem["index"] == 1
     assert "product.title" in problem["detail"] and "at most 300" in problem["detail"]
     assert sent == []
+
+
+async def test_undecodable_cookie_and_csrf_bytes_are_no_session_not_a_500(http) -> None:
+    # aiohttp hands bytes >= 0x80 over as surrogates; a str compare_digest would raise on them.
+    # A client of its own: no bearer token, so the cookie is what the gateway reads.
+    cookie = {"Cookie": "lightbox_session=v1.a.b.1.\u00e9"}
+    async with aiohttp.ClientSession() as plain:
+        for path in ("/healthz", "/v1/whoami", "/review"):
+            async with plain.get(http.make_url(path), headers=cookie, allow_redirects=False) as response:
+                assert response.status < 500, path
+        form = {"token": "lb_x_\u00e9", "csrf_token": "\u00e9"}
+        async with plain.post(http.make_url("/login"), data=form, allow_redirects=False) as response:
+            assert response.status < 500

@@ -506,6 +506,9 @@ def test_a_webhook_on_an_allowed_host_is_accepted_and_carried_into_every_job() -
         ("http://127.0.0.1:9000/minio", "webhook_not_allowed"),  # the allowed host, another port
         ("http://169.254.169.254/latest/meta-data", "webhook_not_allowed"),
         ("ftp://hooks.example.com/x", "invalid_url"),
+        ("http://hooks.example.com:99999/x", "invalid_url"),
+        ("http://hooks.example.com:abc/x", "invalid_url"),
+        ("http://[::1/x", "invalid_url"),
         ("https://user:pw@hooks.example.com/x", "invalid_url"),
         ("https://hooks.example.com/" + "x" * 2000, "too_long"),
         (7, "invalid_type"),
