@@ -31,6 +31,7 @@ from gateway.web.pages import (
     page_identity,
     render,
     score_chips,
+    storage_unavailable,
     stream_image,
 )
 from gateway.web.resources import EVENT_LOG, JOB_SERDE, SETTINGS, STORE
@@ -232,10 +233,6 @@ def _checked_id(job_id: str) -> str:
         raise PageError(400, "Not a job id", str(exc)) from None
 
 
-def _storage_down(exc: BaseException) -> PageError:
-    return PageError(503, "Storage cannot answer", f"object storage could not be read: {str(exc)[:200]}")
-
-
 async def _timeline_and_record(request: web.Request, job_id: str) -> tuple[dict[str, Any], Record]:
     """The job's timeline and its most complete stored record; PageError 503 when the event log
     or storage cannot answer."""
@@ -248,7 +245,7 @@ async def _timeline_and_record(request: web.Request, job_id: str) -> tuple[dict[
     try:
         return timeline, await asyncio.to_thread(find_record, store, serde, prefix, job_id, timeline)
     except STORAGE_ERRORS as exc:
-        raise _storage_down(exc) from None
+        raise storage_unavailable(exc) from None
 
 
 async def load_view(request: web.Request, job_id: str) -> JobView:
@@ -262,7 +259,7 @@ async def load_view(request: web.Request, job_id: str) -> JobView:
             content_credentials, request.app[SETTINGS], store, record.published
         )
     except STORAGE_ERRORS as exc:
-        raise _storage_down(exc) from None
+        raise storage_unavailable(exc) from None
     events = list(timeline.get("events") or [])
     attempts = attempts_of(job_id, keys, events, record.job)
     return JobView(job_id, str(timeline.get("state")), events, record, attempts)

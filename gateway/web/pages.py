@@ -94,6 +94,11 @@ class PageError(Exception):
         self.status, self.title, self.message, self.back_url = status, title, message, back_url
 
 
+def storage_unavailable(exc: BaseException) -> PageError:
+    """What a page says when object storage cannot answer (or holds a record it cannot read)."""
+    return PageError(503, "Storage cannot answer", f"object storage could not be read: {str(exc)[:200]}")
+
+
 def page(handler: Handler) -> Handler:
     """A route a browser opens: a PageError, or a Problem raised on its way (a form's CSRF token
     refused, a dependency down), is answered as an HTML page, not problem+json; no identity at

@@ -18,11 +18,21 @@ from urllib.parse import quote
 from aiohttp import web
 from minio.error import S3Error
 
-from gateway.ops.entry import MAX_ID_CHARS, EntryError, check_review, check_text
+from gateway.ops.entry import MAX_ID_CHARS, EntryError, check_id, check_review, check_text
 from gateway.web.api import submit_review
 from gateway.web.auth import require_form
 from gateway.web.jobs_api import read_record
-from gateway.web.pages import REVIEWERS, PageError, page, page_identity, render, score_chips, stream_image
+from gateway.web.pages import (
+    REVIEWERS,
+    STORAGE_ERRORS,
+    PageError,
+    page,
+    page_identity,
+    render,
+    score_chips,
+    storage_unavailable,
+    stream_image,
+)
 from gateway.web.resources import JOB_SERDE, SETTINGS, STORE
 from gateway.web.responses import Problem
 from processors.config import ReviewSettings
@@ -153,9 +163,12 @@ def _card(job: dict[str, Any]) -> dict[str, Any]:
 async def review_page(request: web.Request) -> web.Response:
     page_identity(request, *REVIEWERS)
     settings = request.app[SETTINGS]
-    jobs, unreadable = await asyncio.to_thread(
-        _load_pending, request.app[STORE], request.app[JOB_SERDE], settings.kafka.topic_prefix
-    )
+    try:
+        jobs, unreadable = await asyncio.to_thread(
+            _load_pending, request.app[STORE], request.app[JOB_SERDE], settings.kafka.topic_prefix
+        )
+    except STORAGE_ERRORS as exc:
+        raise storage_unavailable(exc) from None
     decided = request.query.get("decided", "")[:MAX_ID_CHARS]
     return render(
         request,
@@ -181,9 +194,16 @@ def _held_or_decided(store: ObjectStore, serde: AvroSerde, job_id: str, prefix: 
 
 async def _reviewed_job(request: web.Request) -> dict[str, Any]:
     job_id = request.match_info["job_id"]
+    try:
+        check_id(job_id, "job_id")
+    except EntryError as exc:
+        raise PageError(400, "Not a job id", str(exc)) from None
     prefix = request.app[SETTINGS].kafka.topic_prefix
     store, serde = request.app[STORE], request.app[JOB_SERDE]
-    job = await asyncio.to_thread(_held_or_decided, store, serde, job_id, prefix)
+    try:
+        job = await asyncio.to_thread(_held_or_decided, store, serde, job_id, prefix)
+    except (*STORAGE_ERRORS, SerdeError) as exc:
+        raise storage_unavailable(exc) from None
     if job is None:
         raise PageError(404, "Not in review", f"job {job_id} is neither waiting for review nor decided")
     return job
