@@ -6,11 +6,12 @@ import json
 import math
 from pathlib import Path
 
+import open_clip  # noqa: F401
 import pytest
-from PIL import Image, ImageDraw
 
-pytest.importorskip("torch")
-pytest.importorskip("open_clip")
+# The ml extra installs these (scripts/bootstrap.sh): missing is a broken setup, so a failure.
+import torch  # noqa: F401
+from PIL import Image, ImageDraw
 
 from processors.imaging.clip_score import ClipScorer, ClipScorerError
 from tests.support.ml_segmenter import TINY_CLIP_CONFIG, build_tiny_clip
