@@ -92,6 +92,10 @@ class ClickHouseSettings(BaseModel):
     # Analyst queries running at once; past this a query is refused (busy), never queued behind.
     analyst_concurrency: int = 2
     analyst_max_query_chars: int = 64 * 1024
+    # The sink inserts up to this many events at once (whatever is already fetched, after
+    # waiting at most stage.batch_timeout_s for the first): ClickHouse wants few large inserts,
+    # and the stages' batch of 32 caps ingest at a few thousand events/s (docs/benchmarks.md).
+    sink_batch_size: int = Field(default=5000, ge=1)
 
 
 class ReferenceSettings(BaseModel):
@@ -157,6 +161,15 @@ class StageSettings(BaseModel):
     # How long a batch's produce waits for the broker's acknowledgements before the stage treats
     # the broker as down (pauses, and waits on).
     delivery_timeout_s: float = 30.0
+
+
+class DlqSettings(BaseModel):
+    """The dead-letter tool (gateway/ops/dlq.py; docs/reliability.md)."""
+
+    # A letter replayed this many times that failed again is parked: `dlq replay` skips it.
+    max_replays: int = 3
+    # Letters per produce and per replay-ledger object: a crash mid-replay redoes at most this many.
+    replay_chunk: int = 500
 
 
 class QualitySettings(BaseModel):
@@ -323,6 +336,47 @@ class WebhookSettings(BaseModel):
     allowed_hosts: list[str] = []
 
 
+class BackendPrice(BaseModel):
+    """What one generation backend costs (generate records the seconds and calls it used)."""
+
+    gpu_second: float = 0.0
+    cpu_second: float = 0.0
+    api_call: float = 0.0
+
+
+class CostSettings(BaseModel):
+    """The cost model behind `lightbox metrics`' cost per delivered image (docs/analytics.md).
+    Defaults are list prices of the order of a rented datacentre GPU (about 3 an hour), a vCPU
+    (about 0.04 an hour) and a hosted image API (0.04 a call): set your own."""
+
+    currency: str = "USD"
+    backends: dict[str, BackendPrice] = {
+        "diffusers": BackendPrice(gpu_second=0.00083, cpu_second=0.000011),
+        "compositor": BackendPrice(cpu_second=0.000011),
+        "remote": BackendPrice(api_call=0.04),
+    }
+
+
+class CreditAccount(BaseModel):
+    """One credit account: a budget and the requests it covers (processors/credits/)."""
+
+    # Credits this account may commit: reserved and not released (consumed counts).
+    budget: float
+    # Requests whose campaign is listed here are charged to this account; else those whose
+    # source (the upstream system) is listed. A campaign match wins over a source match.
+    campaigns: list[str] = []
+    sources: list[str] = []
+
+
+class CreditSettings(BaseModel):
+    """Credit budgets (docs/decisions.md, "Credits"). A request no account covers is not
+    budgeted. A job costs template_costs[its template], else default_job_cost."""
+
+    accounts: dict[str, CreditAccount] = {}
+    default_job_cost: float = 1.0
+    template_costs: dict[str, float] = {}
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LIGHTBOX_", env_nested_delimiter="__", extra="ignore")
 
@@ -332,6 +386,7 @@ class Settings(BaseSettings):
     registry: RegistrySettings = RegistrySettings()
     clickhouse: ClickHouseSettings = ClickHouseSettings()
     stage: StageSettings = StageSettings()
+    dlq: DlqSettings = DlqSettings()
     references: ReferenceSettings = ReferenceSettings()
     routing: RoutingSettings = RoutingSettings()
     quality: QualitySettings = QualitySettings()
@@ -343,6 +398,8 @@ class Settings(BaseSettings):
     channels: ChannelSettings = ChannelSettings()
     gateway: GatewaySettings = GatewaySettings()
     webhooks: WebhookSettings = WebhookSettings()
+    costs: CostSettings = CostSettings()
+    credits: CreditSettings = CreditSettings()
     log_level: str = "INFO"
 
     @classmethod

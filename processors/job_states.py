@@ -35,6 +35,11 @@ class JobState(StrEnum):
     OFFSET_RESET = "offset_reset"
     # An incoming catalogue event republished to its product slot's partition (intake).
     REKEYED = "rekeyed"
+    # Credits (processors/credits/): intake reserved a job's cost; its terminal event consumed
+    # (published) or released (failed, rejected, dead-lettered) the reservation.
+    CREDIT_RESERVED = "credit_reserved"
+    CREDIT_CONSUMED = "credit_consumed"
+    CREDIT_RELEASED = "credit_released"
 
 
 # The lifecycle in the order a job moves through it. One handler may emit two states in the same

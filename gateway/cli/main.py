@@ -10,7 +10,22 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gateway.cli import chaos, dlq, eventlog, harness, jobs, keys, pipeline, schemas, stack, tokens, topology
+from gateway.cli import (
+    chaos,
+    credits,
+    dlq,
+    eventlog,
+    harness,
+    jobs,
+    keys,
+    metrics,
+    pipeline,
+    replay,
+    schemas,
+    stack,
+    tokens,
+    topology,
+)
 
 DESCRIPTION = """\
 Lightbox: catalog events in, generated, quality-checked, traceable product images out.
@@ -26,10 +41,13 @@ Day to day:
   lightbox submit FILE       publish catalog events from a JSON-lines file
   lightbox status JOB        a job's state and timeline from the event log
   lightbox summary           jobs by state, p50/p95 latency, artifact rate, failure reasons
+  lightbox metrics           figures per stage/model/backend/template/campaign: yield, p95, cost
+  lightbox credits           credits reserved, consumed and released per account
   lightbox review approve|reject JOB   decide on a held asset
   lightbox lag               consumer lag per stage
-  lightbox dlq list|replay   inspect and replay dead letters
-  lightbox replay JOB        run a job again from a stage, optionally with another model
+  lightbox dlq ls|show|list|replay   count, inspect and replay dead letters
+  lightbox replay --stage S --job ID|--where COND [--set k=v]   jobs again from a stage
+  lightbox compare JOB_A JOB_B   two jobs side by side: images, scores, what changed
   lightbox serve             HTTP gateway for systems without Kafka, and the review page
   lightbox verify FILE       check a published file's content credentials, print its lineage
   lightbox chaos             kill stages, MinIO and the broker while jobs run; check nothing is lost
@@ -55,10 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     topology.register(commands)
     jobs.register_submit(commands)
     eventlog.register(commands)
+    metrics.register(commands)
+    credits.register(commands)
     jobs.register_review(commands)
     pipeline.register_lag(commands)
     dlq.register(commands)
-    jobs.register_replay(commands)
+    replay.register_replay(commands)
+    replay.register_compare(commands)
     harness.register_serve(commands)
     harness.register_runs(commands)
     chaos.register(commands)

@@ -160,6 +160,8 @@ def _job(
         "product_sha256": digest,
         "source": ev.get("source") or "",
         "webhook_url": ev.get("webhook_url"),
+        # Intake's credit reservation (job v4), set once the job is budgeted and fits.
+        "credits": None,
     }
 
 

@@ -10,6 +10,10 @@ The mapping is CRC-32 of the SKU's UTF-8 bytes modulo the partition count: librd
 partitioner for keyed messages (``consistent_random``), so the project's own producers
 (`lightbox submit`, the HTTP gateway) already land every event in its slot partition. A producer
 keying by SKU with Java's default (murmur2) lands elsewhere and costs one republish per event.
+
+A budgeted request (one a credit account covers) is handled in its account's partition instead
+(the same mapping of the account name), so one consumer holds each account's ledger and decides
+every reservation against it, however many intake replicas run (docs/decisions.md, "Credits").
 """
 
 from __future__ import annotations
@@ -21,3 +25,8 @@ def slot_partition(sku: str, partitions: int) -> int:
     if partitions < 1:
         raise ValueError(f"a topic has at least one partition, not {partitions}")
     return zlib.crc32(sku.encode("utf-8", "surrogatepass")) % partitions
+
+
+def account_partition(account: str, partitions: int) -> int:
+    """Where a budgeted request is decided: its account's ledger lives in this partition."""
+    return slot_partition(account, partitions)

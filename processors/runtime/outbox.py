@@ -29,6 +29,8 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from processors.credits.accounts import job_credits
+from processors.credits.settlement import settlement_for
 from processors.kafka_clients import Outgoing
 from processors.metrics import StageMetrics
 from processors.runtime.codec import Codec
@@ -54,6 +56,23 @@ def event_id(stage: str, event: Event, source: str) -> str:
         [event.job_id, stage, event.state, str(event.attempt), event.reason, event.discriminator, source]
     )
     return str(uuid.uuid5(EVENT_NAMESPACE, identity))
+
+
+def with_settlements(events: list[Event], record: InputRecord | None) -> list[Event]:
+    """The events, each one that ends a job holding a credit reservation followed by its
+    settlement (processors/credits/settlement.py): here, where every event is sent, so no stage
+    can end a job and forget it. The reservation is the event's (job_event copies it) or, for
+    the runtime's own events (dead letters, refused outputs), the input job's."""
+    result: list[Event] = []
+    for event in events:
+        result.append(event)
+        credits = event.credits
+        if credits is None and record is not None and record.value.get("job_id") == event.job_id:
+            credits = job_credits(record.value)
+        settled = settlement_for(event, credits)
+        if settled is not None:
+            result.append(settled)
+    return result
 
 
 @dataclass
@@ -143,7 +162,7 @@ class Outbox:
         serde = self.codec.serde(Topic.PIPELINE_EVENTS)
         source = source_of(record)
         encoded = []
-        for event in events:
+        for event in with_settlements(events, record):
             attributes = clip_attributes(event.attributes)
             if source:
                 attributes.setdefault("source", source)

@@ -8,6 +8,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
+from processors.credits.accounts import job_credits
 from schemas.topics import Topic
 
 
@@ -67,6 +68,9 @@ class Event:
     submitted_at: dt.datetime | int | None = None
     # Distinguishes repeated events with the same (job, state, attempt, reason), e.g. retries.
     discriminator: str = ""
+    # The job's credit reservation (job v4 `credits`), so the outbox can settle it when this
+    # event ends the job (processors/credits/settlement.py). Not part of the event itself.
+    credits: dict[str, Any] | None = None
 
 
 @dataclass
@@ -116,4 +120,5 @@ def job_event(
         attempt=int(job.get("attempt") or 0),
         attributes={k: str(v) for k, v in (attributes or {}).items()},
         submitted_at=job.get("submitted_at"),
+        credits=job_credits(job),
     )

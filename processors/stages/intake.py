@@ -7,17 +7,25 @@ event id (duplicate, or conflicting if its content differs), an event older than
 already accepted (stale), and per slot a duplicate, a new slot or a new version of the slot's
 asset (processors/intake/dedup.py). New work fans out into one job per asset type × channel ×
 locale. A rejection is a pipeline event with a machine-readable reason and the offending field.
+A budgeted request (a credit account covers its campaign or source) is decided in its account's
+partition instead, where its jobs' cost is reserved or the request rejected `over_budget`
+(processors/intake/budget.py); a thread reads the settlements back from pipeline.events, and
+before each batch what failed jobs released is free again (processors/intake/settlements.py).
 docs/intake.md has the rules; the start-up check of the topics is processors/state/layout.py.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any, ClassVar
 
 from processors.intake import IntakePolicy, fan_out, validate_event
+from processors.intake.budget import Budgets, Charge, OverBudget
 from processors.intake.content import occurred_ms
 from processors.intake.dedup import Plan, plan_event
+from processors.intake.ledger import CREDIT_PREFIX
+from processors.intake.settlements import SettlementReader
 from processors.intake.slot import slot_partition
 from processors.prompting import TemplateStore
 from processors.runtime import Event, InputRecord, Outcome, Output, Stage, StageContext
@@ -29,6 +37,8 @@ from schemas.topics import Topic
 
 class IntakeStage(Stage):
     name: ClassVar[str] = "intake"
+    # The credit settlements are read back from pipeline.events outside this group
+    # (processors/intake/settlements.py), so catalog partitions stay balanced across replicas.
     inputs: ClassVar[tuple[Topic, ...]] = (Topic.CATALOG_EVENTS,)
     # catalog.events too: an event outside its slot partition is republished into it.
     outputs: ClassVar[tuple[Topic, ...]] = (Topic.JOBS_ACCEPTED, Topic.INTAKE_SEEN, Topic.CATALOG_EVENTS)
@@ -42,6 +52,10 @@ class IntakeStage(Stage):
         broker that is down meanwhile is waited for (an outage must not stop intake for good)."""
         super().__init__(ctx)
         self.layout = layout if layout is not None else self._checked_layout()
+        # The catalog (= changelog) partitions this consumer holds, and whether that changed
+        # since the ledger's index was last built. Written on the poll thread, read by handle.
+        self._owned: set[int] = set()
+        self._ledger_stale = True
 
     def _checked_layout(self) -> ChangelogLayout:
         try:
@@ -59,19 +73,47 @@ class IntakeStage(Stage):
         self.policy = IntakePolicy.load()
         self.templates = TemplateStore()
         self.seen = SeenTable(self.ctx.settings, self.ctx.topics(Topic.INTAKE_SEEN))
+        self.budgets = Budgets(
+            self.ctx.settings.credits, self.layout.partitions, self.seen.put, self._owned.__contains__
+        )
+        self.settlements = self._settlement_reader()
+        if self.settlements is not None:
+            self.settlements.start()
+
+    def _settlement_reader(self) -> SettlementReader | None:
+        """None when no account is configured: nothing to settle, no consumer to run."""
+        if not self.ctx.settings.credits.accounts:
+            return None
+        return SettlementReader(self.ctx.settings, self.layout.partitions, self.seen.now_ms)
+
+    async def stop(self) -> None:
+        if self.settlements is not None:
+            await asyncio.to_thread(self.settlements.stop)
 
     def partitions_assigned(self, topic: Topic, partitions: list[int]) -> None:
         if topic is Topic.CATALOG_EVENTS:
+            self._owned.update(partitions)
             self.seen.on_assign(partitions)
 
     def partitions_revoked(self, topic: Topic, partitions: list[int]) -> None:
         """Rebalance hook for revoked partitions (the runtime calls it on its poll thread)."""
         if topic is Topic.CATALOG_EVENTS:
+            self._owned.difference_update(partitions)
+            self._ledger_stale = True
             self.seen.on_revoke(partitions)
 
     async def before_batch(self) -> None:
-        await self.run_blocking(self.seen.restore_if_needed)
-        await self.run_blocking(self.seen.sweep_if_due)
+        restored = await self.run_blocking(self.seen.restore_if_needed)
+        swept = await self.run_blocking(self.seen.sweep_if_due)
+        if restored is not None or swept or self._ledger_stale:
+            self._ledger_stale = False
+            self.budgets.rebuild(self._credit_entries())
+        if self.settlements is not None:
+            self.budgets.apply(self.settlements.take())
+
+    def _credit_entries(self) -> list[tuple[str, Any]]:
+        # The table has no listing of its own; the ledger's index is rebuilt from its entries.
+        return [(k, e) for k, e in self.seen._entries.items() if k.startswith(CREDIT_PREFIX)]
 
     async def handle(self, record: InputRecord) -> Outcome:
         event = record.value
@@ -86,9 +128,10 @@ class IntakeStage(Stage):
             all_reasons = ";".join(f"{r.reason}@{r.field}" for r in rejections)
             return self._rejected(event, first.reason, first.field, first.detail, all_reasons)
         sku = str(event["product"]["sku"])
-        home = slot_partition(sku, self.layout.partitions)
+        charge = self.budgets.charged(event)
+        home = self.budgets.home(charge) if charge else slot_partition(sku, self.layout.partitions)
         if record.partition != home:
-            return self._rekeyed(record, sku, home)
+            return self._rekeyed(record, sku, home, charge)
 
         accepted_at = int(time.time() * 1000)
         jobs = fan_out(event, accepted_at, self.templates.resolve_version)
@@ -102,14 +145,25 @@ class IntakeStage(Stage):
         )
         if plan.verdict != "accepted":
             return self._refused(event, plan)
-        return self._accepted(record, event_id, sku, plan)
+        if charge is not None:
+            over = self.budgets.fit(plan, charge)
+            if over is not None:
+                return self._over_budget(event, over)
+        outcome = self._accepted(record, event_id, sku, plan)
+        if charge is not None:
+            outputs, events = self.budgets.reserve(plan, record, self.seen.now_ms())
+            outcome.outputs.extend(outputs)
+            outcome.events.extend(events)
+        return outcome
 
     # -- outcomes ------------------------------------------------------------------------------
 
-    def _rekeyed(self, record: InputRecord, sku: str, home: int) -> Outcome:
+    def _rekeyed(self, record: InputRecord, sku: str, home: int, charge: Charge | None = None) -> Outcome:
         event = record.value
         key = record.key.decode("utf-8", "replace") if record.key is not None else None
         why = "key_not_slot" if key != sku else "partition_not_slot"
+        if charge is not None:
+            why = "partition_not_account"  # budgeted: decided where its account's ledger is
         return Outcome(
             outputs=[Output(Topic.CATALOG_EVENTS, sku, event, partition=home)],
             events=[
@@ -126,6 +180,7 @@ class IntakeStage(Stage):
                         "from_partition": str(record.partition),
                         "to_partition": str(home),
                         "key": "" if key is None else key[:200],
+                        **({"account": charge.account} if charge is not None else {}),
                     },
                 )
             ],
@@ -150,6 +205,11 @@ class IntakeStage(Stage):
                 )
             ]
         )
+
+    def _over_budget(self, event: dict[str, Any], over: OverBudget) -> Outcome:
+        outcome = self._rejected(event, "over_budget", over.charge.field, over.detail())
+        outcome.events[0].attributes.update(over.attributes())
+        return outcome
 
     def _refused(self, event: dict[str, Any], plan: Plan) -> Outcome:
         event_id = str(event["event_id"])
