@@ -1,14 +1,12 @@
-"""Commands that send work in: `submit` (catalog events), `review` (a decision), `replay` (a job again)."""
+"""Commands that send work in: `submit` (catalog events), `review` (a decision); `replay` is in replay.py."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from pathlib import Path
 
 from gateway.cli.common import Commands, settings_of
-from processors.topology import JOB_STAGES
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -73,29 +71,6 @@ def cmd_review(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_replay(args: argparse.Namespace) -> int:
-    from gateway.ops.entry import EntryError, check_id
-    from gateway.ops.replay import ReplayError, replay_job
-
-    try:
-        check_id(args.job, "job_id")
-        for name in ("model", "backend"):
-            if getattr(args, name) is not None:
-                check_id(getattr(args, name), name)
-    except EntryError as exc:
-        print(f"error: {_option(exc.field)}: {exc.detail}", file=sys.stderr)
-        return 2
-    try:
-        new_topic, job_id = asyncio.run(
-            replay_job(settings_of(args), args.job, args.from_stage, args.model, args.backend)
-        )
-    except ReplayError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(f"job {job_id} re-sent to {new_topic}; follow it with `lightbox status {job_id}`")
-    return 0
-
-
 def _option(field: str) -> str:
     """How the user typed the field: `--reason`, or the JOB argument."""
     return "JOB" if field == "job_id" else f"--{field}"
@@ -131,22 +106,3 @@ def register_review(commands: Commands) -> None:
     )
     p.add_argument("--reason", default="", help="why (required to reject; at most review.max_reason_chars)")
     p.set_defaults(func=cmd_review)
-
-
-def register_replay(commands: Commands) -> None:
-    p = commands.add_parser(
-        "replay",
-        help="run a job again from a stage, optionally with another model",
-        description="Re-read the exact job record the stage last read for this job (its offset is in "
-        "the event log) and send it again as a new job that names the original (replay_of).",
-    )
-    p.add_argument("job", help="the original job's id")
-    p.add_argument(
-        "--from-stage",
-        default="generate",
-        choices=JOB_STAGES,
-        help="the stage to start again at (default generate)",
-    )
-    p.add_argument("--model", default=None, help="with --from-stage generate: the model to use instead")
-    p.add_argument("--backend", default=None, help="with --model: its backend (default: keep the route's)")
-    p.set_defaults(func=cmd_replay)

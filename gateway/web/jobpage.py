@@ -21,6 +21,7 @@ from urllib.parse import quote, urlencode
 
 from aiohttp import web
 
+from gateway.ops.compare import changed_names
 from gateway.ops.entry import EntryError, check_id
 from gateway.web.jobs_api import content_credentials, published_files, stored_record
 from gateway.web.pages import (
@@ -464,10 +465,11 @@ def _product_view(job: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def compared(heading: str, left: dict[str, Any], right: dict[str, Any]) -> dict[str, Any]:
-    """Two sides, each row marked where the other side's row differs (what the replay changed)."""
-    theirs = [dict((name, value) for name, value, _ in side["rows"]) for side in (right, left)]
-    for side, other in zip((left, right), theirs, strict=True):
-        side["rows"] = [(name, value, other.get(name) != value) for name, value, _ in side["rows"]]
+    """Two sides, each row marked where the other side's row differs (what the replay changed:
+    gateway/ops/compare.py decides, as for `lightbox compare`)."""
+    changed = changed_names(*({name: value for name, value, _ in side["rows"]} for side in (left, right)))
+    for side in (left, right):
+        side["rows"] = [(name, value, name in changed) for name, value, _ in side["rows"]]
     return {"heading": heading, "left": left, "right": right}
 
 

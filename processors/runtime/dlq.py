@@ -17,6 +17,11 @@ offloaded: the original value (and a key over TEXT.inline_key) is stored in obje
 dead_letter_key(), the envelope carries none of it, and `dlq.original.ref` (and the envelope's
 `original_ref` field, once the schema has it) says where it is: s3://<bucket>/<key>, with
 `dlq.original.size` and `dlq.original.sha256` to check it by.
+
+A message the dead-letter tool replayed (gateway/ops/dlq.py) carries REPLAY_ID_HEADER and
+REPLAY_COUNT_HEADER; if it fails again, its new letter carries them on as `dlq.replay.id` and
+`dlq.replays`, so the tool knows how often it was replayed and parks it after `dlq.max_replays`
+(is_parked, the one rule). A letter nobody replayed has no such headers: replays 0.
 """
 
 from __future__ import annotations
@@ -32,6 +37,28 @@ from processors.runtime.sizes import TEXT, clip
 from processors.storage_keys import dead_letter_key
 
 HEADER_PREFIX = "dlq."
+# Set by the dead-letter tool on each message it replays (not dlq.*: they travel on the original
+# topic, where the stage reads them).
+REPLAY_ID_HEADER = "lightbox.replay-id"
+REPLAY_COUNT_HEADER = "lightbox.replay-count"
+REPLAYED_FROM_HEADER = "lightbox.replayed-from"
+
+
+def replay_marks(headers: list[tuple[str, bytes]] | None) -> tuple[int, str]:
+    """(replay count, replay id) of a message the tool replayed; (0, "") otherwise."""
+    count, replay_id = 0, ""
+    for key, value in headers or []:
+        text = (value or b"").decode("utf-8", "replace")
+        if key == REPLAY_COUNT_HEADER:
+            count = int(text) if text.isdigit() else 0
+        elif key == REPLAY_ID_HEADER:
+            replay_id = clip(text, TEXT.header_value)
+    return count, replay_id
+
+
+def is_parked(replays: int, max_replays: int) -> bool:
+    """A letter replayed max_replays times that failed again is parked: not replayed any more."""
+    return replays >= max_replays
 
 
 @dataclass(frozen=True)
@@ -43,14 +70,29 @@ class Source:
     offset: int
     key: bytes | None
     value: bytes | None
+    # How often the dead-letter tool replayed it, and the last replay's id (replay_marks).
+    replays: int = 0
+    replay_id: str = ""
 
     @classmethod
     def of_record(cls, record: InputRecord, topic_name: str) -> Source:
-        return cls(topic_name, record.partition, record.offset, record.key, record.raw_value)
+        replays, replay_id = replay_marks(record.headers)
+        return cls(
+            topic_name, record.partition, record.offset, record.key, record.raw_value, replays, replay_id
+        )
 
     @classmethod
     def of_message(cls, message: Any) -> Source:
-        return cls(message.topic(), message.partition(), message.offset(), message.key(), message.value())
+        replays, replay_id = replay_marks(message.headers())
+        return cls(
+            message.topic(),
+            message.partition(),
+            message.offset(),
+            message.key(),
+            message.value(),
+            replays,
+            replay_id,
+        )
 
     @property
     def where(self) -> str:
@@ -77,6 +119,9 @@ class DeadLetter:
     # Of the offloaded original value, for whoever fetches it.
     original_size: int | None = None
     original_sha256: str = ""
+    # Of a replayed message that failed again (Source.replays): headers only.
+    replays: int = 0
+    replay_id: str = ""
 
     @classmethod
     def of(
@@ -103,6 +148,8 @@ class DeadLetter:
             last_failure_at=last_ms,
             fault=fault,
             error_kind=classify(error).value,
+            replays=source.replays,
+            replay_id=source.replay_id,
         )
 
     def key_for(self, part: str) -> str:
@@ -150,6 +197,7 @@ class DeadLetter:
                 "attempts": str(self.attempts),
                 "fault": self.fault,
                 **({"original_ref": self.original_ref} if self.original_ref else {}),
+                **({"replays": str(self.replays), "replay_id": self.replay_id} if self.replays else {}),
             },
         )
 
@@ -183,11 +231,14 @@ class DeadLetter:
             fields["original.ref"] = self.original_ref
             fields["original.size"] = str(self.original_size)
             fields["original.sha256"] = self.original_sha256
+        if self.replays:
+            fields["replays"] = str(self.replays)
+            fields["replay.id"] = self.replay_id
         return [(HEADER_PREFIX + k, v.encode()) for k, v in fields.items()]
 
 
 # Known to the runtime and the headers, not envelope fields.
-_HEADER_ONLY = frozenset({"fault", "error_kind", "original_size", "original_sha256"})
+_HEADER_ONLY = frozenset({"fault", "error_kind", "original_size", "original_sha256", "replays", "replay_id"})
 
 
 def parse_headers(headers: list[tuple[str, bytes]] | None) -> dict[str, str]:
