@@ -39,6 +39,7 @@ from gpu_workers.request import (
     identity,
     with_product,
 )
+from gpu_workers.usage import USAGE_KEYS, usage_attributes
 from processors.references.images import ReferenceImages
 from processors.runtime import BatchStage, InputRecord, Outcome, TransientError
 from processors.runtime.records import job_event
@@ -260,6 +261,9 @@ class _BatchRun:
         if leader != slot:
             source = self.records[leader]
             outcome.events[0].attributes["copy_of"] = f"{source.partition}/{source.offset}"
+            # The leader's event carries the compute: a copy used none of its own.
+            for key in USAGE_KEYS:
+                outcome.events[0].attributes.pop(key, None)
         outcome.effects = effects
         return outcome
 
@@ -294,6 +298,7 @@ class _BatchRun:
             "model": served.served_by.model,
             "batch_size": str(first.batch_size),
             "variants": str(len(images)),
+            **usage_attributes(served.served_by.backend, [done.image for done in images]),
         }
         if served.fell_back_from:
             attributes["fell_back_from"] = served.fell_back_from

@@ -52,13 +52,18 @@ class NamedQuery:
         missing = [name for name in self.params if name not in given]
         if missing:
             raise NamedQueryError(f"{self.name}: missing parameter(s) {', '.join(missing)}")
-        unknown = sorted(set(values) - set(self.params))
-        if unknown:
+        return self.bind_some(**values)
+
+    def bind_some(self, **values: Any) -> str:
+        """The statement with only these parameters (and the loader's own) bound, the others
+        left as written: for tools that fill the rest their own way (the Grafana generator)."""
+        given = {**{k: v for k, v in _BUILT_IN.items() if k in self.params}, **values}
+        if unknown := sorted(set(values) - set(self.params)):
             raise NamedQueryError(f"{self.name}: no parameter(s) {', '.join(unknown)}")
 
         def bind(match: re.Match[str]) -> str:
             name, kind = match.group(1), match.group(2)
-            return _literal(self.name, name, kind, given[name])
+            return _literal(self.name, name, kind, given[name]) if name in given else match.group(0)
 
         return _PARAM.sub(bind, self.body)
 

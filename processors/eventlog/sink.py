@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 from aiohttp import web
 
+from processors.config import StageSettings
 from processors.eventlog.analyst import AnalystLimits
 from processors.eventlog.clickhouse import (
     EVENT_COLUMNS,
@@ -50,6 +51,10 @@ class EventLogSink(BatchStage):
     inputs: ClassVar[tuple[Topic, ...]] = (Topic.PIPELINE_EVENTS,)
     outputs: ClassVar[tuple[Topic, ...]] = ()
     singleton: ClassVar[bool] = True
+
+    def stage_settings(self) -> StageSettings:
+        stage = self.ctx.settings.stage
+        return stage.model_copy(update={"batch_size": self.ctx.settings.clickhouse.sink_batch_size})
 
     async def start(self) -> None:
         settings = self.ctx.settings

@@ -108,7 +108,7 @@ class StageRunner:
         self.feed = PartitionFeed(
             consumer,
             stage.name,
-            self.settings.stage,
+            stage.stage_settings(),
             self.metrics,
             self.log,
             self._partitions_assigned,

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, ClassVar
 
-from processors.config import Settings
+from processors.config import Settings, StageSettings
 from processors.metrics import StageMetrics
 from processors.runtime.records import InputRecord, Outcome
 from schemas.topics import Topic, TopicNames
@@ -62,6 +62,11 @@ class Stage(ABC):
     def __init__(self, ctx: StageContext) -> None:
         self.ctx = ctx
         self._semaphore = asyncio.Semaphore(self.concurrency)
+
+    def stage_settings(self) -> StageSettings:
+        """The runtime settings the runner feeds this stage with (batch size and wait); a stage
+        whose work favours other batches says so here, once (called before start())."""
+        return self.ctx.settings.stage
 
     async def start(self) -> None:
         """Open sessions, load models; called once before the first batch."""

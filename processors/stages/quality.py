@@ -94,6 +94,8 @@ class QualityStage(Stage):
         job["asset_key"] = job["generation"]["output_keys"][best_index]
         attributes = {f"score.{k}": f"{v:.4f}" for k, v in scores.items()}
         attributes["variants"] = str(len(verdicts))
+        # Candidates the gate turned down, for the first-pass artifact rate (docs/analytics.md).
+        attributes["rejected_variants"] = str(sum(1 for _, failed in verdicts if failed))
         attributes["asset_key"] = job["asset_key"]
         if passed:
             return Outcome.forward(Topic.ASSETS_SCORED, job, "completed", **attributes)

@@ -3,7 +3,7 @@
 SELECT toUnixTimestamp(toStartOfInterval(at, INTERVAL {bucket_s:UInt32} SECOND)) AS bucket,
        stage,
        count() AS events,
-       quantile(0.95)(duration_ms) AS p95_ms
+       quantileExact(0.95)(duration_ms) AS p95_ms
 FROM {database:Identifier}.pipeline_events FINAL
 WHERE at >= fromUnixTimestamp64Milli({since_ms:Int64})
 GROUP BY bucket, stage
