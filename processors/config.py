@@ -29,6 +29,20 @@ class KafkaSettings(BaseModel):
     # Pinned broker line; see docs/decisions.md for why 3.9 and not 4.x.
     version: str = "3.9.1"
     scala_version: str = "2.13"
+    # Stage outputs, events, dead letters and the input offsets commit in one Kafka transaction
+    # per batch (docs/reliability.md, docs/decisions.md). Off: at least once, offsets committed
+    # after delivery, a killed stage's outputs produced again on restart.
+    exactly_once: bool = True
+    # This process's copy of its stage (the supervisor sets it: publish-0, publish-1, ...). It
+    # makes the transactional.id stable across restarts, so a restart aborts the transaction its
+    # killed predecessor left open at once. Empty: host, pid and a random part (unique, but a
+    # killed copy's open transaction then blocks read_committed readers until
+    # transaction_timeout_ms).
+    instance: str = ""
+    transaction_timeout_ms: int = 60_000
+    # How long a consumer's fetch waits at the broker for new records; with read_committed it is
+    # also how late a committed transaction can be seen (docs/benchmarks.md).
+    fetch_wait_max_ms: int = 50
 
 
 class StorageSettings(BaseModel):

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -57,6 +59,13 @@ def consumer_config(settings: Settings, group_id: str, **extra: Any) -> dict[str
         "session.timeout.ms": settings.stage.session_timeout_ms,
         "max.poll.interval.ms": MAX_POLL_INTERVAL_MS,
         "partition.assignment.strategy": "cooperative-sticky",
+        # librdkafka's default too, said aloud: an aborted or still open transaction's records
+        # (a killed stage's outputs) are never handed to a stage.
+        "isolation.level": "read_committed",
+        # The broker answers a read_committed fetch waiting at the last stable offset only when
+        # this runs out, not when a transaction's commit marker moves that offset on (measured:
+        # ~500 ms a hop with librdkafka's 500 ms default; docs/benchmarks.md).
+        "fetch.wait.max.ms": settings.kafka.fetch_wait_max_ms,
         "client.id": f"lightbox-{group_id}-{socket.gethostname()}",
         **extra,
     }
@@ -64,6 +73,31 @@ def consumer_config(settings: Settings, group_id: str, **extra: Any) -> dict[str
 
 def make_producer(settings: Settings, **extra: Any) -> Producer:
     return Producer(producer_config(settings, **extra))
+
+
+def transactional_id_for(settings: Settings, stage: str) -> str:
+    """One per stage copy, the same after a restart: a new producer with it fences the old one
+    and aborts what that one left open. Zombies of another generation of the group are fenced by
+    send_offsets_to_transaction (KIP-447), so the id need not follow the partitions."""
+    # Without a copy name nothing is stable across restarts anyway; the random part keeps two
+    # runners of one stage in one process (tests, benchmarks) from fencing each other.
+    copy = settings.kafka.instance or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    return f"{group_id_for(settings, stage)}.{copy}"
+
+
+def transactional_producer_config(settings: Settings, stage: str, **extra: Any) -> dict[str, Any]:
+    return producer_config(
+        settings,
+        **{
+            "transactional.id": transactional_id_for(settings, stage),
+            "transaction.timeout.ms": settings.kafka.transaction_timeout_ms,
+            **extra,
+        },
+    )
+
+
+def make_transactional_producer(settings: Settings, stage: str, **extra: Any) -> Producer:
+    return Producer(transactional_producer_config(settings, stage, **extra))
 
 
 def make_consumer(settings: Settings, group_id: str, **extra: Any) -> Consumer:

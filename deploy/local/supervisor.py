@@ -187,7 +187,9 @@ class Supervisor:
         # tail is what a crash report shows.
         with child.log_file.open("ab") as out:
             child.log_offset = out.tell()
-            env = self.env
+            # The copy's name, stable across restarts: its transactional.id (a restart fences the
+            # killed copy's producer and aborts its open transaction at once).
+            env = {**self.env, "LIGHTBOX_KAFKA__INSTANCE": child.name}
             if child.metrics_port:
                 env = {**env, "LIGHTBOX_STAGE__METRICS_PORT": str(child.metrics_port)}
             child.process = subprocess.Popen(

@@ -53,6 +53,9 @@ def _consumer(settings: Settings) -> Consumer:
             "bootstrap.servers": settings.kafka.bootstrap,
             "group.id": "lightbox.dlq-tool",
             "enable.auto.commit": False,
+            # Letters of an aborted transaction (a stage killed mid-batch) were never written for
+            # the pipeline; replaying one would redo a record its successor already handled.
+            "isolation.level": "read_committed",
             # An offset deleted meanwhile (retention) resumes at the oldest one left.
             "auto.offset.reset": "earliest",
         }

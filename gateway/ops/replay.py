@@ -130,6 +130,8 @@ def _read_at(settings: Settings, topic: str, partition: int, offset: int) -> byt
             "bootstrap.servers": settings.kafka.bootstrap,
             "group.id": "lightbox.replay-tool",
             "enable.auto.commit": False,
+            # Only what the stages themselves saw (librdkafka's default, said aloud).
+            "isolation.level": "read_committed",
         }
     )
     try:

@@ -42,11 +42,23 @@ class Commits:
         self.log = log
         self.committed: dict[Partition, int] = {}
 
-    def commit(self, consumer: Any, messages: Iterable[MessageLike]) -> None:
-        """Commit synchronously; call it on the thread that owns the consumer."""
+    def ahead(self, messages: Iterable[MessageLike]) -> dict[Partition, int]:
+        """The offsets to commit after these messages, leaving out any that would move back."""
         # A batch re-fetched after a rebalance can trail one already committed; committing it
         # would only make the next owner redo work.
-        offsets = {k: o for k, o in next_offsets(messages).items() if o > self.committed.get(k, -1)}
+        return {k: o for k, o in next_offsets(messages).items() if o > self.committed.get(k, -1)}
+
+    def mark(self, offsets: dict[Partition, int]) -> None:
+        """Offsets committed another way (with a transaction)."""
+        for key, offset in offsets.items():
+            self.committed[key] = max(self.committed.get(key, -1), offset)
+
+    def commit(self, consumer: Any, messages: Iterable[MessageLike]) -> None:
+        """Commit synchronously; call it on the thread that owns the consumer."""
+        self.commit_offsets(consumer, self.ahead(messages))
+
+    def commit_offsets(self, consumer: Any, offsets: dict[Partition, int]) -> None:
+        """Commit these offsets synchronously, on the thread that owns the consumer."""
         if not offsets:
             return
         try:

@@ -65,7 +65,7 @@ class Deliverer:
         # Each replacement is smaller than what it replaces (a letter, then a letter without its
         # original, then nothing), so this ends.
         while todo:
-            await self._upload([pendings[i] for i in todo], outage)
+            await self.upload([pendings[i] for i in todo], outage)
             refused = await self._produce(producer, [(i, pendings[i]) for i in todo], outage)
             for index, error in refused.items():
                 if error.code() == KafkaError.MSG_SIZE_TOO_LARGE:
@@ -82,7 +82,7 @@ class Deliverer:
             delivery.send([index])
             delivery.wait(self.settings.delivery_timeout_s)
 
-    async def _upload(self, pendings: list[Pending], outage: Outage) -> None:
+    async def upload(self, pendings: list[Pending], outage: Outage) -> None:
         for pending in pendings:
             for key, data in pending.uploads:
                 round_ = 0

@@ -386,8 +386,46 @@ class PartitionFeed:
 
     # -- after a batch -----------------------------------------------------------------------
 
+    async def group_metadata(self) -> Any:
+        """The consumer's group generation, for send_offsets_to_transaction (KIP-447 fencing)."""
+        return await self.call(self.consumer.consumer_group_metadata)
+
     async def commit(self, messages: list[Message]) -> None:
         await self.call(lambda: self.commits.commit(self.consumer, messages))
+
+    async def commit_past_markers(self) -> None:
+        """When idle: move each partition's commit past the transaction markers after its last
+        record. A transactional producer ends every transaction with a control record, so the
+        offset after a partition's last record is a marker no consumer is ever handed; committed
+        there, the group would show a lag of one per transaction end for ever (and whatever waits
+        for lag 0, an operator or a drain, would wait for ever). The consumer's position already
+        stepped over them; it is committed only for a partition whose every handed-over message
+        is committed, so nothing unprocessed is ever skipped. Call it with no batch in hand."""
+        await self.call(self._commit_past_markers)
+
+    def _commit_past_markers(self) -> None:
+        assignment = self.consumer.assignment()
+        if not assignment:
+            return
+        carried = {(m.topic(), m.partition()) for m in self._carry}
+        ahead: dict[Partition, int] = {}
+        for tp in self.consumer.position(assignment):
+            key = (tp.topic, tp.partition)
+            if tp.offset < 0 or key in carried:
+                continue
+            handed = self._expected.get(key)
+            if handed is None:
+                # Nothing handed over since the assignment (a restart onto a commit that sits on a
+                # marker): the position moved past markers alone, if at all.
+                committed = self._committed_offset(key)
+                if committed is None:
+                    continue
+                self._expected[key] = handed = committed
+                self._unchecked.discard(key)
+                self.commits.mark({key: committed})
+            if self.commits.committed.get(key, -1) == handed and tp.offset > handed:
+                ahead[key] = tp.offset
+        self.commits.commit_offsets(self.consumer, ahead)
 
     async def record_lag(self) -> None:
         await self.call(self._record_lag)

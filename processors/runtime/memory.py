@@ -17,11 +17,21 @@ sink: inputs are lists, outputs are captured lists).
   delivery fail with a KafkaError; queue_limit makes produce() raise BufferError when full;
   max_message_bytes refuses a larger message in produce(), as librdkafka does; stall() keeps
   every message queued and unreported (a broker that is down) until unstall().
+- Transactions (a MemoryProducer made with a transactional_id): init/begin/commit/abort and
+  send_offsets_to_transaction as confluent-kafka's. Records written in a transaction are in the
+  log at once but hidden from read_committed consumers (the default) and from
+  MemoryBroker.messages() until it commits; an open one holds readers at it (the last stable
+  offset), an aborted one is skipped for good; its offsets are committed only with it.
+  init_transactions() of a new producer with the same id aborts what the last one left open and
+  fences it (its next call fails fatally). Group metadata carries a generation, bumped by every
+  rebalance and by MemoryBroker.new_generation(): offsets sent with an older one are refused
+  (ILLEGAL_GENERATION, abortable), as KIP-447 fences a zombie. fail_transaction() injects errors
+  (or crashes) into a transactional call.
 - MemoryStore: processors.storage.ObjectStore over a dict (its primitive calls replaced, the rest
   its own); fail_next() makes the next calls raise (storage down).
 
 Only what the runtime and the gateway's produce loop call is here; it is not a Kafka emulator
-(no replication, no transactions, one member per group).
+(no replication, one member per group).
 """
 
 from __future__ import annotations
@@ -57,6 +67,20 @@ class Commit:
     offset: int
 
 
+@dataclass(frozen=True)
+class GroupMetadata:
+    """What consumer_group_metadata() hands a transaction: the group and its generation."""
+
+    group: str
+    generation: int
+
+
+@dataclass
+class _Transaction:
+    records: list[tuple[str, int, int]] = field(default_factory=list)
+    offsets: list[tuple[str, str, int, int]] = field(default_factory=list)
+
+
 @dataclass
 class MemoryBroker:
     """Topics and committed offsets, shared by the consumers and producers made from it."""
@@ -70,8 +94,74 @@ class MemoryBroker:
     # Per partition: the first offset still in the log (retention deleted the ones before).
     log_start: dict[Partition, int] = field(default_factory=dict)
 
+    # Transactions: records not yet committed (offset -> transactional id), records aborted,
+    # each id's producer epoch and open transaction, every commit or abort in order.
+    open_records: dict[tuple[str, int, int], str] = field(default_factory=dict)
+    aborted: set[tuple[str, int, int]] = field(default_factory=set)
+    epochs: dict[str, int] = field(default_factory=dict)
+    transactions: list[tuple[str, str]] = field(default_factory=list)
+    generations: dict[str, int] = field(default_factory=dict)
+
     def __post_init__(self) -> None:
         self.lock = threading.Condition()
+        self._open: dict[str, _Transaction] = {}
+
+    # -- transactions ------------------------------------------------------------------------
+
+    def new_generation(self, group: str) -> int:
+        """A rebalance of the group: metadata handed out before it is stale."""
+        with self.lock:
+            self.generations[group] = self.generations.get(group, 0) + 1
+            return self.generations[group]
+
+    def generation(self, group: str) -> int:
+        with self.lock:
+            return self.generations.get(group, 0)
+
+    def init_transactions(self, txid: str) -> int:
+        """A new producer epoch for `txid`: its predecessor's open transaction is aborted."""
+        with self.lock:
+            self._end(txid, commit=False)
+            self.epochs[txid] = self.epochs.get(txid, 0) + 1
+            return self.epochs[txid]
+
+    def end_transaction(self, txid: str, epoch: int, commit: bool) -> None:
+        with self.lock:
+            self._check_epoch(txid, epoch)
+            self._open.setdefault(txid, _Transaction())
+            self._end(txid, commit)
+
+    def add_offsets(self, txid: str, epoch: int, group: str, offsets: list[tuple[str, int, int]]) -> None:
+        with self.lock:
+            self._check_epoch(txid, epoch)
+            self._open.setdefault(txid, _Transaction()).offsets.extend((group, *o) for o in offsets)
+
+    def _check_epoch(self, txid: str, epoch: int) -> None:
+        if self.epochs.get(txid) != epoch:
+            raise KafkaException(
+                KafkaError(KafkaError._FENCED, f"producer fenced: {txid} has a newer epoch", fatal=True)
+            )
+
+    def _end(self, txid: str, commit: bool) -> None:
+        txn = self._open.pop(txid, None)
+        if txn is None:
+            return
+        for key in txn.records:
+            self.open_records.pop(key, None)
+            if not commit:
+                self.aborted.add(key)
+        if commit:
+            for group, topic, partition, offset in txn.offsets:
+                self._commit(group, topic, partition, offset)
+        self.transactions.append((txid, "commit" if commit else "abort"))
+        self.lock.notify_all()
+
+    def visible(self, topic: str, partition: int, offset: int) -> bool | None:
+        """For read_committed: True, False (aborted: skipped) or None (open: wait here)."""
+        key = (topic, partition, offset)
+        if key in self.open_records:
+            return None
+        return key not in self.aborted
 
     def create_topic(self, name: str, partitions: int | None = None) -> None:
         with self.lock:
@@ -88,9 +178,10 @@ class MemoryBroker:
         key: str | bytes | None = None,
         headers: Headers = None,
         partition: int | None = None,
+        txid: str | None = None,
     ) -> Message:
-        """Write one message (partitioned by key unless `partition` is given); returns it with
-        its offset."""
+        """Write one message (partitioned by key unless `partition` is given), inside `txid`'s
+        open transaction if named; returns it with its offset."""
         self.create_topic(topic)
         key_bytes = _bytes(key)
         with self.lock:
@@ -109,16 +200,22 @@ class MemoryBroker:
                 timestamp=(TIMESTAMP_CREATE_TIME, int(time.time() * 1000)),
             )
             parts[partition].append(message)
+            if txid is not None:
+                key = (topic, partition, int(message.offset() or 0))
+                self.open_records[key] = txid
+                self._open.setdefault(txid, _Transaction()).records.append(key)
             self.lock.notify_all()
             return message
 
-    def messages(self, topic: str) -> list[Message]:
-        """Every message of a topic still in the log, partition by partition."""
+    def messages(self, topic: str, read_committed: bool = True) -> list[Message]:
+        """Every message of a topic still in the log, partition by partition; by default only
+        what a read_committed reader sees (nothing open or aborted)."""
         with self.lock:
             return [
                 m
                 for p, part in enumerate(self.topics.get(topic, []))
                 for m in part[self.log_start.get((topic, p), 0) :]
+                if not read_committed or self.visible(topic, p, int(m.offset() or 0))
             ]
 
     def delete_records(self, topic: str, partition: int, before: int) -> None:
@@ -137,9 +234,11 @@ class MemoryBroker:
 
 
 class MemoryConsumer:
-    def __init__(self, broker: MemoryBroker, group_id: str) -> None:
+    def __init__(self, broker: MemoryBroker, group_id: str, read_committed: bool = True) -> None:
         self.broker = broker
         self.group_id = group_id
+        self.read_committed = read_committed
+        self.generation = broker.generation(group_id)
         self._topics: list[str] = []
         self._on_assign: RebalanceCallback | None = None
         self._on_revoke: RebalanceCallback | None = None
@@ -183,6 +282,7 @@ class MemoryConsumer:
             self._rebalances.insert(0, ("assign", everything))
         while self._rebalances:
             kind, partitions = self._rebalances.pop(0)
+            self.generation = self.broker.new_generation(self.group_id)
             tps = [TopicPartition(t, p) for t, p in partitions]
             if kind == "revoke":
                 if self._on_revoke is not None:
@@ -196,6 +296,9 @@ class MemoryConsumer:
                     self._positions[(t, p)] = committed if committed is not None else 0
                 if self._on_assign is not None:
                     self._on_assign(self, tps)
+
+    def consumer_group_metadata(self) -> GroupMetadata:
+        return GroupMetadata(self.group_id, self.generation)
 
     def assignment(self) -> list[TopicPartition]:
         return [TopicPartition(t, p) for t, p in self._positions]
@@ -223,6 +326,13 @@ class MemoryConsumer:
             # auto.offset.reset=earliest: a deleted position resumes at the log start, silently.
             position = max(position, self.broker.log_start.get(tp, 0))
             while position < len(log) and len(taken) < limit:
+                if self.read_committed:
+                    seen = self.broker.visible(tp[0], tp[1], position)
+                    if seen is None:  # an open transaction: the last stable offset
+                        break
+                    if not seen:
+                        position += 1
+                        continue
                 taken.append(log[position])
                 position += 1
             self._positions[tp] = position
@@ -301,11 +411,34 @@ class _Queued:
     on_delivery: Callable[[KafkaError | None, Message], None] | None
 
 
+class Hang(Exception):
+    """For fail_transaction(): the call blocks until `until` is set, past any timeout, as
+    librdkafka's send_offsets_to_transaction() can when the group coordinator went away."""
+
+    def __init__(self, until: threading.Event) -> None:
+        super().__init__("hangs")
+        self.until = until
+
+
+def _state_error(why: str) -> KafkaException:
+    return KafkaException(KafkaError(KafkaError._STATE, why))
+
+
 class MemoryProducer:
     def __init__(
-        self, broker: MemoryBroker, queue_limit: int | None = None, max_message_bytes: int | None = None
+        self,
+        broker: MemoryBroker,
+        queue_limit: int | None = None,
+        max_message_bytes: int | None = None,
+        transactional_id: str | None = None,
     ) -> None:
         self.broker = broker
+        self.transactional_id = transactional_id
+        # uninit | ready | in_txn | abortable | fatal (the transactional producer's states)
+        self.txn_state = "uninit"
+        self._epoch = 0
+        self._txn_error: KafkaError | None = None
+        self._txn_failures: dict[str, list[KafkaError | BaseException]] = {}
         self.queue_limit = queue_limit
         self.max_message_bytes = max_message_bytes
         self._queue: list[_Queued] = []
@@ -315,6 +448,124 @@ class MemoryProducer:
         self.delivered: list[Message] = []
         self.failed: list[tuple[str, KafkaError]] = []
         self.produce_calls = 0
+
+    # -- transactions ------------------------------------------------------------------------
+
+    @property
+    def transactional(self) -> bool:
+        return self.transactional_id is not None
+
+    def fail_transaction(self, call: str, error: KafkaError | BaseException, times: int = 1) -> None:
+        """Make the next `times` calls of `call` (begin, send_offsets, commit, abort) fail: a
+        KafkaError is raised as confluent-kafka raises it (an abortable one leaves the
+        transaction abortable, a fatal one the producer unusable); a Hang blocks the call; any
+        other exception is raised as it is, before the call does anything (a process killed at
+        that point)."""
+        with self._lock:
+            self._txn_failures.setdefault(call, []).extend([error] * times)
+
+    def _injected(self, call: str) -> None:
+        with self._lock:
+            queued = self._txn_failures.get(call)
+            failure = queued.pop(0) if queued else None
+        if failure is None:
+            return
+        if isinstance(failure, Hang):
+            failure.until.wait()
+            return
+        if not isinstance(failure, KafkaError):
+            raise failure
+        if failure.fatal():
+            self.txn_state = "fatal"
+        elif failure.txn_requires_abort():
+            self.txn_state, self._txn_error = "abortable", failure
+        raise KafkaException(failure)
+
+    def _txid(self) -> str:
+        if self.transactional_id is None:
+            raise _state_error("the producer is not transactional (no transactional.id)")
+        return self.transactional_id
+
+    def _usable(self) -> None:
+        if self.txn_state == "fatal":
+            raise KafkaException(KafkaError(KafkaError._FENCED, "producer fenced", fatal=True))
+        try:
+            self.broker._check_epoch(self._txid(), self._epoch)
+        except KafkaException:
+            self.txn_state = "fatal"
+            raise
+
+    def init_transactions(self, timeout: float | None = None) -> None:
+        self._epoch = self.broker.init_transactions(self._txid())
+        self.txn_state = "ready"
+
+    def begin_transaction(self) -> None:
+        self._usable()
+        self._injected("begin")
+        if self.txn_state != "ready":
+            raise _state_error(f"begin_transaction in state {self.txn_state}")
+        self.txn_state = "in_txn"
+
+    def send_offsets_to_transaction(
+        self, positions: list[TopicPartition], group_metadata: GroupMetadata, timeout: float | None = None
+    ) -> None:
+        self._usable()
+        self._injected("send_offsets")
+        self._abortable()
+        if self.txn_state != "in_txn":
+            raise _state_error(f"send_offsets_to_transaction in state {self.txn_state}")
+        if group_metadata.generation != self.broker.generation(group_metadata.group):
+            error = KafkaError(
+                KafkaError.ILLEGAL_GENERATION,
+                "Broker: Specified group generation id is not valid",
+                txn_requires_abort=True,
+            )
+            self.txn_state, self._txn_error = "abortable", error
+            raise KafkaException(error)
+        self.broker.add_offsets(
+            self._txid(),
+            self._epoch,
+            group_metadata.group,
+            [(tp.topic, tp.partition, tp.offset) for tp in positions],
+        )
+
+    def commit_transaction(self, timeout: float | None = None) -> None:
+        self._usable()
+        self._injected("commit")
+        if self.txn_state == "in_txn":
+            if self._stalled.is_set():
+                raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "commit timed out", retriable=True))
+            self._deliver()
+        self._abortable()
+        if self.txn_state != "in_txn":
+            raise _state_error(f"commit_transaction in state {self.txn_state}")
+        self.broker.end_transaction(self._txid(), self._epoch, commit=True)
+        self.txn_state = "ready"
+
+    def abort_transaction(self, timeout: float | None = None) -> None:
+        self._usable()
+        self._injected("abort")
+        if self.txn_state not in ("in_txn", "abortable"):
+            raise _state_error(f"abort_transaction in state {self.txn_state}")
+        with self._lock:
+            purged, self._queue = self._queue, []
+        for q in purged:
+            if q.on_delivery is not None:
+                message = Message(topic=q.topic, key=q.key, value=q.value)
+                q.on_delivery(KafkaError(KafkaError._PURGE_QUEUE, "purged by abort"), message)
+        self.broker.end_transaction(self._txid(), self._epoch, commit=False)
+        self.txn_state, self._txn_error = "ready", None
+
+    def _abortable(self) -> None:
+        if self.txn_state == "abortable":
+            error = self._txn_error or KafkaError(KafkaError._STATE, "abortable")
+            raise KafkaException(
+                KafkaError(
+                    error.code(), f"transaction must be aborted: {error.str()}", txn_requires_abort=True
+                )
+            )
+
+    # -- delivery ----------------------------------------------------------------------------
 
     def stall(self) -> None:
         """The broker is unreachable: messages stay queued, with no delivery report."""
@@ -339,6 +590,10 @@ class MemoryProducer:
         headers: Headers = None,
         **_: Any,
     ) -> None:
+        if self.transactional:
+            self._usable()
+            if self.txn_state not in ("in_txn", "abortable"):
+                raise _state_error("produce outside a transaction")
         size = wire_size(Outgoing(topic, _bytes(key), _bytes(value), headers))
         if self.max_message_bytes is not None and size > self.max_message_bytes:
             raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "Broker: Message size too large"))
@@ -389,15 +644,23 @@ class MemoryProducer:
         with self._lock:
             queued, self._queue = self._queue, []
             outcomes: list[tuple[_Queued, KafkaError | None]] = [(q, self._failure_for(q)) for q in queued]
+        in_txn = self.txn_state in ("in_txn", "abortable")
         for q, error in outcomes:
+            if error is None and self.txn_state == "abortable":
+                error = KafkaError(KafkaError._STATE, "the transaction is in an abortable state")
             if error is None:
-                message = self.broker.append(q.topic, q.value, q.key, q.headers, q.partition)
+                message = self.broker.append(
+                    q.topic, q.value, q.key, q.headers, q.partition, self.transactional_id if in_txn else None
+                )
                 self.delivered.append(message)
             else:
                 message = Message(
                     topic=q.topic, key=q.key, value=q.value, headers=list(q.headers or []) or None
                 )
                 self.failed.append((q.topic, error))
+                if in_txn and self.txn_state == "in_txn":
+                    # A message that failed for good makes its transaction abortable.
+                    self.txn_state, self._txn_error = "abortable", error
             if q.on_delivery is not None:
                 q.on_delivery(error, message)
         return len(outcomes)

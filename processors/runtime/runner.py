@@ -1,15 +1,18 @@
-"""Consume-process-produce-commit for one stage, at least once: the spine.
+"""Consume-process-produce-commit for one stage, exactly once on the topics: the spine.
 
 Per batch: the feed polls up to N records; prepare() decodes each (undecodable: dead-lettered at
 once) and settles them through the one retry loop (retry.py: a record's own fault is
 dead-lettered, a dependency outage holds the partitions and retries for as long as it takes); the
 outbox encodes and size-checks every output, pipeline event and dead letter; finish() waits for
 the batch's side effects (a failed one redoes its record through the same loop), produces
-everything through delivery.py (a record the broker refuses dead-letters its input; a broker that
-is down holds and waits), and only then commits the batch's offsets. A crash anywhere before the
-commit replays the batch; handlers make that harmless with deterministic keys and ids. SIGTERM
-finishes the batch in hand, commits, and leaves the group (during an outage: leaves it
-uncommitted, for whoever owns the partitions next).
+everything (a record the broker refuses dead-letters its input; a broker that is down holds and
+waits), and only then commits the batch's offsets. With kafka.exactly_once (the default) the
+produce and the commit are one Kafka transaction per batch (transact.py): a crash before it
+commits leaves none of the batch's outputs visible to read_committed readers, and the batch is
+redone once. Without it (delivery.py, then commits.py) a crash before the commit replays the
+batch and its outputs appear twice on the topics; handlers make that harmless for their own
+effects with deterministic keys and ids. SIGTERM finishes the batch in hand, commits, and leaves
+the group (during an outage: leaves it uncommitted, for whoever owns the partitions next).
 
 Two loops: in turn (poll, process, commit: the CPU stages) and prefetching (the GPU worker: the
 next batches are fetched and handled while the last one's uploads, produce and commit finish).
@@ -26,6 +29,7 @@ The parts, one concern each:
     outbox.py    encoding and checking outcomes, events (deterministic ids) and dead letters
     sizes.py     message size limits and bounded texts
     delivery.py  produce and confirm, refusals dead-lettered, a broker outage waited out
+    transact.py  the same inside one transaction per batch, with the input offsets (exactly once)
     dlq.py       the dead letter: its envelope, headers, offloaded original and event
     memory.py    an in-memory broker, consumer, producer and store, to run all of this without Kafka
 
@@ -36,9 +40,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import KafkaError, Message
@@ -48,6 +54,7 @@ from processors.kafka_clients import (
     group_id_for,
     make_consumer,
     make_producer,
+    make_transactional_producer,
     produce_and_confirm,
     topic_message_limits,
 )
@@ -55,13 +62,14 @@ from processors.logs import current_job_id, current_stage
 from processors.runtime.codec import Codec, serde_factory
 from processors.runtime.delivery import Deliverer
 from processors.runtime.errors import Fault, classify
-from processors.runtime.feed import AheadQueue, PartitionFeed
+from processors.runtime.feed import AheadQueue, Fetched, PartitionFeed
 from processors.runtime.outage import BatchWatch, Outage
 from processors.runtime.outbox import Outbox, Pending
 from processors.runtime.records import Event, InputRecord, Outcome
 from processors.runtime.retry import RetryPolicy, Settled, StopRequested, Tried, elapsed_ms, settle
 from processors.runtime.sizes import MessageLimits
 from processors.runtime.stage import BatchStage, Stage
+from processors.runtime.transact import TransactionalDeliverer, TransactionFatal, Transactions
 from schemas.registry_client import RegistryUnavailableError
 from schemas.serde import SerdeError
 from schemas.topics import RUNTIME_TOPICS
@@ -77,7 +85,18 @@ class StageRunner:
         consumer: Any | None = None,
         producer: Any | None = None,
         limits: MessageLimits | None = None,
+        transactional: bool | None = None,
+        events_producer: Any | None = None,
+        renew_producer: Callable[[], Any] | None = None,
     ) -> None:
+        """`transactional`: outputs and offsets in one transaction per batch; None: as
+        kafka.exactly_once says for a producer of our own, off for one passed in (unless it says
+        `transactional`). `events_producer`: what retry events go out through at once, outside
+        any batch (a transactional producer cannot send outside a transaction); by default the
+        producer itself, or a plain one of our own when that one is transactional.
+        `renew_producer`: a new transactional producer (the same transactional.id) for one that is
+        stuck; by default made the way ours is, and none for a producer passed in (stuck: the stage
+        stops)."""
         declared = getattr(type(stage), "outputs", None)
         if declared is None:
             raise TypeError(f"stage {stage.name!r} must declare `outputs` (the topics it may produce to)")
@@ -93,7 +112,28 @@ class StageRunner:
         if consumer is None:
             consumer = make_consumer(self.settings, group_id_for(self.settings, stage.name))
         self.consumer = consumer
-        self.producer = producer if producer is not None else make_producer(self.settings)
+        if transactional is None:
+            transactional = (
+                self.settings.kafka.exactly_once
+                if producer is None
+                else bool(getattr(producer, "transactional", False))
+            )
+        self.exactly_once = transactional
+        # The transactions own the producer: a stuck one is replaced there (transact.py).
+        self.txn = Transactions(producer, self.settings.stage, self.policy, self.log, renew_producer)
+        if producer is None:
+            if transactional:
+                self.txn.renew_with(
+                    functools.partial(
+                        make_transactional_producer, self.settings, stage.name, error_cb=self.txn.on_error
+                    )
+                )
+            else:
+                self.txn.producer = make_producer(self.settings)
+        producer = self.txn.producer
+        if events_producer is None:
+            events_producer = make_producer(self.settings) if transactional else producer
+        self.events_producer = events_producer
         self.codec = Codec(self.ctx.topics, serde_factory(self.settings))
         self.limits = limits or MessageLimits(self.settings.stage.max_message_bytes)
         self.outbox = Outbox(
@@ -123,10 +163,17 @@ class StageRunner:
             self.log,
             stage.name,
         )
+        self.txn_deliverer = TransactionalDeliverer(
+            self.deliverer, self.txn, self.feed, self.settings.stage, self.metrics, self.log, stage.name
+        )
         # One handler call at a time: a batch redone in finish() must not overlap the next
         # batch's handling (the prefetching loop handles N+1 while N finishes).
         self._handling = asyncio.Lock()
         self._sending: set[asyncio.Task[None]] = set()
+
+    @property
+    def producer(self) -> Any:
+        return self.txn.producer
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -144,6 +191,17 @@ class StageRunner:
         topics = [self.ctx.topics(t) for t in self.stage.inputs]
         if self._learn_limits:
             await self._read_broker_limits()
+        if self.exactly_once:
+            # Before joining the group: a predecessor's open transaction is aborted first, so its
+            # offsets (pending in it) never hold up this consumer's first fetch.
+            try:
+                await self.txn.init(self._stopping)
+            except StopRequested:
+                self.feed.close()
+                return
+            except BaseException:
+                self.feed.close()
+                raise
         self.feed.subscribe(topics)
         started = False
         try:
@@ -158,6 +216,11 @@ class StageRunner:
                 await self._run_in_turn(max_batches)
         except StopRequested as exc:
             self.log.warning("%s: the batch in hand is left uncommitted, to be redone", exc)
+        except TransactionFatal as exc:
+            # Fenced (a newer copy with this transactional.id) or a broken producer: going on
+            # would only fail again. Exit, uncommitted; the supervisor starts a fresh producer.
+            self.log.error("transactional producer cannot go on, stopping the stage: %s", exc)
+            raise
         finally:
             try:
                 if started:
@@ -165,6 +228,8 @@ class StageRunner:
                 await self._drain_events()
             finally:
                 self.producer.flush(10)
+                if self.events_producer is not self.producer:
+                    self.events_producer.flush(10)
                 self.feed.close()
                 self.log.info("stage stopped")
 
@@ -200,8 +265,10 @@ class StageRunner:
                     owned = self.feed.still_owned(fetched)
                     if len(owned) != len(fetched.messages):
                         pendings = self._only_owned(owned, pendings)
-                    await self.finish(owned, pendings)
+                    await self.finish(owned, pendings, fetched.seq)
                 batches += 1
+            else:
+                await self.feed.commit_past_markers()
 
     async def _run_prefetching(self, max_batches: int | None) -> None:
         """Fetch the next batches while this one is processed (the GPU never waits on the broker);
@@ -223,6 +290,8 @@ class StageRunner:
                         fetcher.result()  # surface a poller crash
                     if finishing is not None and finishing.done():
                         finishing.result()  # surface a stop during an outage
+                    if finishing is None or finishing.done():
+                        await self.feed.commit_past_markers()
                     continue
                 batch = self.feed.still_owned(fetched)
                 if batch:
@@ -231,7 +300,7 @@ class StageRunner:
                     # one batch finishing at a time keeps commits in order.
                     if finishing is not None:
                         await finishing
-                    finishing = asyncio.create_task(self.finish(batch, pendings))
+                    finishing = asyncio.create_task(self.finish(batch, pendings, fetched.seq))
                     batches += 1
         finally:
             self._stopping.set()
@@ -293,18 +362,34 @@ class StageRunner:
         pendings.extend(self.outbox.gap(gap) for gap in self.feed.take_gaps())
         return pendings
 
-    async def finish(self, messages: list[Message], pendings: list[Pending]) -> None:
+    async def finish(self, messages: list[Message], pendings: list[Pending], seq: int | None = None) -> None:
         """Wait for the batch's side effects, produce its outputs, wait for delivery, commit.
-        Nothing is committed before every output was delivered (or its input dead-lettered)."""
+        Nothing is committed before every output was delivered (or its input dead-lettered).
+        Exactly once, outputs and offsets commit together (transact.py); `seq`, the fetch the
+        batch came from, tells which of its partitions are still ours if that must be redone."""
         pendings = await self._settle_effects(pendings)
         await self._drain_events()  # this batch's retry events before its outcomes
         outage = self._outage()
         try:
-            await self.deliverer.deliver(self.producer, pendings, outage)
+            if self.exactly_once:
+                await self.txn_deliverer.deliver(lambda: self._still_owned(messages, pendings, seq), outage)
+            else:
+                await self.deliverer.deliver(self.producer, pendings, outage)
         finally:
             await outage.release()
-        await self.feed.commit(messages)
+        if not self.exactly_once:
+            await self.feed.commit(messages)
         await self.feed.record_lag()
+
+    def _still_owned(
+        self, messages: list[Message], pendings: list[Pending], seq: int | None
+    ) -> tuple[list[Message], list[Pending]]:
+        if seq is None:
+            return messages, pendings
+        owned = self.feed.still_owned(Fetched(seq, messages))
+        if len(owned) == len(messages):
+            return messages, pendings
+        return owned, self._only_owned(owned, pendings)
 
     # -- settling records ----------------------------------------------------------------------
 
@@ -506,7 +591,7 @@ class StageRunner:
 
     def _send_now(self, messages: list[Any]) -> None:
         try:
-            produce_and_confirm(self.producer, messages, self.settings.stage.delivery_timeout_s)
+            produce_and_confirm(self.events_producer, messages, self.settings.stage.delivery_timeout_s)
         except DeliveryFailed as exc:
             self.log.warning("retry events not delivered: %s", exc)
 

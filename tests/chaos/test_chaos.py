@@ -4,7 +4,9 @@ Two replicas of every stage (the event-log sink once), 12 jobs over 3 rounds; in
 stage processes are SIGKILLed, the sink is killed, MinIO is frozen and stopped and the broker is
 killed once, briefly. It all happens on a private stack (own home, ports and data; the tool cache
 is shared), so nothing else on the machine is disturbed. Then the checker reads the topics, the
-event log and the object store (gateway/harness/chaos/checker.py lists what it proves).
+event log and the object store (gateway/harness/chaos/checker.py lists what it proves), all of it:
+with exactly-once stage outputs (kafka.exactly_once) a published job has one record on
+assets.published however its stages were killed.
 
 `lightbox chaos --long` runs 100 rounds; docs/reliability.md has its figures.
 """
@@ -37,10 +39,6 @@ def test_kills_and_outages_lose_nothing_duplicate_nothing_and_dead_letter_no_out
     assert all(result.faults.applied[fault] >= 1 for fault in MAJOR), report
     assert result.faults.kills >= 4, report
     assert result.tally.jobs == 12
-    # Open (issue 8): a stage killed after producing and before committing re-produces on
-    # restart, so a job can reach assets.published twice; exactly once on the topic needs
-    # transactional produce-and-commit. Every other check must hold; that one is reported.
-    known_open = {"published_once"}
-    assert all(c.ok for c in result.checks if c.name not in known_open), report
-    if not result.ok:
-        pytest.xfail("duplicate records on assets.published under SIGKILL (issue 8, open):\n" + report)
+    # Every check, published_once included: a stage killed between producing and committing
+    # leaves an aborted transaction, never a second record (processors/runtime/transact.py).
+    assert result.ok, report

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, ConsumerGroupState, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, ConsumerGroupState, KafkaError, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from deploy.local.stack import LocalStack
@@ -127,6 +127,8 @@ class Intakes:
                 "bootstrap.servers": self.settings.kafka.bootstrap,
                 "group.id": f"t-{uuid.uuid4().hex}",
                 "enable.auto.commit": False,
+                # A stage's outputs end in a transaction's commit marker, never handed over.
+                "enable.partition.eof": True,
             }
         )
         ends = {
@@ -140,6 +142,8 @@ class Intakes:
         while left and time.monotonic() < deadline:
             for m in consumer.consume(500, 0.5):
                 if m.error():
+                    if m.error().code() == KafkaError._PARTITION_EOF:
+                        left.discard(m.partition())
                     continue
                 out.append(serde.decode(m.value()))
                 if m.offset() + 1 >= ends[m.partition()]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from processors.config import Settings
 from schemas.topics import Topic, TopicNames
@@ -23,6 +23,11 @@ def read_topic(settings: Settings, topic: Topic, timeout_s: float = 30.0) -> lis
             "bootstrap.servers": settings.kafka.bootstrap,
             "group.id": f"reader-{uuid.uuid4().hex[:6]}",
             "enable.auto.commit": False,
+            # What a stage downstream sees: committed transactions only. The end offset is then
+            # often a transaction's commit marker, never handed over: the partition's EOF says
+            # it was reached.
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
         }
     )
     try:
@@ -35,6 +40,8 @@ def read_topic(settings: Settings, topic: Topic, timeout_s: float = 30.0) -> lis
         while len(done) < len(ends) and time.monotonic() < deadline:
             for message in consumer.consume(100, 0.5):
                 if message.error():
+                    if message.error().code() == KafkaError._PARTITION_EOF:
+                        done.add(message.partition())
                     continue
                 found.append(message)
                 if message.offset() + 1 >= ends[message.partition()]:

@@ -38,6 +38,10 @@ def _consumer(settings: Settings) -> Consumer:
             "enable.auto.commit": False,
             "enable.partition.eof": True,
             "auto.offset.reset": "earliest",
+            # What the stages downstream see: a killed stage's aborted (or still open) outputs are
+            # not records of the pipeline, and counting them would report duplicates that no reader
+            # ever gets. librdkafka's default, said aloud.
+            "isolation.level": "read_committed",
         }
     )
 
