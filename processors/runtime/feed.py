@@ -393,6 +393,10 @@ class PartitionFeed:
     async def commit(self, messages: list[Message]) -> None:
         await self.call(lambda: self.commits.commit(self.consumer, messages))
 
+    async def committed(self, partitions: list[Partition]) -> dict[Partition, int | None]:
+        """The group's committed offsets, as the broker has them now (None: none, or no answer)."""
+        return await self.call(lambda: {tp: self._committed_offset(tp) for tp in partitions})
+
     async def commit_past_markers(self) -> None:
         """When idle: move each partition's commit past the transaction markers after its last
         record. A transactional producer ends every transaction with a control record, so the

@@ -415,9 +415,12 @@ class Hang(Exception):
     """For fail_transaction(): the call blocks until `until` is set, past any timeout, as
     librdkafka's send_offsets_to_transaction() can when the group coordinator went away."""
 
-    def __init__(self, until: threading.Event) -> None:
+    def __init__(self, until: threading.Event, after: bool = False) -> None:
         super().__init__("hangs")
         self.until = until
+        # After the call did its work (commit_transaction only): done on the coordinator, the
+        # answer never comes back.
+        self.after = after
 
 
 def _state_error(why: str) -> KafkaException:
@@ -439,6 +442,7 @@ class MemoryProducer:
         self._epoch = 0
         self._txn_error: KafkaError | None = None
         self._txn_failures: dict[str, list[KafkaError | BaseException]] = {}
+        self._hang_after: Hang | None = None
         self.queue_limit = queue_limit
         self.max_message_bytes = max_message_bytes
         self._queue: list[_Queued] = []
@@ -471,6 +475,10 @@ class MemoryProducer:
         if failure is None:
             return
         if isinstance(failure, Hang):
+            if failure.after:
+                with self._lock:
+                    self._hang_after = failure
+                return
             failure.until.wait()
             return
         if not isinstance(failure, KafkaError):
@@ -541,6 +549,10 @@ class MemoryProducer:
             raise _state_error(f"commit_transaction in state {self.txn_state}")
         self.broker.end_transaction(self._txid(), self._epoch, commit=True)
         self.txn_state = "ready"
+        with self._lock:
+            hang, self._hang_after = self._hang_after, None
+        if hang is not None:
+            hang.until.wait()
 
     def abort_transaction(self, timeout: float | None = None) -> None:
         self._usable()

@@ -295,6 +295,8 @@ class TransactionalDeliverer:
                 refused = await self._attempt_or_abort(pendings, offsets, outage)
             except ProducerStuck as exc:  # in any call, the abort's included
                 await self.txn.renew(exc, outage.stopping)
+                if offsets and await self._landed(offsets):
+                    return
                 continue
             except (StopRequested, asyncio.CancelledError):
                 await self.txn.abort_quietly()
@@ -310,6 +312,19 @@ class TransactionalDeliverer:
             delay = self.deliverer.policy.delay(round_)
             await outage.hold("the broker: a transaction did not commit")
             await outage.wait(delay)
+
+    async def _landed(self, offsets: dict[Partition, int]) -> bool:
+        """Whether the transaction a stuck producer had open committed after all. The stuck call
+        may have been commit_transaction() itself, done on the coordinator though never answered;
+        sending the batch again would then publish it twice. The renewal's init_transactions()
+        has settled that transaction either way, and its offsets went with it: committed offsets
+        at the batch's say it landed."""
+        committed = await self.feed.committed(list(offsets))
+        landed = all((committed.get(tp) or -1) >= offset for tp, offset in offsets.items())
+        if landed:
+            self.log.warning("the stuck producer's transaction had committed: the batch is not sent again")
+            self.feed.commits.mark(offsets)
+        return landed
 
     async def _attempt_or_abort(
         self, pendings: list[Pending], offsets: dict[Partition, int], outage: Outage

@@ -279,6 +279,37 @@ async def test_a_stuck_send_offsets_call_replaces_the_producer_and_the_batch_com
     assert broker.committed_offset(GROUP, INPUT, 0) == 2
 
 
+async def test_a_commit_that_went_through_but_never_answered_is_not_sent_again() -> None:
+    # The stuck call is commit_transaction() itself, done on the coordinator: sending the batch
+    # again through the new producer would publish it twice.
+    broker = MemoryBroker()
+    _publish(broker, "job-1", "job-2")
+    released = threading.Event()
+    stuck = MemoryProducer(broker, transactional_id=TXID)
+    stuck.fail_transaction("commit", Hang(released, after=True))
+    made: list[MemoryProducer] = []
+
+    def renew() -> MemoryProducer:
+        made.append(MemoryProducer(broker, transactional_id=TXID))
+        return made[-1]
+
+    runner = StageRunner(
+        ForwardStage(StageContext(_settings(delivery_timeout_s=0.2), "forward")),
+        consumer=MemoryConsumer(broker, GROUP),
+        producer=stuck,
+        events_producer=MemoryProducer(broker),
+        renew_producer=renew,
+    )
+    try:
+        await _run(runner, batches=1)
+    finally:
+        released.set()
+    assert len(made) == 1 and runner.producer is made[0]
+    assert broker.transactions == [(TXID, "commit")], "one transaction, never a second"
+    assert _outputs(broker) == ["job-1", "job-2"]
+    assert broker.committed_offset(GROUP, INPUT, 0) == 2
+
+
 async def test_a_producer_that_lost_every_broker_is_replaced_before_its_next_transaction() -> None:
     broker = MemoryBroker()
     _publish(broker, "job-1")
