@@ -248,13 +248,8 @@ async def test_exactly_once_is_a_setting_and_a_plain_producer_stays_at_least_onc
     assert transactional_id_for(settings, "forward") == "t.lightbox.forward.forward-0"
 
 
-async def test_a_stuck_send_offsets_call_replaces_the_producer_and_the_batch_commits_once() -> None:
-    # librdkafka#5456: send_offsets_to_transaction() can block past its timeout for good.
-    broker = MemoryBroker()
-    _publish(broker, "job-1", "job-2")
-    released = threading.Event()
-    stuck = MemoryProducer(broker, transactional_id=TXID)
-    stuck.fail_transaction("send_offsets", Hang(released))
+def _renewing_runner(broker: MemoryBroker, stuck: MemoryProducer) -> tuple[StageRunner, list[MemoryProducer]]:
+    """A runner on `stuck` that makes (and lists) a new producer of the same id when one sticks."""
     made: list[MemoryProducer] = []
 
     def renew() -> MemoryProducer:
@@ -268,6 +263,17 @@ async def test_a_stuck_send_offsets_call_replaces_the_producer_and_the_batch_com
         events_producer=MemoryProducer(broker),
         renew_producer=renew,
     )
+    return runner, made
+
+
+async def test_a_stuck_send_offsets_call_replaces_the_producer_and_the_batch_commits_once() -> None:
+    # librdkafka#5456: send_offsets_to_transaction() can block past its timeout for good.
+    broker = MemoryBroker()
+    _publish(broker, "job-1", "job-2")
+    released = threading.Event()
+    stuck = MemoryProducer(broker, transactional_id=TXID)
+    stuck.fail_transaction("send_offsets", Hang(released))
+    runner, made = _renewing_runner(broker, stuck)
     try:
         await _run(runner, batches=1)
     finally:
@@ -287,19 +293,7 @@ async def test_a_commit_that_went_through_but_never_answered_is_not_sent_again()
     released = threading.Event()
     stuck = MemoryProducer(broker, transactional_id=TXID)
     stuck.fail_transaction("commit", Hang(released, after=True))
-    made: list[MemoryProducer] = []
-
-    def renew() -> MemoryProducer:
-        made.append(MemoryProducer(broker, transactional_id=TXID))
-        return made[-1]
-
-    runner = StageRunner(
-        ForwardStage(StageContext(_settings(delivery_timeout_s=0.2), "forward")),
-        consumer=MemoryConsumer(broker, GROUP),
-        producer=stuck,
-        events_producer=MemoryProducer(broker),
-        renew_producer=renew,
-    )
+    runner, made = _renewing_runner(broker, stuck)
     try:
         await _run(runner, batches=1)
     finally:
