@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from gateway.cli.common import Commands, settings_of
@@ -53,6 +55,29 @@ def _print_summary(summary: dict[str, Any]) -> None:
             f"{g['replayed']:>8}  @{g['oldest']['offset']} {g['oldest']['at']} → "
             f"@{g['newest']['offset']} {g['newest']['at']}"
         )
+
+
+def _reporting(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """The command, with what stops it said in one line (exit 1), not a traceback: the broker or
+    the object store (the replay ledger) unreachable, a partition or offset that is not there."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        from confluent_kafka import KafkaException
+        from minio.error import MinioException
+        from urllib3.exceptions import HTTPError
+
+        try:
+            return command(args)
+        except LookupError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+        except KafkaException as exc:
+            print(f"error: Kafka at {settings_of(args).kafka.bootstrap}: {exc}", file=sys.stderr)
+        except (MinioException, HTTPError, OSError) as exc:
+            print(f"error: object storage (the replay ledger): {exc}", file=sys.stderr)
+        return 1
+
+    return run
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -172,7 +197,7 @@ def register(commands: Commands) -> None:
         "and newest of each (offset and when it was dead-lettered), parked and already-replayed letters.",
     )
     ls.add_argument("--json", action="store_true", help="machine-readable output")
-    ls.set_defaults(func=cmd_ls)
+    ls.set_defaults(func=_reporting(cmd_ls))
 
     show = actions.add_parser(
         "show",
@@ -183,12 +208,12 @@ def register(commands: Commands) -> None:
     show.add_argument("--partition", type=int, required=True, help="dlq partition")
     show.add_argument("--offset", type=int, required=True, help="dlq offset")
     show.add_argument("--json", action="store_true", help="machine-readable output")
-    show.set_defaults(func=cmd_show)
+    show.set_defaults(func=_reporting(cmd_show))
 
     listing = actions.add_parser("list", help="one line per dead letter", description="One line per letter.")
     listing.add_argument("--partition", type=int, default=None, help="one partition (default: all)")
     listing.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
-    listing.set_defaults(func=cmd_list)
+    listing.set_defaults(func=_reporting(cmd_list))
 
     replay = actions.add_parser(
         "replay",
@@ -205,4 +230,4 @@ def register(commands: Commands) -> None:
     replay.add_argument("--rate", type=float, default=None, help="at most N messages per second")
     replay.add_argument("--reason", default="operator replay", help="why, recorded with each replay event")
     replay.add_argument("--dry-run", action="store_true", help="print what would be replayed; change nothing")
-    replay.set_defaults(func=cmd_replay)
+    replay.set_defaults(func=_reporting(cmd_replay))

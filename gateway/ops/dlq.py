@@ -80,6 +80,10 @@ def read(
     serde = Codec.of(settings).serde(Topic.PIPELINE_DLQ)
     try:
         metadata = consumer.list_topics(topic, timeout=10).topics[topic]
+        if metadata.error is not None:
+            raise LookupError(f"{topic}: {metadata.error.str()}")
+        if partition is not None and partition not in metadata.partitions:
+            raise LookupError(f"{topic} has no partition {partition} (it has {len(metadata.partitions)})")
         partitions = sorted(metadata.partitions) if partition is None else [partition]
         yielded = 0
         for p in partitions:
@@ -155,6 +159,10 @@ def spans(
     consumer = _consumer(settings)
     try:
         metadata = consumer.list_topics(topic, timeout=10).topics[topic]
+        if metadata.error is not None:
+            raise LookupError(f"{topic}: {metadata.error.str()}")
+        if partition is not None and partition not in metadata.partitions:
+            raise LookupError(f"{topic} has no partition {partition} (it has {len(metadata.partitions)})")
         partitions = sorted(metadata.partitions) if partition is None else [partition]
         found = []
         for p in partitions:
