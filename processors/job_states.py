@@ -42,6 +42,12 @@ class JobState(StrEnum):
     CREDIT_RELEASED = "credit_released"
 
 
+# Events about a job's credit account, not its work: they take no handler time of their own and
+# are no verdict, failure or retry of the stage that sent them (processors/credits/).
+LEDGER: frozenset[JobState] = frozenset(
+    {JobState.CREDIT_RESERVED, JobState.CREDIT_CONSUMED, JobState.CREDIT_RELEASED}
+)
+
 # The lifecycle in the order a job moves through it. One handler may emit two states in the same
 # millisecond (approved, then published): this rank breaks such ties.
 LIFECYCLE: tuple[JobState, ...] = (

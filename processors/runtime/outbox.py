@@ -31,6 +31,7 @@ from typing import Any
 
 from processors.credits.accounts import job_credits
 from processors.credits.settlement import settlement_for
+from processors.job_states import LEDGER
 from processors.kafka_clients import Outgoing
 from processors.metrics import StageMetrics
 from processors.runtime.codec import Codec
@@ -173,7 +174,7 @@ class Outbox:
                 "stage": self.stage,
                 "state": event.state,
                 "at": now_ms(),
-                "duration_ms": float(duration_ms),
+                "duration_ms": 0.0 if event.state in LEDGER else float(duration_ms),
                 "reason": clip(event.reason, TEXT.reason),
                 "detail": clip(event.detail, TEXT.detail),
                 "attempt": event.attempt,
