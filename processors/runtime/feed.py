@@ -122,6 +122,13 @@ class PartitionFeed:
         self.commits = Commits(log)
         self.paused = False
         self._assigned_while_paused = False
+        # Partitions paused and not resumed since: librdkafka keeps a partition's pause across
+        # losing and regaining it, so one paused when the group took it away (a broker outage
+        # while a batch was held) would come back paused, with nobody left to resume it, and its
+        # records would wait for ever. Such a one, assigned again while nothing holds the feed, is
+        # resumed before the next consume().
+        self._left_paused: set[Partition] = set()
+        self._to_resume: list[TopicPartition] = []
         self._seq = 0  # consume() calls so far; only the poll thread changes it
         self._revoked_at: dict[Partition, int] = {}
         self._revoked_lock = threading.Lock()
@@ -178,6 +185,11 @@ class PartitionFeed:
         return Fetched(seq, first + self._consume(size - 1, 0))
 
     def _consume(self, size: int, timeout_s: float) -> list[Message]:
+        if self._to_resume:
+            fresh, self._to_resume = self._to_resume, []
+            if not self.paused:
+                self.consumer.resume(fresh)
+                self._left_paused.difference_update((tp.topic, tp.partition) for tp in fresh)
         messages = list(self.consumer.consume(size, timeout_s))
         self._check_continuity(messages)
         return messages
@@ -273,6 +285,7 @@ class PartitionFeed:
             assignment = self.consumer.assignment()
             if assignment:
                 self.consumer.pause(assignment)
+                self._left_paused.update((tp.topic, tp.partition) for tp in assignment)
             self._assigned_while_paused = False
             if not self.paused and reason == BACKPRESSURE:
                 self.metrics.paused.labels(self.stage_name).inc()
@@ -285,6 +298,7 @@ class PartitionFeed:
             assignment = self.consumer.assignment()
             if assignment:
                 self.consumer.resume(assignment)
+                self._left_paused.difference_update((tp.topic, tp.partition) for tp in assignment)
             self.paused = False
             self.metrics.held.labels(self.stage_name).set(0)
             what = "queue drained" if reason == BACKPRESSURE else f"{reason or 'hold'} over"
@@ -369,6 +383,8 @@ class PartitionFeed:
     def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         if self.paused:
             self._assigned_while_paused = True
+        else:
+            self._to_resume.extend(tp for tp in partitions if (tp.topic, tp.partition) in self._left_paused)
         for tp in partitions:
             # Compared with the committed offset when its first message arrives.
             self._expected.pop((tp.topic, tp.partition), None)

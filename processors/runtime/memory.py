@@ -288,8 +288,9 @@ class MemoryConsumer:
                 if self._on_revoke is not None:
                     self._on_revoke(self, tps)
                 for tp in partitions:
+                    # A pause outlives the assignment, as in librdkafka (checked against the real
+                    # client): a partition paused when it left comes back paused.
                     self._positions.pop(tp, None)
-                    self._paused.discard(tp)
             else:
                 for t, p in partitions:
                     committed = self.broker.committed_offset(self.group_id, t, p)

@@ -114,6 +114,30 @@ async def test_partitions_assigned_while_paused_are_paused_too() -> None:
     runner.feed.close()
 
 
+async def test_a_partition_lost_while_held_and_assigned_again_is_not_left_paused() -> None:
+    # A broker outage while a batch is held: the group takes the (paused) partition away, the
+    # hold ends with nothing assigned to resume, and the partition comes back still paused in the
+    # client. Its records would never be handed over.
+    broker = MemoryBroker()
+    runner = _runner(broker)
+    consumer = runner.consumer
+    assert isinstance(consumer, MemoryConsumer)
+    runner.feed.subscribe([INPUT])
+    assert (await runner.feed.fetch()).messages == []  # joined, partition 0 assigned
+    await runner.feed.hold("long batch")
+    assert consumer.paused == {(INPUT, 0)}
+    consumer.revoke([(INPUT, 0)])
+    assert (await runner.feed.fetch()).messages == []  # the revoke runs inside this consume()
+    await runner.feed.release("long batch")
+    consumer.assign([(INPUT, 0)])
+    _publish(broker, ["job-after"])
+    fetched = [JOBS.decode(m.value())["job_id"] for m in (await runner.feed.fetch()).messages]
+    fetched += [JOBS.decode(m.value())["job_id"] for m in (await runner.feed.fetch()).messages]
+    assert fetched == ["job-after"]
+    assert consumer.paused == set()
+    runner.feed.close()
+
+
 async def test_a_batch_fetched_before_its_partition_was_revoked_is_dropped() -> None:
     broker = MemoryBroker(default_partitions=2)
     _publish(broker, ["p0-a"], partition=0)
