@@ -25,7 +25,12 @@ from typing import Any
 
 from processors.config import load_settings
 from processors.eventlog import named
-from processors.eventlog.analyst import AnalystLimits, engine_table_functions, run_analyst_query
+from processors.eventlog.analyst import (
+    AnalystLimits,
+    AnalystQueryFailed,
+    engine_table_functions,
+    run_analyst_query,
+)
 from processors.eventlog.clickhouse import EVENT_COLUMNS, EVENTS_TABLE, connect, connect_analyst
 from processors.eventlog.engine import ClickHouseLane
 from processors.eventlog.figures import asks
@@ -161,9 +166,18 @@ def main() -> None:
             best = float("inf")
             for _ in range(args.rounds):
                 started = time.perf_counter()
-                run_analyst_query(analyst, sql, limits, functions)
+                try:
+                    run_analyst_query(analyst, sql, limits, functions)
+                except AnalystQueryFailed as exc:
+                    # A round past the analyst time limit (a loaded machine): the best of the
+                    # others still counts, and the miss is shown, not a traceback.
+                    print(f"  {label:<28} one round failed: {str(exc).split(';')[0]}")
+                    continue
                 best = min(best, time.perf_counter() - started)
             timed[label] = best
+            if best == float("inf"):
+                print(f"  {label:<28} every round failed  MISSED target {QUERY_TARGET_S:g} s")
+                continue
             mark = (
                 "ok"
                 if best < QUERY_TARGET_S

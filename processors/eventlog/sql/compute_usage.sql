@@ -15,13 +15,18 @@ SELECT multiIf({by:String} = 'model', e.attributes['model'],
        sum(toUInt32OrZero(e.attributes['api_calls'])) AS api_calls
 FROM {database:Identifier}.pipeline_events AS e FINAL
 LEFT JOIN (
-    -- only read when grouping by a job's template or campaign
+    -- only read when grouping by a job's template or campaign: the LIMIT, not the WHERE, is what
+    -- keeps the engine from working out the whole view for a join that uses none of it
     SELECT job_id, template, campaign
     FROM {database:Identifier}.job_latest
     WHERE {by:String} IN ('template', 'campaign')
+    LIMIT if({by:String} IN ('template', 'campaign'), 18446744073709551615, 0)
 ) AS j ON e.job_id = j.job_id
-WHERE e.stage = 'generate'
-  AND e.state = 'running'
-  AND e.at >= fromUnixTimestamp64Milli({since_ms:Int64})
+-- PREWHERE runs before FINAL's deduplication, so only generations' attributes are read. That
+-- is exact because stage and state are part of an event's id (processors/runtime/outbox.py
+-- event_id): every copy of an event passes or fails together. `at` differs between copies
+-- (the earliest wins), so it is tested after FINAL, in WHERE.
+PREWHERE e.stage = 'generate' AND e.state = 'running'
+WHERE e.at >= fromUnixTimestamp64Milli({since_ms:Int64})
 GROUP BY group_key, backend
 ORDER BY group_key, backend
