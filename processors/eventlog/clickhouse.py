@@ -116,7 +116,9 @@ def job_view_ddl(database: str) -> str:
             SELECT job_id, stage, state, at, submitted_at, attempt, reason,
                 transform(state, {lifecycle}, {ranks}, 0) AS rank,
                 state = '{JobState.PUBLISHED}' AS is_published,
-                stage = 'quality' AND (state IN ('completed', 'retry') OR reason = 'quality_rejection')
+                stage = 'quality'
+                    AND (state IN ('completed', 'retry')
+                         OR (state = 'failed' AND reason = 'quality_rejection'))
                     AS is_verdict,
                 is_verdict AND (state = 'retry' OR reason = 'quality_rejection'
                                 OR attributes['needs_review'] = 'true') AS is_rejected,

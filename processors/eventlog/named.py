@@ -20,7 +20,7 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
-from processors.job_states import LIFECYCLE
+from processors.job_states import LEDGER, LIFECYCLE
 
 SQL_DIR = Path(__file__).with_name("sql")
 _PARAM = re.compile(r"\{(\w+):([A-Za-z0-9_()]+)\}")
@@ -28,7 +28,10 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _NAME = re.compile(r"^[a-z0-9_]+$")
 _INT_RANGES = {"Int64": (-(2**63), 2**63 - 1), "UInt32": (0, 2**32 - 1)}
 # Bound by the loader itself, from the one home of each: never passed by a caller.
-_BUILT_IN: dict[str, Any] = {"lifecycle": [str(state) for state in LIFECYCLE]}
+_BUILT_IN: dict[str, Any] = {
+    "lifecycle": [str(state) for state in LIFECYCLE],
+    "ledger": sorted(str(state) for state in LEDGER),
+}
 
 
 class NamedQueryError(ValueError):

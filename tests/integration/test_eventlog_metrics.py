@@ -117,6 +117,10 @@ def _events() -> list[dict[str, Any]]:
             add(job, "quality", "completed", t + 3, variants="2", rejected_variants=str(i % 2))
             add(job, "postprocess", "running", t + 4)
             add(job, "publish", "published", t + 10 + i % 7)
+        if i % 10 == 3:  # budgeted jobs: settlements repeat the terminal event's stage and reason
+            last = events[-1]
+            settles = "credit_released" if last["state"] == "failed" else "credit_consumed"
+            add(job, last["stage"], settles, t + 30, reason=last["reason"], account="acme", amount="1")
         if i == 9:
             add(job, "postprocess", "dead_lettered", t + 5, reason="ObjectFault", attempts="3")
     return events
@@ -160,7 +164,9 @@ def _expected() -> dict[str, Any]:
     cost = gpu_s * prices["diffusers"].gpu_second + calls * prices["remote"].api_call
     span_s = (max(e["at"] for e in EVENTS) - min(e["at"] for e in EVENTS)).total_seconds()
     stages = sorted({e["stage"] for e in EVENTS})
-    by_stage = {s: [e["duration_ms"] for e in EVENTS if e["stage"] == s] for s in stages}
+    # Credit settlements are the account's, not the stage's work: no time, no verdict, no reason.
+    worked = [e for e in EVENTS if not e["state"].startswith("credit_")]
+    by_stage = {s: [e["duration_ms"] for e in worked if e["stage"] == s] for s in stages}
     return {
         "jobs": len(jobs),
         "delivered": len(published),

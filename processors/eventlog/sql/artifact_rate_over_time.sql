@@ -8,6 +8,6 @@ SELECT toUnixTimestamp(toStartOfInterval(at, INTERVAL {bucket_s:UInt32} SECOND))
 FROM {database:Identifier}.pipeline_events FINAL
 WHERE stage = 'quality'
   AND at >= fromUnixTimestamp64Milli({since_ms:Int64})
-  AND (state IN ('completed', 'retry') OR reason = 'quality_rejection')
+  AND (state IN ('completed', 'retry') OR (state = 'failed' AND reason = 'quality_rejection'))
 GROUP BY bucket
 ORDER BY bucket

@@ -7,4 +7,4 @@ FROM {database:Identifier}.pipeline_events FINAL
 WHERE stage = 'quality'
   AND attempt = 0
   AND at >= fromUnixTimestamp64Milli({since_ms:Int64})
-  AND (state IN ('completed', 'retry') OR reason = 'quality_rejection')
+  AND (state IN ('completed', 'retry') OR (state = 'failed' AND reason = 'quality_rejection'))

@@ -6,5 +6,6 @@ SELECT toUnixTimestamp(toStartOfInterval(at, INTERVAL {bucket_s:UInt32} SECOND))
        quantileExact(0.95)(duration_ms) AS p95_ms
 FROM {database:Identifier}.pipeline_events FINAL
 WHERE at >= fromUnixTimestamp64Milli({since_ms:Int64})
+  AND state NOT IN {ledger:Array(String)}  -- credit settlements: the account's, not the stage's work
 GROUP BY bucket, stage
 ORDER BY bucket, stage

@@ -12,5 +12,6 @@ SELECT stage,
        countIf(state = 'dead_lettered') AS dead_letters
 FROM {database:Identifier}.pipeline_events FINAL
 WHERE at >= fromUnixTimestamp64Milli({since_ms:Int64})
+  AND state NOT IN {ledger:Array(String)}  -- credit settlements: the account's, not the stage's work
 GROUP BY stage
 ORDER BY stage
