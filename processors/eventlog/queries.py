@@ -61,7 +61,8 @@ def job_latencies(client: Client, database: str, job_ids: list[str]) -> dict[str
 def job_states(client: Client, database: str, job_ids: list[str]) -> dict[str, str]:
     """Each known job's current lifecycle state (jobs with no lifecycle event are left out)."""
     rows = client.query(
-        f"""SELECT job_id, {CURRENT_STATE_SQL} FROM {database}.{EVENTS_TABLE}
+        # FINAL: a redelivered copy of an event (a later `at`) must not move a job back.
+        f"""SELECT job_id, {CURRENT_STATE_SQL} FROM {database}.{EVENTS_TABLE} FINAL
             WHERE job_id IN {{ids:Array(String)}} AND has({LIFECYCLE_SQL}, state)
             GROUP BY job_id""",
         parameters={"ids": job_ids},
