@@ -1,7 +1,7 @@
 """The Grafana dashboard (deploy/grafana/lightbox.json) for ClickHouse-server users, made from the
 named SQL files (processors/eventlog/sql/) so its panels never drift from what the CLI, the
 gateway dashboard and analysts run: `python scripts/grafana_dashboard.py` writes it, `--check`
-fails if the committed file is stale (tests/unit/test_grafana_dashboard.py runs that check).
+fails if the committed file is stale (tests/unit/test_metrics_cli.py runs that check).
 
 Each named parameter becomes what the grafana-clickhouse-datasource plugin fills in:
 `fromUnixTimestamp64Milli({since_ms:Int64})` the range's start ($__fromTime), `{bucket_s:UInt32}`
