@@ -124,7 +124,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--ingest", type=int, default=200_000, help="events inserted per batch size")
-    parser.add_argument("--batches", default="32,1000,5000", help="batch sizes (the sink takes up to clickhouse.sink_batch_size, 5000 by default)")
+    parser.add_argument(
+        "--batches", default="32,1000,5000", help="batch sizes (the sink: up to clickhouse.sink_batch_size)"
+    )
     parser.add_argument("--events", type=int, default=10_000_000, help="synthetic events for the queries")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
