@@ -95,6 +95,8 @@ class SettlementReader:
         self._queue: queue.SimpleQueue[Settled] = queue.SimpleQueue()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        # What this reader committed per partition of pipeline.events (its own thread's only).
+        self._committed: dict[int, int] = {}
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="intake-settlements", daemon=True)
@@ -129,12 +131,38 @@ class SettlementReader:
                 messages = consumer.consume(500, 0.5)
                 if messages:
                     self._handle(consumer, messages)
+                else:
+                    self._commit_past_markers(consumer)
         except Exception:
             # Intake goes on deciding with what it knows (releases only ever free budget); the
             # supervisor's restart of intake starts a fresh reader. Logged loudly.
             log.exception("credit settlement reader stopped")
         finally:
             consumer.close()
+
+    def _commit_past_markers(self, consumer: Any) -> None:
+        """Idle: commit the position, past the transaction markers that end pipeline.events'
+        partitions (every stage writes it in transactions), or the group's lag never reaches 0.
+        Everything consumed is handled before the next consume(), so nothing is skipped."""
+        assignment = consumer.assignment()
+        if not assignment:
+            return
+        ahead = [
+            tp
+            for tp in consumer.position(assignment)
+            # only past what this reader read and committed itself: that commit is the record
+            # before the markers
+            if tp.partition in self._committed and tp.offset > self._committed[tp.partition]
+        ]
+        if not ahead:
+            return
+        try:
+            consumer.commit(offsets=ahead, asynchronous=False)
+        except KafkaException as exc:
+            log.warning("could not commit settlement offsets: %s", exc)
+            return
+        for tp in ahead:
+            self._committed[tp.partition] = tp.offset
 
     def _handle(self, consumer: Any, messages: list[Any]) -> None:
         settled: list[Settled] = []
@@ -163,6 +191,9 @@ class SettlementReader:
             except KafkaException as exc:
                 # Read again after a restart or rebalance: settling twice changes nothing.
                 log.warning("could not commit settlement offsets: %s", exc)
+                return
+            for partition, offset in offsets.items():
+                self._committed[partition] = max(self._committed.get(partition, -1), offset)
 
     def _write(self, settled: list[Settled]) -> bool:
         """The entries on the changelog before the offsets are committed (a crash in between
