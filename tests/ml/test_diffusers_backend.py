@@ -9,13 +9,14 @@ import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
+# torch, diffusers and transformers come with the ml extra (bootstrap installs it): a missing one
+# is an import error here, never a skip.
+import diffusers  # noqa: F401
 import numpy as np
 import pytest
+import torch  # noqa: F401
+import transformers  # noqa: F401
 from PIL import Image, ImageDraw
-
-pytest.importorskip("torch")
-pytest.importorskip("diffusers")
-pytest.importorskip("transformers")
 
 from gpu_workers.backends.base import (
     BackendUnavailable,

@@ -11,6 +11,7 @@ import time
 import uuid
 from pathlib import Path
 
+import diffusers  # noqa: F401 - the ml extra installs it: missing is an error, not a skip
 import pytest
 import yaml
 from confluent_kafka import Consumer, Producer
@@ -26,8 +27,6 @@ from processors.runtime.stage import StageContext
 from processors.storage import ObjectStore
 from schemas.topics import Topic, TopicNames
 from tests.fixtures.avro_samples import JOB_V1
-
-pytest.importorskip("diffusers")
 from tests.support.ml_pipelines import TINY_SIZE, build_tiny_sd_pipeline, tiny_registry_dict
 
 pytestmark = [pytest.mark.ml, pytest.mark.integration]
