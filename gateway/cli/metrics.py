@@ -133,6 +133,14 @@ def _print(report: dict[str, Any], since: str) -> None:
         print(f"\n{report['by']} {group['group'] or '(none)'}")
         for line in _figures_lines(group, currency):
             print(f"  {line}")
+        stages = [s for s in report["group_stages"] if s["group"] == group["group"]]
+        if stages:
+            print("  per stage (handler ms)    events      p50      p95      p99")
+        for s in stages:
+            print(
+                f"    {s['stage']:<22} {s['events']:>8} {_ms(s['p50_ms']):>8} {_ms(s['p95_ms']):>8} "
+                f"{_ms(s['p99_ms']):>8}"
+            )
     if "credits" in report:
         credits = report["credits"]
         print("\ncredits per account           reserved   consumed   released")

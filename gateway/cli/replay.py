@@ -125,6 +125,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print(f"{'state':<16} {a['state']:<44} {b['state']}")
     for name in sorted({*a["scores"], *b["scores"]}):
         print(f"{'score.' + name:<16} {_cell(a['scores'].get(name)):<44} {_cell(b['scores'].get(name))}")
+    ended_a, ended_b = a["outcome"], b["outcome"]
+    print(f"{'ended at':<16} {_ended(ended_a):<44} {_ended(ended_b)}")
+    for label, ended in (("A", ended_a), ("B", ended_b)):
+        for verdict in ended["verdicts"]:
+            scores = ", ".join(f"{k} {v:.3f}" for k, v in sorted(verdict["scores"].items()))
+            why = f" ({verdict['reason']})" if verdict["reason"] else ""
+            print(f"{label} attempt {verdict['attempt']}: {verdict['state']}{why}  {scores}")
     for label, column in (("A", a), ("B", b)):
         for image in column["images"]:
             print(f"{label} {image['role']}: {image['key']}\n    {image['url']}")
@@ -135,6 +142,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     else:
         print("what changed: nothing")
     return 0
+
+
+def _ended(ended: dict[str, Any]) -> str:
+    where = f"{ended['stage'] or '-'}/{ended['state'] or '-'}"
+    return f"{where}: {ended['reason']}" if ended["reason"] else where
 
 
 def _cell(value: Any) -> str:

@@ -13,11 +13,17 @@ from clickhouse_connect.driver.client import Client
 
 from processors.config import Settings
 from processors.eventlog.analyst import AnalystLimits, analyst_session_settings
-from processors.job_states import LIFECYCLE, JobState
+from processors.eventlog.job_facts import (
+    EVENTS_TABLE,
+    FACTS_TABLE,
+    JOB_VIEW,
+    ensure_job_facts,
+    event_flag_statements,
+    ttl_clause,
+    ttl_expression,
+)
 
-EVENTS_TABLE = "pipeline_events"
-# One row per job: its current state and the facts the job-level figures count (job_view_ddl).
-JOB_VIEW = "job_latest"
+__all__ = ["EVENTS_TABLE", "EVENT_COLUMNS", "JOB_VIEW", "connect", "connect_analyst", "ddl"]
 
 EVENT_COLUMNS = [
     "event_id", "job_id", "stage", "state", "at", "duration_ms", "reason", "detail",
@@ -30,8 +36,6 @@ LAYOUT_MARK = "ReplacingMergeTree(ver)"
 
 
 def ddl(database: str, ttl_days: int = 0, table: str = EVENTS_TABLE) -> list[str]:
-    # ttl_days 0: events are kept for ever.
-    ttl = f"\n        TTL toDateTime(at) + INTERVAL {int(ttl_days)} DAY" if ttl_days > 0 else ""
     return [
         f"CREATE DATABASE IF NOT EXISTS {database}",
         # ReplacingMergeTree on event_id: a replayed batch re-emits identical ids, and FINAL
@@ -56,88 +60,8 @@ def ddl(database: str, ttl_days: int = 0, table: str = EVENTS_TABLE) -> list[str
                 toUInt64(9223372036854775807) - toUInt64(toUnixTimestamp64Milli(at))
         ) ENGINE = ReplacingMergeTree(ver)
         PARTITION BY toYYYYMM(at)
-        ORDER BY (job_id, event_id){ttl}""",
+        ORDER BY (job_id, event_id){ttl_clause("at", ttl_days)}""",
     ]
-
-
-def job_view_ddl(database: str) -> str:
-    """The latest-state-per-job view: a plain view (no storage of its own), so it is exact the
-    moment an event lands, needs no backfill or migration, and reads the same on chDB and a
-    server; OR REPLACE so a connection always installs the current definition.
-
-    Each column is the one home of a per-job rule the named SQL counts (docs/analytics.md). No
-    alias repeats a column's name (job_state, first_submitted_at): in ClickHouse an alias shadows
-    the column in every other expression of the SELECT."""
-    lifecycle = "[" + ",".join(f"'{s}'" for s in LIFECYCLE) + "]"
-    ranks = "[" + ",".join(str(i + 1) for i in range(len(LIFECYCLE))) + "]"
-    # The inner SELECT works each event out once; attributes are looked up only on the events of
-    # the stage that writes them (an `if` evaluates its branch only where it holds), which is
-    # most of the view's cost over millions of events.
-    return f"""CREATE OR REPLACE VIEW {database}.{JOB_VIEW} AS
-        SELECT job_id,
-            -- published if it ever was, else the latest lifecycle state by time, then by
-            -- lifecycle order (job_states.current_state); '' for a job with markers only
-            if(max(is_published), '{JobState.PUBLISHED}',
-               argMaxIf(state, toUnixTimestamp64Milli(at) * 16 + rank, rank > 0)) AS job_state,
-            min(at) AS first_at,
-            max(at) AS last_at,
-            min(submitted_at) AS first_submitted_at,
-            max(is_published) AS published,
-            if(published, dateDiff('millisecond', minIf(submitted_at, is_published),
-                                   maxIf(at, is_published)), NULL) AS end_to_end_ms,
-            anyIf(e_sku, e_sku != '') AS sku,
-            anyIf(e_campaign, e_campaign != '') AS campaign,
-            argMaxIf(e_template, at, e_template != '') AS template,
-            argMaxIf(e_model, at, e_model != '') AS model,
-            argMaxIf(e_backend, at, e_backend != '') AS backend,
-            argMaxIf(reason, at, state = '{JobState.FAILED}') AS failure_reason,
-            max(attempt) AS attempts,
-            -- the quality gate: every verdict, and the first attempt's candidates (variants)
-            countIf(is_verdict) AS verdicts,
-            countIf(is_rejected) AS rejected_verdicts,
-            max(is_verdict AND attempt = 0) AS first_scored,
-            max(is_verdict AND attempt = 0 AND state = 'completed' AND NOT is_rejected) AS first_passed,
-            sumIf(e_variants, is_verdict AND attempt = 0) AS first_candidates,
-            -- a rejected verdict means every variant failed (the best one is chosen); a passed one
-            -- names how many failed (events older than that attribute: none counted)
-            sumIf(if(is_rejected, e_variants, e_rejected_variants), is_verdict AND attempt = 0)
-                AS first_rejected_candidates,
-            max(stage = 'quality' AND state = '{JobState.RETRY}') AS quality_retried,
-            max(state = '{JobState.RETRY}') AS retried,
-            max(state = '{JobState.IN_REVIEW}') AS needed_person,
-            countIf(is_generation) AS generations,
-            max(e_fell_back) AS fell_back,
-            sumIf(e_variants, is_generation) AS images_generated,
-            sum(e_gpu_ms) / 1000 AS gpu_seconds,
-            sum(e_cpu_ms) / 1000 AS cpu_seconds,
-            sum(e_api_calls) AS api_calls,
-            countIf(state = '{JobState.DEAD_LETTERED}') AS dead_letters
-        FROM (
-            SELECT job_id, stage, state, at, submitted_at, attempt, reason,
-                transform(state, {lifecycle}, {ranks}, 0) AS rank,
-                state = '{JobState.PUBLISHED}' AS is_published,
-                stage = 'quality'
-                    AND (state IN ('completed', 'retry')
-                         OR (state = 'failed' AND reason = 'quality_rejection'))
-                    AS is_verdict,
-                is_verdict AND (state = 'retry' OR reason = 'quality_rejection'
-                                OR attributes['needs_review'] = 'true') AS is_rejected,
-                stage = 'generate' AND state = 'running' AS is_generation,
-                if(is_verdict OR is_generation,
-                   toUInt32OrDefault(attributes['variants'], toUInt32(1)), 0) AS e_variants,
-                if(is_verdict, toUInt32OrZero(attributes['rejected_variants']), 0) AS e_rejected_variants,
-                if(stage = 'intake', attributes['sku'], '') AS e_sku,
-                if(stage = 'intake', attributes['campaign'], '') AS e_campaign,
-                if(stage = 'prompt', attributes['template'], '') AS e_template,
-                if(stage IN ('prompt', 'generate'), attributes['model'], '') AS e_model,
-                if(stage IN ('prompt', 'generate'), attributes['backend'], '') AS e_backend,
-                if(is_generation, attributes['fell_back_from'] != '', 0) AS e_fell_back,
-                if(is_generation, toFloat64OrZero(attributes['gpu_ms']), 0) AS e_gpu_ms,
-                if(is_generation, toFloat64OrZero(attributes['cpu_ms']), 0) AS e_cpu_ms,
-                if(is_generation, toUInt32OrZero(attributes['api_calls']), 0) AS e_api_calls
-            FROM {database}.{EVENTS_TABLE} FINAL
-        )
-        GROUP BY job_id"""
 
 
 def _migrate(client: Client, database: str, ttl_days: int) -> None:
@@ -167,9 +91,31 @@ def connect(settings: Settings) -> Client:
     ttl_days = settings.clickhouse.ttl_days
     for statement in ddl(settings.clickhouse.database, ttl_days):
         client.command(statement)
-    _migrate(client, settings.clickhouse.database, ttl_days)
-    client.command(job_view_ddl(settings.clickhouse.database))
+    database = settings.clickhouse.database
+    _migrate(client, database, ttl_days)
+    for statement in event_flag_statements(database):
+        client.command(statement)
+    ensure_job_facts(client, database, ttl_days)
+    for table, column in ((EVENTS_TABLE, "at"), (FACTS_TABLE, "last_at")):
+        _apply_ttl(client, database, table, column, ttl_days)
     return client
+
+
+def _apply_ttl(client: Client, database: str, table: str, column: str, ttl_days: int) -> None:
+    """clickhouse.ttl_days on a table made before it was set or changed: CREATE ... IF NOT
+    EXISTS keeps the old table's TTL, so it is altered here (dropping expired parts runs in the
+    background, as ClickHouse's TTL always does)."""
+    engine = str(
+        client.command(
+            "SELECT engine_full FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+            parameters={"db": database, "t": table},
+        )
+    )
+    has_ttl = " TTL " in engine
+    if ttl_days > 0 and f"toIntervalDay({int(ttl_days)})" not in engine:
+        client.command(f"ALTER TABLE {database}.{table} MODIFY TTL {ttl_expression(column, ttl_days)}")
+    elif ttl_days <= 0 and has_ttl:
+        client.command(f"ALTER TABLE {database}.{table} REMOVE TTL")
 
 
 def connect_analyst(settings: Settings) -> Client:

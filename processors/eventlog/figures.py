@@ -43,6 +43,7 @@ def asks(by: str | None, since_ms: int) -> dict[str, Ask]:
     if group:
         wanted["groups"] = Ask("job_figures", {"since_ms": since_ms, "by": group})
         wanted["group_usage"] = Ask("compute_usage", {"since_ms": since_ms, "by": group})
+        wanted["group_stages"] = Ask("stage_time_by_group", {"since_ms": since_ms, "by": group})
     if by == "campaign" and CREDITS_QUERY in named.names():
         query = named.load(CREDITS_QUERY)
         wanted["credits"] = Ask(CREDITS_QUERY, {"since_ms": since_ms} if "since_ms" in query.params else {})
@@ -146,12 +147,7 @@ def metrics_of(
         "totals": job_figures(totals, answers["usage"], costs),
         "stages": [
             {
-                "stage": row["stage"],
-                "events": int(row["events"]),
-                "total_ms": float(row["total_ms"]),
-                "p50_ms": finite(row["p50_ms"]),
-                "p95_ms": finite(row["p95_ms"]),
-                "p99_ms": finite(row["p99_ms"]),
+                **_stage_time(row),
                 "failed": int(row["failed"]),
                 "retries": int(row["retries"]),
                 "dead_letters": int(row["dead_letters"]),
@@ -183,9 +179,23 @@ def metrics_of(
             }
             for row in answers["groups"]
         ]
+        report["group_stages"] = [
+            {"group": row["group_key"], **_stage_time(row)} for row in answers["group_stages"]
+        ]
     if by == "campaign":
         report["credits"] = credit_rows(answers.get("credits"))
     return report
+
+
+def _stage_time(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "stage": row["stage"],
+        "events": int(row["events"]),
+        "total_ms": float(row["total_ms"]),
+        "p50_ms": finite(row["p50_ms"]),
+        "p95_ms": finite(row["p95_ms"]),
+        "p99_ms": finite(row["p99_ms"]),
+    }
 
 
 def credit_rows(rows: list[dict[str, Any]] | None) -> dict[str, Any]:

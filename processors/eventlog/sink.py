@@ -53,8 +53,10 @@ class EventLogSink(BatchStage):
     singleton: ClassVar[bool] = True
 
     def stage_settings(self) -> StageSettings:
-        stage = self.ctx.settings.stage
-        return stage.model_copy(update={"batch_size": self.ctx.settings.clickhouse.sink_batch_size})
+        stage, clickhouse = self.ctx.settings.stage, self.ctx.settings.clickhouse
+        return stage.model_copy(
+            update={"batch_size": clickhouse.sink_batch_size, "batch_linger_s": clickhouse.sink_linger_s}
+        )
 
     async def start(self) -> None:
         settings = self.ctx.settings

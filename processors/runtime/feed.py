@@ -182,7 +182,7 @@ class PartitionFeed:
         first = self._consume(1, timeout_s)
         if not first or size <= 1:
             return Fetched(seq, first)
-        return Fetched(seq, first + self._consume(size - 1, 0))
+        return Fetched(seq, first + self._consume(size - 1, self.settings.batch_linger_s))
 
     def _consume(self, size: int, timeout_s: float) -> list[Message]:
         if self._to_resume:

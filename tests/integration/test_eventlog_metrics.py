@@ -321,6 +321,36 @@ def test_lightbox_metrics_by_backend_and_campaign(cli_env: None, capsys: pytest.
     assert report["credits"]["accounts"] in ([], None)
 
 
+def _job_backend() -> dict[str, str]:
+    """Each job's backend as job_latest defines it: the latest one prompt or generate recorded."""
+    latest: dict[str, tuple[dt.datetime, str]] = {}
+    for e in EVENTS:
+        backend = e["attributes"].get("backend")
+        newer = e["job_id"] not in latest or e["at"] >= latest[e["job_id"]][0]
+        if e["stage"] in ("prompt", "generate") and backend and newer:
+            latest[e["job_id"]] = (e["at"], backend)
+    return {job: backend for job, (_, backend) in latest.items()}
+
+
+def test_p95_per_stage_by_backend_is_the_one_computed_here(
+    cli_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["metrics", "--since", "all", "--json", "--no-lag", "--by", "backend"]) == 0
+    rows = json.loads(capsys.readouterr().out)["group_stages"]
+    backend_of = _job_backend()
+    worked = [e for e in EVENTS if not e["state"].startswith("credit_")]
+    expected: dict[tuple[str, str], list[float]] = {}
+    for e in worked:
+        expected.setdefault((e["stage"], backend_of.get(e["job_id"], "")), []).append(e["duration_ms"])
+    assert {(r["stage"], r["group"]) for r in rows} == set(expected)
+    assert len({r["group"] for r in rows}) >= 2, "more than one backend, or the split shows nothing"
+    for row in rows:
+        durations = expected[(row["stage"], row["group"])]
+        assert row["events"] == len(durations)
+        assert row["p95_ms"] == pytest.approx(_exact(durations, 0.95)), (row["stage"], row["group"])
+        assert row["p50_ms"] == pytest.approx(_exact(durations, 0.5)), (row["stage"], row["group"])
+
+
 def test_lightbox_metrics_text_and_errors(cli_env: None, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["metrics", "--since", "all", "--no-lag", "--by", "stage"]) == 0
     out = capsys.readouterr().out

@@ -93,3 +93,47 @@ def test_cli_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_what_changed_counts_a_seed_as_text_or_number_once() -> None:
     assert changed_names({"seed": "7", "model": "a"}, {"seed": 7, "model": "b", "x": None}) == {"model"}
+
+
+def _failed_job_events() -> list[dict[str, object]]:
+    return [
+        {"stage": "intake", "state": "pending", "attempt": 0, "attributes": {"sku": "s1"}},
+        {"stage": "prompt", "state": "running", "attempt": 0,
+         "attributes": {"template": "hero@v3", "model": "sdxl", "backend": "diffusers"}},
+        {"stage": "generate", "state": "running", "attempt": 0,
+         "attributes": {"model": "hosted", "backend": "remote", "fell_back_from": "diffusers"}},
+        {"stage": "quality", "state": "retry", "attempt": 0, "reason": "blank_output",
+         "attributes": {"score.preservation": "0.41", "variants": "2"}},
+        {"stage": "generate", "state": "running", "attempt": 1,
+         "attributes": {"model": "hosted", "backend": "remote"}},
+        {"stage": "quality", "state": "failed", "attempt": 1, "reason": "quality_rejection",
+         "detail": "preservation 0.38 < 0.6", "attributes": {"score.preservation": "0.38", "variants": "2"}},
+    ]  # fmt: skip
+
+
+def test_a_job_that_never_published_compares_by_its_events() -> None:
+    from gateway.ops.compare import comparison, side
+
+    failed = side("job-f", "failed", None, _failed_job_events(), [])
+    params = failed["parameters"]
+    assert (params["model"], params["backend"], params["routed_model"]) == ("hosted", "remote", "sdxl")
+    assert (params["template"], params["attempt"], params["fell_back_from"]) == ("hero@v3", 1, None)
+    outcome = failed["outcome"]
+    assert (outcome["stage"], outcome["state"]) == ("quality", "failed")
+    assert outcome["reason"] == "quality_rejection"
+    assert outcome["detail"] == "preservation 0.38 < 0.6"
+    assert [(v["attempt"], v["state"], v["scores"]["preservation"]) for v in outcome["verdicts"]] == [
+        (0, "retry", 0.41),
+        (1, "failed", 0.38),
+    ]
+    replayed = [
+        *_failed_job_events()[:3],
+        {"stage": "quality", "state": "completed", "attempt": 0, "attributes": {"score.preservation": "0.9"}},
+        {"stage": "publish", "state": "published", "attempt": 0, "attributes": {}},
+    ]
+    other = side("job-g", "published", None, replayed, [])
+    changed = {c["name"]: (c["a"], c["b"]) for c in comparison(failed, other)["changed"]}
+    assert changed["outcome.reason"] == ("quality_rejection", None)
+    assert changed["outcome.state"] == ("failed", "published")
+    assert changed["score.preservation"] == (0.38, 0.9)
+    assert changed["outcome.attempts"] == (2, 1)

@@ -2,12 +2,10 @@
 -- interval's start, epoch seconds).
 SELECT toUnixTimestamp(toStartOfInterval(at, INTERVAL {bucket_s:UInt32} SECOND)) AS bucket,
        count() AS verdicts,
-       countIf(state = 'retry' OR reason = 'quality_rejection' OR attributes['needs_review'] = 'true')
-           AS rejected,
+       countIf(is_rejected_verdict) AS rejected,
        if(verdicts = 0, 0, rejected / verdicts) AS artifact_rate
 FROM {database:Identifier}.pipeline_events FINAL
-WHERE stage = 'quality'
+WHERE is_verdict
   AND at >= fromUnixTimestamp64Milli({since_ms:Int64})
-  AND (state IN ('completed', 'retry') OR (state = 'failed' AND reason = 'quality_rejection'))
 GROUP BY bucket
 ORDER BY bucket

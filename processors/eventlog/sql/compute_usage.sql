@@ -9,24 +9,24 @@ SELECT multiIf({by:String} = 'model', e.attributes['model'],
                '') AS group_key,
        e.attributes['backend'] AS backend,
        count() AS generations,
-       sum(toUInt32OrDefault(e.attributes['variants'], toUInt32(1))) AS images,
+       sum(e.variants) AS images,
        sum(toFloat64OrZero(e.attributes['gpu_ms'])) / 1000 AS gpu_seconds,
        sum(toFloat64OrZero(e.attributes['cpu_ms'])) / 1000 AS cpu_seconds,
        sum(toUInt32OrZero(e.attributes['api_calls'])) AS api_calls
 FROM {database:Identifier}.pipeline_events AS e FINAL
 LEFT JOIN (
     -- only read when grouping by a job's template or campaign: the LIMIT, not the WHERE, is what
-    -- keeps the engine from working out the whole view for a join that uses none of it
+    -- keeps the engine from reading the view for a join that uses none of it
     SELECT job_id, template, campaign
     FROM {database:Identifier}.job_latest
     WHERE {by:String} IN ('template', 'campaign')
     LIMIT if({by:String} IN ('template', 'campaign'), 18446744073709551615, 0)
 ) AS j ON e.job_id = j.job_id
 -- PREWHERE runs before FINAL's deduplication, so only generations' attributes are read. That
--- is exact because stage and state are part of an event's id (processors/runtime/outbox.py
--- event_id): every copy of an event passes or fails together. `at` differs between copies
--- (the earliest wins), so it is tested after FINAL, in WHERE.
-PREWHERE e.stage = 'generate' AND e.state = 'running'
+-- is exact because is_generation tests only stage and state, which are part of an event's id
+-- (processors/runtime/outbox.py event_id): every copy of an event passes or fails together.
+-- `at` differs between copies (the earliest wins), so it is tested after FINAL, in WHERE.
+PREWHERE e.is_generation
 WHERE e.at >= fromUnixTimestamp64Milli({since_ms:Int64})
 GROUP BY group_key, backend
 ORDER BY group_key, backend
