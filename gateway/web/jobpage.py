@@ -21,7 +21,7 @@ from urllib.parse import quote, urlencode
 
 from aiohttp import web
 
-from gateway.ops.compare import changed_names
+from gateway.ops.compare import changed_names, outcome, parameters, parameters_from_events
 from gateway.ops.entry import EntryError, check_id
 from gateway.web.jobs_api import content_credentials, published_files, stored_record
 from gateway.web.pages import (
@@ -476,14 +476,19 @@ def compared(heading: str, left: dict[str, Any], right: dict[str, Any]) -> dict[
 def side_of(view: JobView, label: str) -> dict[str, Any]:
     """One column of a side-by-side comparison."""
     job = view.job or {}
-    generation, route, review = job.get("generation") or {}, job.get("route") or {}, job.get("review") or {}
+    generation, review = job.get("generation") or {}, job.get("review") or {}
+    # A job with no stored record (failed, rejected, on its way): what its events say.
+    params = parameters(job) if view.job else parameters_from_events(view.job_id, view.events)
+    ended = outcome(view.events)
+    ended_text = f"{ended['stage'] or '-'} / {ended['state'] or '-'}"
     rows = [
-        ("model", _model(generation) if generation else route.get("model")),
-        ("backend", generation.get("backend") or route.get("backend")),
-        ("seed", generation.get("seed")),
+        ("model", _model(generation) if generation else params["model"]),
+        ("backend", params["backend"]),
+        ("seed", params["seed"]),
         ("steps · guidance", f"{generation['steps']} · {generation['guidance']}" if generation else None),
         ("attempts", len(view.attempts)),
         ("review", f"{str(review.get('decision')).lower()} by {review.get('reviewer')}" if review else None),
+        ("ended at", f"{ended_text}: {ended['reason']}" if ended["reason"] else ended_text),
         ("events", len(view.events)),
     ]
     return {

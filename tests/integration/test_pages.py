@@ -333,6 +333,9 @@ async def test_job_page_shows_timeline_variants_and_lineage_of_a_published_job(
     assert (found.status, found.headers["Location"]) == (303, f"/jobs/{job_id}")
     compare = await client.get(f"/jobs/{job_id}", params={"compare": job_id})
     assert 'id="compare"' in await compare.text()
+    # Beside a job with no record (here: none at all), each side says where its job ended.
+    beside = await (await client.get(f"/jobs/{job_id}", params={"compare": "no-such-job"})).text()
+    assert "ended at" in beside and "publish / published" in beside and "- / -" in beside
     missing = await client.get("/jobs/no-such-job")
     assert missing.status == 200
     assert "No events are recorded" in await missing.text()
