@@ -336,6 +336,8 @@ class GatewaySettings(BaseModel):
     eventlog_threads: int = 4
     # Per dependency, for /readyz.
     readiness_timeout_s: float = 3.0
+    # How long one round of readiness checks answers /readyz (rounds never overlap either).
+    readiness_cache_s: float = 1.0
 
 
 class WebhookEndpoint(BaseModel):

@@ -62,6 +62,7 @@ def build_app(settings: Settings, host: str = "127.0.0.1") -> web.Application:
     app[PRESIGNER] = presigner(settings)
     app[AUTH] = Authenticator(settings)
     app[health.METRICS] = health.GatewayMetrics()
+    health.install_readiness(app)
     app[api.IDEMPOTENCY] = IdempotencyStore(
         store, settings.kafka.topic_prefix, settings.gateway.idempotency_ttl_s
     )

@@ -6,6 +6,10 @@ once and each within gateway.readiness_timeout_s: Kafka (broker metadata), MinIO
 the schema registry (settings.registry.url) and the event log; 503 names the ones that failed.
 /metrics: requests by route, method and status, and a latency histogram, on a registry of the
 app's own (two apps in one process, as in the tests, never collide).
+
+Readiness is asked at most once at a time and its answer kept for gateway.readiness_cache_s:
+probes from many load balancers (or a flood) share one round of checks, so a hung dependency
+never fills the thread pool the request handlers use with waiting checks.
 """
 
 from __future__ import annotations
@@ -126,13 +130,51 @@ async def _check(app: web.Application, name: str, timeout_s: float) -> str:
     return "ok"
 
 
+async def _check_all(app: web.Application) -> dict[str, str]:
+    timeout_s = app[SETTINGS].gateway.readiness_timeout_s
+    names = list(CHECKS)
+    return dict(zip(names, await asyncio.gather(*(_check(app, n, timeout_s) for n in names)), strict=True))
+
+
+@dataclass
+class Readiness:
+    """One round of checks at a time, its answer shared by every caller that asked meanwhile and
+    kept for `keep_s` after it ended."""
+
+    keep_s: float
+    rounds: int = 0  # rounds run: what the tests count
+    _running: asyncio.Task[dict[str, str]] | None = None
+    _answer: dict[str, str] | None = None
+    _answered_at: float = 0.0
+
+    async def results(self, app: web.Application) -> dict[str, str]:
+        if self._answer is not None and time.monotonic() - self._answered_at < self.keep_s:
+            return self._answer
+        if self._running is None:
+            self.rounds += 1
+            self._running = asyncio.create_task(self._round(app))
+        # shield: a caller that goes away does not cancel the round the others wait on
+        return await asyncio.shield(self._running)
+
+    async def _round(self, app: web.Application) -> dict[str, str]:
+        try:
+            self._answer = await _check_all(app)
+            self._answered_at = time.monotonic()
+            return self._answer
+        finally:
+            self._running = None
+
+
+READINESS = web.AppKey("readiness", Readiness)
+
+
+def install_readiness(app: web.Application) -> None:
+    app[READINESS] = Readiness(app[SETTINGS].gateway.readiness_cache_s)
+
+
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
-    timeout_s = request.app[SETTINGS].gateway.readiness_timeout_s
-    names = list(CHECKS)
-    results = dict(
-        zip(names, await asyncio.gather(*(_check(request.app, n, timeout_s) for n in names)), strict=True)
-    )
+    results = await request.app[READINESS].results(request.app)
     failing = [name for name, result in results.items() if result != "ok"]
     if failing:
         raise Problem(503, f"not ready: {', '.join(failing)}", kind="not-ready", extra={"checks": results})

@@ -162,6 +162,41 @@ async def test_readyz_names_the_dependency_that_is_down(gateway_settings: Settin
         assert problem["detail"] == "not ready: registry, eventlog"
 
 
+async def test_readiness_probes_share_one_round_of_checks(gateway_settings: Settings) -> None:
+    """A registry that accepts connections and never answers: twenty probes at once wait on one
+    round of checks (not twenty rounds of threads and sockets), and the answer is kept a while."""
+
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(30)
+
+    hung = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    port = hung.sockets[0].getsockname()[1]
+    settings = gateway_settings.model_copy(
+        update={
+            "registry": gateway_settings.registry.model_copy(
+                update={"url": f"http://127.0.0.1:{port}/apis/ccompat/v7"}
+            ),
+            "gateway": gateway_settings.gateway.model_copy(
+                update={"readiness_timeout_s": 1.0, "readiness_cache_s": 30.0}
+            ),
+        }
+    )
+    from gateway.web.health import READINESS
+
+    try:
+        app = build_app(settings)
+        async with TestClient(TestServer(app)) as client:
+            answers = await asyncio.gather(*(client.get("/readyz") for _ in range(20)))
+            assert {a.status for a in answers} == {503}
+            problem = await answers[0].json()
+            assert problem["checks"]["registry"] == "no answer within 1.0s"
+            assert app[READINESS].rounds == 1
+            await assert_problem(await client.get("/readyz"), 503)  # kept: no new round
+            assert app[READINESS].rounds == 1
+    finally:
+        hung.close()
+
+
 async def test_a_storage_outage_is_503_not_500(
     gateway_settings: Settings, catalog_server: Any, tokens: dict[str, str]
 ) -> None:
