@@ -90,6 +90,13 @@ CSRF_HEADER = "X-CSRF-Token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # scrypt checks at once (16 MiB each): a flood of wrong secrets costs memory only this deep.
 CONCURRENT_HASHES = 2
+# ... and checks waiting for one: past this a check is refused at once (503, try again), so a
+# flood neither queues without end nor delays a real caller's first check by minutes.
+WAITING_HASHES = 16
+# Wrong secrets for one token id within the window: past this its checks are refused (429) until
+# the window has passed, so a flood aimed at one known token id costs no scrypt at all.
+WRONG_SECRETS = 5
+WRONG_SECRET_WINDOW_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -149,14 +156,37 @@ class Authenticator:
         # not on every request. Cleared whenever the file changes (a revocation among them).
         self._verified: dict[str, bytes] = {}
         self._hashing = asyncio.Semaphore(CONCURRENT_HASHES)
+        self._waiting = 0
+        # token id -> times of its recent wrong secrets
+        self._wrong: dict[str, list[float]] = {}
 
     def _current(self) -> dict[str, TokenRecord]:
+        # One stat a request, on the event loop: microseconds on a local file, and what makes a
+        # revocation take effect on the very next request (no grace period).
         stamp = self.store.stamp()
         if stamp != self._stamp:
             self._records = {r.token_id: r for r in self.store.load() if r.active}
             self._verified = {}
             self._stamp = stamp
         return self._records
+
+    def _refuse_if_guessed(self, token_id: str) -> None:
+        now = time.monotonic()
+        recent = [t for t in self._wrong.get(token_id, []) if now - t < WRONG_SECRET_WINDOW_S]
+        if recent:
+            self._wrong[token_id] = recent
+        else:
+            self._wrong.pop(token_id, None)
+        if len(recent) >= WRONG_SECRETS:
+            wait_s = int(WRONG_SECRET_WINDOW_S - (now - recent[0])) + 1
+            raise Problem(
+                429,
+                f"{len(recent)} wrong secrets for this token in the last {WRONG_SECRET_WINDOW_S:g} s: "
+                f"it is not checked again for {wait_s} s",
+                headers={"Retry-After": str(wait_s)},
+            )
+        if self._waiting >= WAITING_HASHES:
+            raise Problem(503, "too many token checks waiting; try again", headers={"Retry-After": "1"})
 
     async def check_token(self, token: str) -> TokenRecord | None:
         parts = split_token(token)
@@ -170,9 +200,15 @@ class Authenticator:
         remembered = self._verified.get(token_id)
         if remembered is not None:
             return record if hmac.compare_digest(remembered, fast) else None
-        async with self._hashing:
-            verified = await asyncio.to_thread(self.store.verify, token, [record])
+        self._refuse_if_guessed(token_id)
+        self._waiting += 1
+        try:
+            async with self._hashing:
+                verified = await asyncio.to_thread(self.store.verify, token, [record])
+        finally:
+            self._waiting -= 1
         if verified is None:
+            self._wrong.setdefault(token_id, []).append(time.monotonic())
             return None
         self._verified[token_id] = fast
         return verified

@@ -46,6 +46,7 @@ PROBLEM_TYPES: dict[str, str] = {
     "conflict": "Conflict",
     "idempotency-key-reused": "Idempotency-Key reused with another body",
     "too-large": "Request too large",
+    "too-many-wrong-secrets": "Too many wrong secrets for this token",
     "unsupported-media-type": "Unsupported media type",
     "unavailable": "A dependency is unavailable",
     "not-ready": "Not ready",
@@ -61,6 +62,7 @@ _DEFAULT_TYPE = {
     409: "conflict",
     413: "too-large",
     415: "unsupported-media-type",
+    429: "too-many-wrong-secrets",
     422: "invalid-request",
     503: "unavailable",
 }

@@ -95,6 +95,25 @@ async def test_bad_and_revoked_tokens_are_401(client: TestClient, gateway_settin
     await assert_problem(await client.get("/v1/whoami", headers=bearer(token)), 401)
 
 
+async def test_a_flood_of_wrong_secrets_for_one_token_is_refused_without_hashing(
+    client: TestClient, gateway_settings: Settings
+) -> None:
+    from gateway.web.auth import WRONG_SECRETS
+
+    store = TokenStore.of(gateway_settings)
+    _, token = store.create(f"guessed-{uuid.uuid4().hex[:6]}", Role.ANALYST)
+    secret = token.removeprefix("lbx_")[17:]  # lbx_<16 hex id>_<secret>
+    wrong = token.removesuffix(secret) + "B" * len(secret)
+    for _ in range(WRONG_SECRETS):
+        await assert_problem(await client.get("/v1/whoami", headers=bearer(wrong)), 401)
+    refused = await client.get("/v1/whoami", headers=bearer(wrong))
+    problem = await assert_problem(refused, 429)
+    assert int(refused.headers["Retry-After"]) > 0
+    assert "wrong secrets for this token" in problem["detail"]
+    # The login form is the same check.
+    await assert_problem(await client.post("/v1/session", json={"token": wrong}), 429)
+
+
 async def test_a_session_cookie_is_httponly_strict_and_its_writes_need_csrf(
     client: TestClient, tokens: dict[str, str]
 ) -> None:
