@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 
 from PIL import Image
 
+from processors.config import StageSettings
 from processors.imaging.checks import (
     REASON_PRODUCT_MISSING,
     REASON_PRODUCT_NOT_PRESERVED,
@@ -58,6 +59,15 @@ class QualityStage(Stage):
     name: ClassVar[str] = "quality"
     inputs: ClassVar[tuple[Topic, ...]] = (Topic.GENERATION_RESULTS,)
     outputs: ClassVar[tuple[Topic, ...]] = (Topic.ASSETS_SCORED, Topic.GENERATION_REQUESTS)
+    # CPU-bound scoring: a few records per batch, so each batch's outputs are committed (and seen
+    # downstream) after a few jobs' work, not a burst's, and the stages after it work meanwhile;
+    # as many at once as a small machine has cores, so threads do not queue behind the GIL.
+    max_batch: ClassVar[int] = 4
+    concurrency: ClassVar[int] = 2
+
+    def stage_settings(self) -> StageSettings:
+        stage = self.ctx.settings.stage
+        return stage.model_copy(update={"batch_size": min(stage.batch_size, self.max_batch)})
 
     async def start(self) -> None:
         self.reference_images = ReferenceImages(
