@@ -76,6 +76,13 @@ def _events(samples: list[SampleProduct], base_url: str, jobs: int, salt: str) -
     return events
 
 
+def _autogroup() -> bool:
+    try:
+        return Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+    except OSError:
+        return False
+
+
 @dataclass(frozen=True)
 class StageLoad:
     stage: str
@@ -256,6 +263,24 @@ def _report(
         f"all stages: {total / done:.3f} CPU s/job, {total / elapsed / cores:.0%} of {cores} cores; "
         f"at this CPU per job {cores} idle cores would carry {cores * done / total:.1f} jobs/s"
     )
+    if base is not None:
+        base_cpu = sum(base.cpu_s.values()) / max(1, base.jobs)
+        pipe_cpu = total / done
+        # Derived from CPU alone, so the machine's other load drops out: what the ratio would be
+        # with the cores to ourselves and the stages' work overlapping perfectly.
+        print(
+            f"CPU per job: pipeline {pipe_cpu:.3f} s, baseline {base_cpu:.3f} s "
+            f"({pipe_cpu / base_cpu:.2f}x); "
+            f"on {cores} idle cores the pipeline could carry {cores / pipe_cpu:.1f} jobs/s, "
+            f"{cores * base_cpu / pipe_cpu:.2f}x the baseline's one core ({1 / base_cpu:.1f} jobs/s) "
+            "(derived, not measured)"
+        )
+    if _autogroup() and os.getloadavg()[0] > cores:
+        print(
+            "note: the kernel's autogroup scheduling is on and the machine is loaded: every process "
+            "of this session (all the stages, and the baseline's loop) shares one fair share of the "
+            "CPU, so running stages side by side cannot win CPU time the single loop did not get"
+        )
     worst = max(loads, key=lambda load: load.cpu_s / load.copies)
     busy = worst.cpu_s / (elapsed * worst.copies)
     verdict = "saturated" if busy >= SATURATED else "the busiest"
