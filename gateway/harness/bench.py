@@ -277,9 +277,10 @@ def _report(
         )
     if _autogroup() and os.getloadavg()[0] > cores:
         print(
-            "note: the kernel's autogroup scheduling is on and the machine is loaded: every process "
-            "of this session (all the stages, and the baseline's loop) shares one fair share of the "
-            "CPU, so running stages side by side cannot win CPU time the single loop did not get"
+            "note: the kernel's autogroup scheduling is on and the machine is loaded: the processes "
+            "of this session (every stage, and the baseline's loop) share one session's fair share "
+            "of the CPU beside the other sessions', so the stages side by side get far less than "
+            f"{cores} cores"
         )
     worst = max(loads, key=lambda load: load.cpu_s / load.copies)
     busy = worst.cpu_s / (elapsed * worst.copies)
