@@ -263,7 +263,9 @@ def _report(
         f"all stages: {total / done:.3f} CPU s/job, {total / elapsed / cores:.0%} of {cores} cores; "
         f"at this CPU per job {cores} idle cores would carry {cores * done / total:.1f} jobs/s"
     )
-    if base is not None:
+    # Burst only: one job at a time leaves the stages idle most of the run, and their idle polling
+    # (and the event-log sink answering the bench's own state queries) is then most of their CPU.
+    if base is not None and mode == "burst":
         base_cpu = sum(base.cpu_s.values()) / max(1, base.jobs)
         pipe_cpu = total / done
         # Derived from CPU alone, so the machine's other load drops out: what the ratio would be
