@@ -25,6 +25,7 @@ from processors.imaging.checks import (
     find_product,
     preservation_scores,
 )
+from processors.imaging.preservation import product_region
 
 SIZE = 512
 
@@ -345,6 +346,20 @@ def test_preservation_scores_and_verdicts_hold(name: str) -> None:
         return  # nothing found: where the best of the non-matches lies means nothing
     # Where the product was found: to within 2 px (a scale step of the search).
     assert all(abs(a - b) <= 2 for a, b in zip(placement, PINNED_PLACEMENTS[name], strict=True)), placement
+
+
+def test_a_kept_region_scores_every_output_as_a_fresh_one() -> None:
+    # The quality stage keeps a product's region (and the templates and spectra cached on it)
+    # across jobs: scoring many outputs against one kept region, twice over, must give the pins.
+    cases = _cases()
+    regions = {}
+    for _ in range(2):
+        for name in sorted(cases):
+            output, product, mask = cases[name]
+            key = (id(product), id(mask))
+            region = regions.setdefault(key, product_region(product, mask))
+            scores = preservation_scores(output, product, mask, region)
+            assert scores["preservation"] == pytest.approx(PINNED[name]["preservation"], abs=1e-3), name
 
 
 @pytest.mark.parametrize("name", sorted(_cases()))
