@@ -266,6 +266,12 @@ class SupervisorSettings(BaseModel):
     # A stage that never started fails this many times in a row: a configuration error, and
     # `run all` stops with its log tail.
     first_start_attempts: int = 3
+    # Processes per stage, by stage name (`run all --copies stage=N,...` adds to it; a plain
+    # `--copies N` replaces it): the heavy stages take more processes, in one consumer group.
+    # Stages not named run once; a singleton (eventlog) always runs once.
+    # Checked where the stage names are known (deploy/local/supervisor.check_copies): an unknown
+    # stage, a count under 1 or a second singleton stops `run all` before anything starts.
+    copies: dict[str, int] = {}
 
 
 class GenerationSettings(BaseModel):

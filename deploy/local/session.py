@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.local.stack import LocalStack
-from deploy.local.supervisor import Supervisor, all_stages
+from deploy.local.supervisor import Copies, Supervisor, all_stages
 from gateway.ops.submit import parse_lines, publish
 from processors.config import Settings
 from processors.eventlog.reader import EventLogReader
@@ -80,9 +80,9 @@ class PipelineSession:
         env: dict[str, str] | None = None,
         stages: list[str] | None = None,
         progress: Callable[[str], None] = print,
-        copies: int = 1,
+        copies: Copies = 1,
     ) -> None:
-        """copies: processes per stage (a singleton stage runs once whatever it says)."""
+        """copies: processes per stage, or per stage name (a singleton stage runs once)."""
         self.base_settings = settings
         self.settings = settings.model_copy(
             update={"kafka": settings.kafka.model_copy(update={"topic_prefix": prefix})}

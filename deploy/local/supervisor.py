@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,11 +84,52 @@ class Child:
         return self.process.pid if self.process is not None else None
 
 
-def copies_of(stage: str, copies: int) -> int:
+# Processes per stage: one number for every stage, or a number per stage (stages not named run once).
+Copies = int | Mapping[str, int]
+
+
+def copies_of(stage: str, copies: Copies) -> int:
     """How many processes of this stage to run: one for a singleton (the event-log sink owns the
     embedded engine, and a second copy could not open it), else as many as asked."""
     singleton = any(spec.singleton for spec in STAGES if spec.name == stage)
-    return 1 if singleton else copies
+    wanted = copies if isinstance(copies, int) else copies.get(stage, 1)
+    return 1 if singleton else wanted
+
+
+def check_copies(copies: Copies) -> None:
+    """ValueError for a count under 1, a stage the topology does not have, or more than one
+    copy asked by name of a singleton (a plain number leaves singletons at one, as it always did)."""
+    counts = {"every stage": copies} if isinstance(copies, int) else dict(copies)
+    for stage, count in counts.items():
+        if stage != "every stage" and stage not in STAGE_NAMES:
+            raise ValueError(f"no stage called {stage!r} (stages: {', '.join(STAGE_NAMES)})")
+        if count < 1:
+            raise ValueError(f"copies of {stage} must be at least 1, not {count}")
+        if count > 1 and any(spec.singleton and spec.name == stage for spec in STAGES):
+            raise ValueError(f"{stage} is a singleton: it runs as one process")
+
+
+def parse_copies(text: str) -> Copies:
+    """`--copies`: `N` (every stage N processes, singletons one) or `stage=N,...` (those stages N,
+    the rest one). ValueError with the reason when it is neither."""
+    text = text.strip()
+    copies: Copies
+    if "=" not in text:
+        try:
+            copies = int(text)
+        except ValueError:
+            raise ValueError(f"expected N or stage=N,... not {text!r}") from None
+    else:
+        copies = {}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            stage, sep, count = part.partition("=")
+            if not sep or not count.strip().lstrip("-").isdigit():
+                raise ValueError(f"expected stage=N, not {part!r}")
+            if stage.strip() in copies:
+                raise ValueError(f"{stage.strip()} is named twice")
+            copies[stage.strip()] = int(count)
+    check_copies(copies)
+    return copies
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES, since: int = 0) -> str:
@@ -131,6 +172,20 @@ def describe_exit(code: int) -> str:
     return f"exit code {code}"
 
 
+def process_cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU time the kernel has charged to a live process (with its reaped
+    children: a stage's helper tools), from /proc/PID/stat; None when it is gone or there is no
+    /proc. The process's own accounting, read from outside it, so a stage needs no hook for it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: count fields after the last ")".
+    fields = stat[stat.rindex(")") + 2 :].split()
+    utime, stime, cutime, cstime = (int(f) for f in fields[11:15])
+    return (utime + stime + cutime + cstime) / os.sysconf("SC_CLK_TCK")
+
+
 def write_state(path: Path, state: dict[str, Any]) -> None:
     """Replace the state file atomically: a reader sees the old file or the new, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -151,15 +206,18 @@ class Supervisor:
         stages: list[str],
         log_dir: Path,
         env: dict[str, str] | None = None,
-        copies: int = 1,
+        copies: Copies | None = None,
         echo: bool = False,
         metrics_base_port: int = 0,
         settings: SupervisorSettings | None = None,
         state_file: Path | None = None,
         command: Command = stage_command,
     ) -> None:
-        if copies < 1:
-            raise ValueError(f"copies must be at least 1, not {copies}")
+        self.settings = settings or SupervisorSettings()
+        # None: the configured copies (supervisor.copies; stages not named there run once).
+        copies = self.settings.copies if copies is None else copies
+        check_copies(copies)
+        self.copies = copies
         self.children = []
         for stage in stages:
             n = copies_of(stage, copies)
@@ -172,7 +230,6 @@ class Supervisor:
                 child.metrics_port = metrics_base_port + offset
         self.env = {**os.environ, **(env or {})}
         self.echo = echo
-        self.settings = settings or SupervisorSettings()
         self.state_file = state_file
         self.command = command
         self.started_wall = time.time()
@@ -304,6 +361,17 @@ class Supervisor:
             f"{child.name} (pid {child.pid}) died after {uptime:.1f}s with {describe_exit(code)}; "
             f"restart #{child.restarts + 1} in {delay:.1f}s. Last lines of {child.log_file}:\n{short_tail}"
         )
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU-seconds each live process has used since it started, by process name (a process
+        restarted since an earlier reading starts again from zero: compare `restarts`)."""
+        readings: dict[str, float] = {}
+        for child in self.children:
+            if child.process is not None and child.process.poll() is None:
+                seconds = process_cpu_seconds(child.process.pid)
+                if seconds is not None:
+                    readings[child.name] = seconds
+        return readings
 
     # -- what `lightbox ps` reads ------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from gateway.cli.common import Commands, settings_of
+from gateway.cli.pipeline import copies_arg
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -33,9 +34,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from gateway.cli.pipeline import merged_copies
     from gateway.harness.bench import run_pipeline_bench
 
-    return run_pipeline_bench(settings_of(args), jobs=args.jobs, timeout_s=args.timeout, mode=args.mode)
+    settings = settings_of(args)
+    return run_pipeline_bench(
+        settings,
+        jobs=args.jobs,
+        timeout_s=args.timeout,
+        mode=args.mode,
+        copies=merged_copies(settings.supervisor.copies, args.copies),
+        baseline=args.baseline,
+    )
 
 
 def register_serve(commands: Commands) -> None:
@@ -87,8 +97,12 @@ def register_runs(commands: Commands) -> None:
         "bench",
         help="benchmarks that print figures",
         description="pipeline: N jobs through every stage (CPU compositor) under a fresh topic "
-        "prefix; prints throughput, p50/p95 end-to-end latency and the share of it spent outside "
-        "the stages' handlers. docs/benchmarks.md has the figures and how they were made.",
+        "prefix, after a baseline: the same kind of jobs through the stages' handlers in one "
+        "process, one at a time, no Kafka. Prints throughput and its ratio to the baseline, "
+        "p50/p95 end-to-end latency, the share of it spent outside the stages' handlers, and per "
+        "stage the CPU-seconds per job (each process's own), how busy its processes were, handler "
+        "time, and the bottleneck; with the machine's load averages. docs/benchmarks.md has the "
+        "figures and how they were made.",
     )
     p.add_argument("what", choices=["pipeline"], help="pipeline: N jobs through every stage (compositor)")
     p.add_argument("--jobs", type=int, default=40, help="jobs to run (default 40)")
@@ -99,4 +113,17 @@ def register_runs(commands: Commands) -> None:
         help="burst: all at once (throughput); sequential: one at a time (pipeline overhead)",
     )
     p.add_argument("--timeout", type=float, default=600, help="seconds to wait for the jobs (default 600)")
+    p.add_argument(
+        "--copies",
+        type=copies_arg,
+        default=None,
+        metavar="N|STAGE=N,...",
+        help="processes per stage, as `run all --copies` (default: supervisor.copies, else one each)",
+    )
+    p.add_argument(
+        "--no-baseline",
+        dest="baseline",
+        action="store_false",
+        help="skip the single-process baseline (no ratio is printed)",
+    )
     p.set_defaults(func=cmd_bench)

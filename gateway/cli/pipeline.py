@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
 from gateway.cli.common import Commands, settings_of
 from processors.topology import STAGE_NAMES, STAGES
+
+if TYPE_CHECKING:
+    from deploy.local.supervisor import Copies
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -15,22 +19,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.stage == "all":
         from deploy.local.supervisor import Supervisor, all_stages, state_file_of
 
-        supervisor = Supervisor(
-            all_stages(),
-            settings.log_dir / "stages",
-            copies=args.copies,
-            echo=args.echo,
-            metrics_base_port=settings.stage.metrics_port,
-            settings=settings.supervisor,
-            state_file=state_file_of(settings.home),
-        )
+        try:
+            supervisor = Supervisor(
+                all_stages(),
+                settings.log_dir / "stages",
+                copies=merged_copies(settings.supervisor.copies, args.copies),
+                echo=args.echo,
+                metrics_base_port=settings.stage.metrics_port,
+                settings=settings.supervisor,
+                state_file=state_file_of(settings.home),
+            )
+        except ValueError as exc:  # supervisor.copies names no stage, or a count under 1
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         print(
             f"running {len(supervisor.children)} stage processes; logs in {settings.log_dir / 'stages'}; "
             "`lightbox ps` lists them"
         )
         for child in supervisor.children:
             if child.metrics_port:
-                print(f"  {child.stage}: metrics on http://127.0.0.1:{child.metrics_port}/metrics")
+                print(f"  {child.name}: metrics on http://127.0.0.1:{child.metrics_port}/metrics")
         supervisor.run_forever()
         return 0
     from processors.runtime.launch import main_run_stage
@@ -75,11 +83,23 @@ def cmd_lag(args: argparse.Namespace) -> int:
     return 0
 
 
-def _copies(text: str) -> int:
-    copies = int(text)
-    if copies < 1:
-        raise argparse.ArgumentTypeError(f"at least 1, not {copies}")
-    return copies
+def copies_arg(text: str) -> Copies:
+    """`--copies N` or `--copies stage=N,...` (deploy/local/supervisor.parse_copies)."""
+    from deploy.local.supervisor import parse_copies
+
+    try:
+        return parse_copies(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def merged_copies(configured: dict[str, int], given: Copies | None) -> Copies:
+    """What runs: a plain N from the command line replaces supervisor.copies; stage=N adds to it."""
+    if given is None:
+        return dict(configured)
+    if isinstance(given, int):
+        return given
+    return {**configured, **given}
 
 
 def register_run(commands: Commands) -> None:
@@ -99,9 +119,12 @@ def register_run(commands: Commands) -> None:
     p.add_argument("stage", choices=[*STAGE_NAMES, "all"], help="the stage, or all")
     p.add_argument(
         "--copies",
-        type=_copies,
-        default=1,
-        help=f"with `all`: processes per stage (default 1); singletons ({singletons}) always run once",
+        type=copies_arg,
+        default=None,
+        metavar="N|STAGE=N,...",
+        help="with `all`: processes per stage: N for every stage, or STAGE=N,... for those stages "
+        "(added to supervisor.copies; the rest run once; default: supervisor.copies, else one each); "
+        f"singletons ({singletons}) always run once",
     )
     p.add_argument(
         "--echo",

@@ -1,21 +1,42 @@
-"""`lightbox bench pipeline`: N jobs through every stage with the CPU compositor.
+"""`lightbox bench pipeline`: N jobs through every stage with the CPU compositor, beside a baseline.
 
-Prints jobs/s, p50/p95 end-to-end latency, and the share of latency spent outside stage handlers:
-1 - (sum of handler time on the job's path) / (accepted → published). That share is the
-pipeline's own cost: Kafka hops, batching waits, polling, serialisation.
+Prints, from one run:
+- the baseline (gateway/harness/baseline.py): the same kind of jobs (same products, request and
+  count; their own SKUs, so nothing is de-duplicated against the pipeline's), through the
+  stages' own handlers one job at a time in one process, same storage, no Kafka;
+- the pipeline: jobs/s and that as a ratio to the baseline, p50/p95 end-to-end latency, and the
+  share of latency outside handlers: 1 - (sum of handler time on the job's path) / (accepted →
+  published);
+- per stage: processes, CPU-seconds per job (each process's own, from the kernel's accounting of
+  it, between the first submit and the last job's end), the share of the wall time its processes
+  were busy on a CPU, handler ms per job (from its events; this includes waiting for a thread
+  or the GIL, which the CPU figure does not), and the baseline's CPU-seconds per job; and which
+  stage is the bottleneck;
+- the machine's load averages before each part (the bench shares the machine).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from deploy.local.session import PipelineSession, StaticServer, expected_job_ids
-from gateway.harness.sample_catalog import catalog_events, make_sample_products
+from deploy.local.supervisor import Copies, Supervisor, copies_of
+from gateway.harness.baseline import BASELINE_STAGES, BaselineResult, run_baseline
+from gateway.harness.sample_catalog import SampleProduct, catalog_events, make_sample_products
 from processors.config import Settings
 from processors.eventlog.reader import EventLogReader
 from processors.job_states import JobState
+
+LOCALES = ("en-US", "en-GB", "de-DE", "fr-FR", "es-ES", "it-IT", "nl-NL", "sv-SE")
+# A stage whose processes were busy at least this share of the wall time was saturated.
+SATURATED = 0.85
 
 
 def _single_job_events(events: list[dict]) -> list[dict]:
@@ -37,28 +58,136 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
+def load_line() -> str:
+    """The machine's load averages (1, 5, 15 minutes) and core count, as `uptime` shows them."""
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f} on {os.cpu_count()} cores"
+
+
+def _events(samples: list[SampleProduct], base_url: str, jobs: int, salt: str) -> list[dict[str, Any]]:
+    """Catalog events for ``jobs`` jobs (rounded up to whole products, one job per locale), each
+    product under a SKU of its own so every job is new work, not a de-duplicated repeat."""
+    count = -(-jobs // len(LOCALES))
+    events: list[dict[str, Any]] = []
+    for i in range(count):
+        product = samples[i % len(samples)]
+        events += catalog_events([product], base_url, locales=LOCALES, salt=f"{salt}-{i}")
+        events[-1]["product"]["sku"] = f"{product.sku}-{salt}-{i}"
+    return events
+
+
+def _autogroup() -> bool:
+    try:
+        return Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True)
+class StageLoad:
+    stage: str
+    copies: int
+    cpu_s: float  # all its processes together, over the run
+    restarts: int
+
+
+def _stage_loads(
+    supervisor: Supervisor, before: dict[str, float], restarts_before: dict[str, int]
+) -> list[StageLoad]:
+    after = supervisor.cpu_seconds()
+    cpu: dict[str, float] = defaultdict(float)
+    restarts: dict[str, int] = defaultdict(int)
+    for child in supervisor.children:
+        if child.name in after:
+            # A process restarted during the run counts from its new start.
+            started = before.get(child.name, 0.0) if child.restarts == restarts_before[child.name] else 0.0
+            cpu[child.stage] += after[child.name] - started
+        restarts[child.stage] += child.restarts - restarts_before[child.name]
+    stages = list(dict.fromkeys(child.stage for child in supervisor.children))
+    return [
+        StageLoad(stage, copies_of(stage, supervisor.copies), cpu[stage], restarts[stage]) for stage in stages
+    ]
+
+
+async def _handler_ms_by_stage(settings: Settings, job_ids: list[str]) -> dict[str, float]:
+    """Sum of handler time per stage over these jobs, from their pipeline events."""
+    ids = ", ".join(f"'{j}'" for j in job_ids)
+    result = await EventLogReader(settings).sql(
+        f"SELECT stage, sum(duration_ms) FROM {settings.clickhouse.database}.pipeline_events "
+        f"WHERE job_id IN ({ids}) GROUP BY stage"
+    )
+    return {str(stage): float(total) for stage, total in result.get("rows", [])}
+
+
+def _baseline_settings(settings: Settings, run_id: str) -> Settings:
+    return settings.model_copy(
+        update={
+            "kafka": settings.kafka.model_copy(update={"topic_prefix": f"bench-{run_id}-baseline."}),
+            "references": settings.references.model_copy(
+                update={"allow_hosts": [*settings.references.allow_hosts, "127.0.0.1"]}
+            ),
+        }
+    )
+
+
+def _run_baseline(settings: Settings, run_id: str, catalog_dir: Path, jobs: int) -> BaselineResult:
+    directory = catalog_dir / "baseline"
+    samples = make_sample_products(directory)
+    # A server of its own: other URLs, so neither run finds the other's downloads cached.
+    server = StaticServer(directory)
+    try:
+        events = _events(samples, server.url, jobs, f"{run_id}-baseline")
+        return asyncio.run(run_baseline(_baseline_settings(settings, run_id), events))
+    finally:
+        server.close()
+
+
+def _print_baseline(result: BaselineResult) -> None:
+    cpu = sum(result.cpu_s.values())
+    print(
+        f"baseline (one process, the stages' handlers in order, no Kafka): {result.jobs} jobs, "
+        f"{result.published} published in {result.elapsed_s:.1f} s: {result.jobs_per_s:.2f} jobs/s; "
+        f"CPU {cpu / max(1, result.jobs):.3f} s/job"
+    )
+    stopped = sorted({where for where in result.outcomes.values() if where != "published"})
+    for where in stopped[:5]:
+        print(f"  baseline job {where}")
+
+
 def run_pipeline_bench(
-    settings: Settings, jobs: int = 40, timeout_s: float = 600, mode: str = "burst"
+    settings: Settings,
+    jobs: int = 40,
+    timeout_s: float = 600,
+    mode: str = "burst",
+    copies: Copies | None = None,
+    baseline: bool = True,
 ) -> int:
     """burst: every job submitted at once (throughput; latency includes queueing).
-    sequential: one job in flight at a time (latency is the pipeline's own, without queueing)."""
+    sequential: one job in flight at a time (latency is the pipeline's own, without queueing).
+    copies: processes per stage (None: supervisor.copies)."""
     run_id = time.strftime("%Y%m%d-%H%M%S")
     catalog_dir = settings.home / "bench" / run_id
     catalog_dir.mkdir(parents=True, exist_ok=True)
+    copies = dict(settings.supervisor.copies) if copies is None else copies
+
+    base: BaselineResult | None = None
+    if baseline:
+        print(f"before the baseline: {load_line()}", flush=True)
+        base = _run_baseline(settings, run_id, catalog_dir, jobs)
+        _print_baseline(base)
+
     samples = make_sample_products(catalog_dir)
-    locales = ("en-US", "en-GB", "de-DE", "fr-FR", "es-ES", "it-IT", "nl-NL", "sv-SE")
-    per_product = len(locales)
-    products = [samples[i % len(samples)] for i in range(-(-jobs // per_product))]
     server = StaticServer(catalog_dir)
-    session = PipelineSession(settings, prefix=f"bench-{run_id}.")
+    session = PipelineSession(settings, prefix=f"bench-{run_id}.", copies=copies)
     try:
         session.start()
-        events = []
-        for i, product in enumerate(products):
-            events += catalog_events([product], server.url, locales=locales, salt=f"{run_id}-{i}")
-            # Distinct SKUs so every job is new work, not a de-duplicated repeat.
-            events[-1]["product"]["sku"] = f"{product.sku}-{run_id}-{i}"
+        assert session.supervisor is not None
+        supervisor = session.supervisor
+        events = _events(samples, server.url, jobs, run_id)
         job_ids = expected_job_ids(events)
+        print(f"before the pipeline: {load_line()}", flush=True)
+        cpu_before = supervisor.cpu_seconds()
+        restarts_before = {child.name: child.restarts for child in supervisor.children}
         started = time.monotonic()
         if mode == "sequential":
             states = {}
@@ -69,6 +198,8 @@ def run_pipeline_bench(
             session.submit(events)
             states = session.wait_for(job_ids, timeout_s)
         elapsed = time.monotonic() - started
+        loads = _stage_loads(supervisor, cpu_before, restarts_before)
+        print(f"after the pipeline: {load_line()}")
         published = [j for j in job_ids if states.get(j) == JobState.PUBLISHED]
         latencies = asyncio.run(EventLogReader(session.settings).latencies(published))
         e2e = [v["end_to_end_ms"] for v in latencies.values() if v["end_to_end_ms"] > 0]
@@ -76,19 +207,88 @@ def run_pipeline_bench(
         if not e2e:
             print("no job was published; see the stage logs in", session.log_dir)
             return 1
-        overhead = 1 - sum(handler) / sum(e2e)
-        print(f"mode: {mode}")
-        print(f"jobs: {len(job_ids)} submitted, {len(published)} published in {elapsed:.1f} s")
-        print(f"throughput: {len(published) / elapsed:.2f} jobs/s")
-        print(
-            f"end-to-end latency: p50 {_percentile(e2e, 0.5):.0f} ms, p95 {_percentile(e2e, 0.95):.0f} ms, "
-            f"mean {statistics.mean(e2e):.0f} ms"
-        )
-        print(
-            f"handler time per job: mean {statistics.mean(handler):.0f} ms; "
-            f"share of latency outside handlers (pipeline overhead): {overhead:.1%}"
-        )
+        by_stage = asyncio.run(_handler_ms_by_stage(session.settings, published))
+        _report(mode, job_ids, published, elapsed, e2e, handler, loads, by_stage, base)
         return 0
     finally:
         session.stop()
         server.close()
+
+
+def _report(
+    mode: str,
+    job_ids: list[str],
+    published: list[str],
+    elapsed: float,
+    e2e: list[float],
+    handler: list[float],
+    loads: list[StageLoad],
+    handler_by_stage: dict[str, float],
+    base: BaselineResult | None,
+) -> None:
+    done = max(1, len(published))
+    rate = len(published) / elapsed
+    overhead = 1 - sum(handler) / sum(e2e)
+    print(f"mode: {mode}")
+    print(f"jobs: {len(job_ids)} submitted, {len(published)} published in {elapsed:.1f} s")
+    ratio = f" = {rate / base.jobs_per_s:.2f}x the baseline ({base.jobs_per_s:.2f} jobs/s)" if base else ""
+    print(f"throughput: {rate:.2f} jobs/s{ratio}")
+    print(
+        f"end-to-end latency: p50 {_percentile(e2e, 0.5):.0f} ms, p95 {_percentile(e2e, 0.95):.0f} ms, "
+        f"mean {statistics.mean(e2e):.0f} ms"
+    )
+    print(
+        f"handler time per job: mean {statistics.mean(handler):.0f} ms; "
+        f"share of latency outside handlers (pipeline overhead): {overhead:.1%}"
+    )
+    print(
+        f"{'stage':<12} {'copies':>6} {'CPU s/job':>10} {'busy':>6} {'handler ms/job':>15} "
+        f"{'baseline CPU s/job':>19}"
+    )
+    for load in loads:
+        busy = load.cpu_s / (elapsed * load.copies)
+        base_cpu = (
+            f"{base.cpu_s[load.stage] / max(1, base.jobs):.3f}"
+            if base and load.stage in BASELINE_STAGES
+            else "-"
+        )
+        restarts = f"  ({load.restarts} restarts)" if load.restarts else ""
+        print(
+            f"{load.stage:<12} {load.copies:>6} {load.cpu_s / done:>10.3f} {busy:>6.0%} "
+            f"{handler_by_stage.get(load.stage, 0.0) / done:>15.0f} {base_cpu:>19}{restarts}"
+        )
+    total = sum(load.cpu_s for load in loads)
+    cores = os.cpu_count() or 1
+    print(
+        f"all stages: {total / done:.3f} CPU s/job, {total / elapsed / cores:.0%} of {cores} cores; "
+        f"at this CPU per job {cores} idle cores would carry {cores * done / total:.1f} jobs/s"
+    )
+    # Burst only: one job at a time leaves the stages idle most of the run, and their idle polling
+    # (and the event-log sink answering the bench's own state queries) is then most of their CPU.
+    if base is not None and mode == "burst":
+        base_cpu = sum(base.cpu_s.values()) / max(1, base.jobs)
+        pipe_cpu = total / done
+        # Derived from CPU alone, so the machine's other load drops out: what the ratio would be
+        # with the cores to ourselves and the stages' work overlapping perfectly.
+        print(
+            f"CPU per job: pipeline {pipe_cpu:.3f} s, baseline {base_cpu:.3f} s "
+            f"({pipe_cpu / base_cpu:.2f}x); "
+            f"on {cores} idle cores the pipeline could carry {cores / pipe_cpu:.1f} jobs/s, "
+            f"{cores * base_cpu / pipe_cpu:.2f}x the baseline's one core ({1 / base_cpu:.1f} jobs/s) "
+            "(derived, not measured)"
+        )
+    if _autogroup() and os.getloadavg()[0] > cores:
+        print(
+            "note: the kernel's autogroup scheduling is on and the machine is loaded: the processes "
+            "of this session (every stage, and the baseline's loop) share one session's fair share "
+            "of the CPU beside the other sessions', so the stages side by side get far less than "
+            f"{cores} cores"
+        )
+    worst = max(loads, key=lambda load: load.cpu_s / load.copies)
+    busy = worst.cpu_s / (elapsed * worst.copies)
+    verdict = "saturated" if busy >= SATURATED else "the busiest"
+    print(
+        f"bottleneck: {worst.stage} ({verdict}: its {worst.copies} process(es) busy {busy:.0%} of the "
+        f"wall time, {worst.cpu_s / done:.3f} CPU s/job)"
+        + ("; the cores are the limit" if total / elapsed / cores >= SATURATED else "")
+    )

@@ -208,12 +208,16 @@ def _edge_energy(luminance: np.ndarray) -> float:
 
 
 def preservation_scores(
-    output: Image.Image, product: Image.Image, mask: Image.Image | None
+    output: Image.Image,
+    product: Image.Image,
+    mask: Image.Image | None,
+    region: ProductRegion | None = None,
 ) -> dict[str, float]:
     """The scores product preservation records: ``preservation`` (scored only over a non-empty
     product region; 0 when it is empty, never 1) and ``product_region``, the region's coverage
-    of the reference's frame (0 when empty), which failed_reasons turns into product_missing."""
-    region = product_region(product, mask)
+    of the reference's frame (0 when empty), which failed_reasons turns into product_missing.
+    ``region``: product_region(product, mask), when the caller keeps it for many outputs."""
+    region = region or product_region(product, mask)
     if region.empty:
         return {"preservation": 0.0, "product_region": 0.0}
     match = find_product(output, product, mask, region)

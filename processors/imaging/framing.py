@@ -119,9 +119,18 @@ def _decontaminate_edges(rgb: Image.Image, mask: Image.Image) -> Image.Image:
     if not rim.any() or backdrop.mean() < 0.01:
         return rgb
     colours = np.asarray(rgb, np.float32)
+    background = np.median(colours[backdrop], axis=0)
+    # Only the box around the product changes: outside it every pixel is backdrop, never rim and
+    # never known, so the neighbour sums inside the box (one pixel of backdrop around it) are
+    # the same as over the whole frame.
+    rows, cols = np.nonzero(~backdrop)
+    top, left = max(0, int(rows.min()) - 1), max(0, int(cols.min()) - 1)
+    bottom, right = int(rows.max()) + 2, int(cols.max()) + 2
+    box = (slice(top, bottom), slice(left, right))
+    whole = colours
+    colours, alpha, rim = colours[box], alpha[box], rim[box]
     out = colours.copy()
 
-    background = np.median(colours[backdrop], axis=0)
     a = alpha[rim][:, None]
     out[rim] = np.clip((colours[rim] - (1.0 - a) * background) / np.maximum(a, 1e-3), 0, 255)
 
@@ -133,7 +142,9 @@ def _decontaminate_edges(rgb: Image.Image, mask: Image.Image) -> Image.Image:
             break
         out[reach] = grown_sum[reach] / grown_count[reach][:, None]
         known = known | reach
-    return Image.fromarray(np.round(out).astype(np.uint8), mode="RGB")
+    result = whole.copy()
+    result[box] = out
+    return Image.fromarray(np.round(result).astype(np.uint8), mode="RGB")
 
 
 def _neighbour_sum(values: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -11,7 +11,8 @@ framing rule (processors.imaging.framing), cropped to its solid core.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, ImageChops
@@ -44,6 +45,9 @@ _FLAT_STD = 8.0
 # channel std) is a placeholder, not a product: nothing in it could be recognised in an output.
 _FULL_FRAME = 0.98
 _FLAT_REGION_STD = 2.0
+# Resized templates a region keeps (a search needs about 35 per output size; they are small).
+_TEMPLATES_PER_REGION = 160
+_TEMPLATES_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -61,17 +65,48 @@ class PreservationMatch:
 
 @dataclass(frozen=True)
 class ProductRegion:
-    """The part of a product reference preservation is scored over: its solid core."""
+    """The part of a product reference preservation is scored over: its solid core.
+
+    A caller that scores many outputs against one product (the quality stage) keeps its region:
+    the templates resized from it for each search size are kept on it too, so a second output
+    of the same size costs no resampling of the product."""
 
     # The solid core as RGBA, cropped to it; None when the region is empty.
     cutout: Image.Image | None
     pixels: int  # solid product pixels in the reference
     coverage: float  # those pixels as a fraction of the reference's frame (0 when empty)
     why_empty: str = ""
+    _templates: dict[tuple[int, int, int, int], _Template | None] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @property
     def empty(self) -> bool:
         return self.cutout is None
+
+    def shrunk(self, longest: int) -> Image.Image:
+        """The cut-out no longer than ``longest`` px (kept, like the templates)."""
+        assert self.cutout is not None
+        key = (-1, longest, 0, 0)
+        cached = self._templates.get(key)
+        if cached is not None:
+            return cached.source
+        shrunk = _shrink(self.cutout, longest)
+        with _TEMPLATES_LOCK:
+            self._templates[key] = _Template(source=shrunk)
+        return shrunk
+
+    def template(self, source: Image.Image, size: tuple[int, int]) -> _Template | None:
+        """The cut-out (as shrunk to ``source``) resized to ``size``, as the arrays a match needs."""
+        key = (source.width, source.height, *size)
+        if key in self._templates:
+            return self._templates[key]
+        found = _Template.of(source.resize(size, Image.Resampling.LANCZOS))
+        with _TEMPLATES_LOCK:
+            if len(self._templates) >= _TEMPLATES_PER_REGION:
+                self._templates.clear()  # a product scored at many sizes: start again, bounded
+            self._templates[key] = found
+        return found
 
 
 def product_region(product: Image.Image, mask: Image.Image | None) -> ProductRegion:
@@ -117,13 +152,13 @@ def find_product(
     """The best match of the product in ``output`` (score 0 and fit 0 when none is possible,
     an empty product region included)."""
     # Cropped to the solid core: the soft rim blends with the output's background.
-    solid = (region or product_region(product, mask)).cutout
+    region = region or product_region(product, mask)
     none = PreservationMatch(0.0, 0.0, 0, 0, 0, 0)
-    if solid is None:
+    if region.empty:
         return none
     out_rgb = to_rgb(output)
     coarse_fits = _geometric(_FIT_MIN, _FIT_MAX, _FIT_STEP)
-    coarse = _search(out_rgb, (0, 0, *out_rgb.size), solid, coarse_fits, _COARSE_SIZE)
+    coarse = _search(out_rgb, (0, 0, *out_rgb.size), region, coarse_fits, _COARSE_SIZE)
     if coarse is None:
         return none
     best = coarse
@@ -131,7 +166,7 @@ def find_product(
         found = _search(
             out_rgb,
             _window(best, out_rgb.size),
-            solid,
+            region,
             _spread(best.fit, spread, count),
             _FINE_SIZE,
         )
@@ -175,20 +210,22 @@ def _geometric(low: float, high: float, step: float) -> list[float]:
 def _search(
     output: Image.Image,
     window: tuple[int, int, int, int],
-    cutout: Image.Image,
+    region: ProductRegion,
     fits: list[float],
     work_size: int,
 ) -> PreservationMatch | None:
     """Best match over ``fits`` inside ``window`` of ``output``, searched at ``work_size``."""
+    cutout = region.cutout
+    assert cutout is not None
     full_w, full_h = output.size
-    region = output.crop(window)
+    crop = output.crop(window)
     ratio = min(1.0, work_size / max(full_w, full_h))
-    work = region.resize(
-        (max(1, round(region.width * ratio)), max(1, round(region.height * ratio))),
+    work = crop.resize(
+        (max(1, round(crop.width * ratio)), max(1, round(crop.height * ratio))),
         Image.Resampling.LANCZOS,
     )
     spectra = _Spectra(np.asarray(work, dtype=np.float64))
-    source = _shrink(cutout, 2 * max(work.size))
+    source = region.shrunk(2 * max(work.size))
     best: PreservationMatch | None = None
     for fit in fits:
         scale = min(fit * full_w / cutout.width, fit * full_h / cutout.height)
@@ -196,7 +233,9 @@ def _search(
         size_work = (round(size_full[0] * ratio), round(size_full[1] * ratio))
         if not (0 < size_work[0] <= work.width and 0 < size_work[1] <= work.height):
             continue
-        template = source.resize(size_work, Image.Resampling.LANCZOS)
+        template = region.template(source, size_work)
+        if template is None:
+            continue
         found = _match(spectra, template)
         if found is None:
             continue
@@ -240,23 +279,55 @@ def _shrink(image: Image.Image, longest: int) -> Image.Image:
 
 
 class _Spectra:
-    """FFTs of the searched image and its square, per channel, computed once per search."""
+    """FFTs of the searched image per channel, and of its squares summed over channels,
+    computed once per search."""
 
     def __init__(self, image: np.ndarray) -> None:
         self.valid = image.shape[:2]
         self.shape = (_fast_length(image.shape[0]), _fast_length(image.shape[1]))
         self.image = [np.fft.rfft2(image[..., c], s=self.shape) for c in range(3)]
-        self.square = [np.fft.rfft2(image[..., c] ** 2, s=self.shape) for c in range(3)]
+        self.square = np.fft.rfft2((image**2).sum(axis=2), s=self.shape)
 
     def kernel(self, kernel: np.ndarray) -> np.ndarray:
         return np.conj(np.fft.rfft2(kernel, s=self.shape))
 
-    def correlate(
-        self, spectrum: np.ndarray, kernel_spectrum: np.ndarray, size: tuple[int, int]
-    ) -> np.ndarray:
-        """sum_x kernel[x] * image[u + x] for every offset u where the kernel fits (no wrap)."""
-        full = np.fft.irfft2(spectrum * kernel_spectrum, s=self.shape)
+    def correlate(self, product: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """The inverse of a product of spectra (image x conjugate kernel): sum_x kernel[x] *
+        image[u + x] for every offset u where the kernel fits (no wrap)."""
+        full = np.fft.irfft2(product, s=self.shape)
         return full[: self.valid[0] - size[0] + 1, : self.valid[1] - size[1] + 1]
+
+
+@dataclass(frozen=True)
+class _Template:
+    """A resized template as the arrays a match needs (independent of the searched image)."""
+
+    weights: np.ndarray | None = None  # 1 on solid product pixels, else 0
+    centred: np.ndarray | None = None  # per channel, weights * (colour - its mean), HxWx3
+    means: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    count: float = 0.0
+    template_var: float = 0.0
+    sum_t2: float = 0.0  # sum over channels of sum M T^2
+    source: Image.Image | None = None  # only on the shrunk cut-out's entry
+
+    @classmethod
+    def of(cls, template: Image.Image) -> _Template | None:
+        rgba = np.asarray(template, dtype=np.float64)
+        weights = (rgba[..., 3] >= SOLID_ALPHA).astype(np.float64)
+        count = float(weights.sum())
+        if count < _MIN_TEMPLATE_PIXELS:
+            return None
+        colours = rgba[..., :3]
+        means = [float((weights * colours[..., c]).sum() / count) for c in range(3)]
+        centred = weights[..., None] * (colours - np.asarray(means))
+        return cls(
+            weights=weights,
+            centred=centred,
+            means=(means[0], means[1], means[2]),
+            count=count,
+            template_var=float((centred**2).sum()),
+            sum_t2=float((weights[..., None] * colours**2).sum()),
+        )
 
 
 @dataclass(frozen=True)
@@ -266,49 +337,38 @@ class _Scores:
     rmse: np.ndarray
 
 
-def _match(spectra: _Spectra, template: Image.Image) -> tuple[float, float, tuple[int, int]] | None:
+def _match(spectra: _Spectra, template: _Template) -> tuple[float, float, tuple[int, int]] | None:
     """(score, rank, (row, col)) of the best position for this template size."""
     scores = _match_scores(spectra, template)
-    if scores is None:
-        return None
     rank = scores.score + _RANK_WEIGHT * (scores.ncc - scores.rmse / 255.0)
     index = np.unravel_index(int(np.argmax(rank)), rank.shape)
     return float(scores.score[index]), float(rank[index]), (int(index[0]), int(index[1]))
 
 
-def _match_scores(spectra: _Spectra, template: Image.Image) -> _Scores | None:
-    rgba = np.asarray(template, dtype=np.float64)
-    weights = (rgba[..., 3] >= SOLID_ALPHA).astype(np.float64)
-    count = weights.sum()
-    if count < _MIN_TEMPLATE_PIXELS:
-        return None
-    colours = rgba[..., :3]
-    size = weights.shape
-    weights_spec = spectra.kernel(weights)
-
-    numerator = 0.0
-    image_var = 0.0
-    ssd = 0.0
-    template_var = 0.0
-    for c in range(3):
-        mean_t = float((weights * colours[..., c]).sum() / count)
-        centred = weights * (colours[..., c] - mean_t)
-        template_var += float((centred**2).sum())
-        s1 = spectra.correlate(spectra.image[c], weights_spec, size)
-        s2 = spectra.correlate(spectra.square[c], weights_spec, size)
-        cross = spectra.correlate(spectra.image[c], spectra.kernel(centred), size)
-        numerator = numerator + cross
-        image_var = image_var + (s2 - s1**2 / count)
-        # sum M (I - T)^2 = sum M I^2 - 2 sum M T I + sum M T^2, with sum M T I = cross + mean*s1.
-        sum_t2 = float((weights * colours[..., c] ** 2).sum())
-        ssd = ssd + (s2 - 2.0 * (cross + mean_t * s1) + sum_t2)
+def _match_scores(spectra: _Spectra, template: _Template) -> _Scores:
+    """Masked correlation and colour distance at every offset. The sums over channels are taken
+    in the frequency domain (the transform is linear), so a template costs five inverse FFTs:
+    the masked sum of each channel (s1), and the channel sums of the masked squares (s2), of the
+    cross term and of mean-weighted s1 come out of one each."""
+    assert template.weights is not None and template.centred is not None
+    count = template.count
+    size = template.weights.shape
+    weights_spec = spectra.kernel(template.weights)
+    cross_spec = sum(spectra.image[c] * spectra.kernel(template.centred[..., c]) for c in range(3))
+    s1 = [spectra.correlate(spectra.image[c] * weights_spec, size) for c in range(3)]
+    s2 = spectra.correlate(spectra.square * weights_spec, size)
+    numerator = spectra.correlate(cross_spec, size)
+    image_var = s2 - (s1[0] ** 2 + s1[1] ** 2 + s1[2] ** 2) / count
+    mean_s1 = template.means[0] * s1[0] + template.means[1] * s1[1] + template.means[2] * s1[2]
+    # sum M (I - T)^2 = sum M I^2 - 2 sum M T I + sum M T^2, with sum M T I = cross + mean*s1.
+    ssd = s2 - 2.0 * (numerator + mean_s1) + template.sum_t2
 
     rmse = np.sqrt(np.maximum(ssd, 0.0) / (3.0 * count))
     fidelity = np.clip(1.0 - (rmse - _RMSE_OK) / (_RMSE_BAD - _RMSE_OK), 0.0, 1.0)
-    denom = np.sqrt(template_var * np.maximum(image_var, 1e-9))
+    denom = np.sqrt(template.template_var * np.maximum(image_var, 1e-9))
     ncc = np.clip(numerator / np.maximum(denom, 1e-9), -1.0, 1.0)
     agreement = np.clip((ncc - _NCC_LOW) / (_NCC_HIGH - _NCC_LOW), 0.0, 1.0)
     # A flat-coloured product has no structure to correlate: lean on colour fidelity instead.
-    structure = min(1.0, math.sqrt(template_var / (3.0 * count)) / _FLAT_STD)
+    structure = min(1.0, math.sqrt(template.template_var / (3.0 * count)) / _FLAT_STD)
     score = (structure * agreement + (1.0 - structure)) * fidelity
     return _Scores(score, ncc, rmse)

@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
+from collections import OrderedDict
 from typing import Any, ClassVar
 
 from PIL import Image
 
+from processors.config import StageSettings
 from processors.imaging.checks import (
     REASON_PRODUCT_MISSING,
     REASON_PRODUCT_NOT_PRESERVED,
@@ -34,6 +37,7 @@ from processors.imaging.checks import (
     preservation_scores,
 )
 from processors.imaging.ocr import OcrUnavailable, text_match_score
+from processors.imaging.preservation import ProductRegion, product_region
 from processors.intake import text_or_none
 from processors.references.images import ReferenceImages, product_reference
 from processors.runtime import InputRecord, Outcome, Output, Stage
@@ -41,6 +45,10 @@ from processors.runtime.records import job_event
 from processors.storage import ObjectFault, storage_errors
 from processors.storage_keys import generated_digest, handled_key
 from schemas.topics import Topic
+
+# Product regions kept (with the templates resized from them): the jobs of one product, its
+# channels and locales and retries, come close together.
+REGIONS_KEPT = 8
 
 # Reasons another attempt cannot cure: the product is missing from the reference itself, so a new
 # seed cannot put it in the picture. Such a job goes straight to what exhausted attempts lead to.
@@ -51,11 +59,22 @@ class QualityStage(Stage):
     name: ClassVar[str] = "quality"
     inputs: ClassVar[tuple[Topic, ...]] = (Topic.GENERATION_RESULTS,)
     outputs: ClassVar[tuple[Topic, ...]] = (Topic.ASSETS_SCORED, Topic.GENERATION_REQUESTS)
+    # CPU-bound scoring: a few records per batch, so each batch's outputs are committed (and seen
+    # downstream) after a few jobs' work, not a burst's, and the stages after it work meanwhile;
+    # as many at once as a small machine has cores, so threads do not queue behind the GIL.
+    max_batch: ClassVar[int] = 4
+    concurrency: ClassVar[int] = 2
+
+    def stage_settings(self) -> StageSettings:
+        stage = self.ctx.settings.stage
+        return stage.model_copy(update={"batch_size": min(stage.batch_size, self.max_batch)})
 
     async def start(self) -> None:
         self.reference_images = ReferenceImages(
             self.ctx.store, max_bytes=self.ctx.settings.references.decoded_cache_bytes
         )
+        self._regions: OrderedDict[tuple[str, str], ProductRegion] = OrderedDict()
+        self._regions_lock = threading.Lock()
         settings = self.ctx.settings.quality
         # One set of thresholds, from configuration, for the one verdict (checks.failed_reasons).
         self.thresholds = QualityThresholds.from_settings(settings)
@@ -120,17 +139,39 @@ class QualityStage(Stage):
         return Outcome.fail(job, "quality_rejection", "; ".join(reasons), **attributes)
 
     def _score_all(self, job: dict[str, Any]) -> list[tuple[dict[str, float], list[str]]]:
-        product, mask = self._reference(job)
-        return [self._score(key, job, product, mask) for key in job["generation"]["output_keys"]]
+        product, mask, region = self._reference(job)
+        return [self._score(key, job, product, mask, region) for key in job["generation"]["output_keys"]]
 
-    def _reference(self, job: dict[str, Any]) -> tuple[Image.Image | None, Image.Image | None]:
+    def _reference(
+        self, job: dict[str, Any]
+    ) -> tuple[Image.Image | None, Image.Image | None, ProductRegion | None]:
         ref = product_reference(job)
         if ref is None or not ref.get("mask_key"):
-            return None, None
-        return self.reference_images.product(ref), self.reference_images.mask(ref)
+            return None, None, None
+        product, mask = self.reference_images.product(ref), self.reference_images.mask(ref)
+        if mask is None:
+            return product, None, None
+        # Keys are content-addressed: the same keys are the same pixels.
+        name = (str(ref["key"]), str(ref["mask_key"]))
+        with self._regions_lock:
+            region = self._regions.get(name)
+            if region is not None:
+                self._regions.move_to_end(name)
+                return product, mask, region
+        region = product_region(product, mask)
+        with self._regions_lock:
+            self._regions[name] = region
+            while len(self._regions) > REGIONS_KEPT:
+                self._regions.popitem(last=False)
+        return product, mask, region
 
     def _score(
-        self, key: str, job: dict[str, Any], product: Image.Image | None, mask: Image.Image | None
+        self,
+        key: str,
+        job: dict[str, Any],
+        product: Image.Image | None,
+        mask: Image.Image | None,
+        region: ProductRegion | None = None,
     ) -> tuple[dict[str, float], list[str]]:
         settings = self.ctx.settings.quality
         spec = job["spec"]
@@ -145,7 +186,7 @@ class QualityStage(Stage):
         # reviewed). So is the text of a job that carries one, when OCR is on.
         required = ["preservation"]
         if product is not None and mask is not None:
-            scores.update(preservation_scores(image, product, mask))
+            scores.update(preservation_scores(image, product, mask, region))
         if self.clip is not None:
             scores["clip_score"] = self.clip.score(image, job["prompt"]["positive"])
         text = text_or_none(spec.get("text_overlay"))

@@ -5,6 +5,7 @@ pid), and only a stage that never starts (configuration) stops everything, with 
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -217,3 +218,82 @@ def test_copies_must_be_at_least_one(tmp_path, capsys) -> None:
     with pytest.raises(SystemExit):
         main(["run", "all", "--copies", "0"])
     assert "at least 1" in capsys.readouterr().err
+
+
+# --- copies per stage ----------------------------------------------------------------------
+
+
+def test_copies_parse_as_one_number_or_per_stage() -> None:
+    from deploy.local.supervisor import parse_copies
+
+    assert parse_copies("3") == 3
+    assert parse_copies("quality=3, generate=2") == {"quality": 3, "generate": 2}
+    for bad, why in [
+        ("0", "at least 1"),
+        ("quality=0", "at least 1"),
+        ("qualty=2", "no stage called 'qualty'"),
+        ("eventlog=2", "singleton"),
+        ("quality", "expected N or stage=N"),
+        ("quality=two", "expected stage=N"),
+        ("quality=2,quality=3", "named twice"),
+    ]:
+        with pytest.raises(ValueError, match=why):
+            parse_copies(bad)
+
+
+def test_per_stage_copies_start_those_stages_that_often_and_the_rest_once(tmp_path) -> None:
+    supervisor = Supervisor(all_stages(), tmp_path, copies={"quality": 3, "generate": 2})
+    started = Counter(child.stage for child in supervisor.children)
+    assert started == Counter({**dict.fromkeys(all_stages(), 1), "quality": 3, "generate": 2})
+    # Copies have stable names (their transactional ids); a stage run once keeps its own name.
+    assert [c.name for c in supervisor.children if c.stage == "quality"] == [
+        "quality-0",
+        "quality-1",
+        "quality-2",
+    ]
+    assert [c.name for c in supervisor.children if c.stage == "intake"] == ["intake"]
+
+
+def test_configured_copies_apply_unless_the_command_line_says_otherwise(tmp_path) -> None:
+    from gateway.cli.pipeline import merged_copies
+
+    settings = SupervisorSettings(copies={"quality": 2})
+    configured = Supervisor(["intake", "quality"], tmp_path, settings=settings)
+    assert [c.name for c in configured.children] == ["intake", "quality-0", "quality-1"]
+    # `--copies generate=2` adds to the configured copies; a plain `--copies 1` replaces them.
+    assert merged_copies(settings.copies, {"generate": 2}) == {"quality": 2, "generate": 2}
+    assert merged_copies(settings.copies, 1) == 1
+    assert merged_copies(settings.copies, None) == {"quality": 2}
+    with pytest.raises(ValueError, match="no stage called 'nope'"):
+        Supervisor(["intake"], tmp_path, settings=SupervisorSettings(copies={"nope": 2}))
+
+
+def test_run_all_refuses_bad_copies_before_starting_anything(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["run", "all", "--copies", "eventlog=2"])
+    assert "singleton" in capsys.readouterr().err
+
+
+def test_each_live_process_reports_its_cpu_seconds(tmp_path) -> None:
+    supervisor = _supervisor(tmp_path, ["healthy"])
+    supervisor.start()
+    try:
+        readings = supervisor.cpu_seconds()
+        assert set(readings) == {"healthy"}
+        assert readings["healthy"] >= 0.0
+    finally:
+        supervisor.stop()
+    assert supervisor.cpu_seconds() == {}
+
+
+def test_cpu_seconds_are_the_kernels_count_for_the_process() -> None:
+    from deploy.local.supervisor import process_cpu_seconds
+
+    before = process_cpu_seconds(os.getpid())
+    assert before is not None
+    deadline = time.process_time() + 0.2
+    while time.process_time() < deadline:
+        pass
+    after = process_cpu_seconds(os.getpid())
+    assert after is not None and after > before
+    assert process_cpu_seconds(2**22 + 12345) is None  # no such process

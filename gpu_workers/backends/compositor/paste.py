@@ -7,6 +7,10 @@ every backend puts the product in the same place.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
 import numpy as np
 from PIL import Image
 
@@ -40,7 +44,7 @@ def composite_with_placement(
     if width <= 0 or height <= 0:
         raise ValueError(f"canvas size must be positive, got {width}x{height}")
     chosen = resolve_scene(scene)
-    cut, placement = framed(_product_cutout(product, mask), width, height, fill)
+    cut, placement = _CUTOUTS.framed(product, mask, width, height, fill)
 
     rng = scene_rng(seed)
     background = chosen.draw(width, height, rng)
@@ -52,6 +56,60 @@ def composite_with_placement(
     # Pasting through the alpha keeps every fully-masked product pixel exactly as resampled.
     canvas.paste(cut, (placement.x, placement.y), cut)
     return canvas, placement
+
+
+@dataclass
+class _Entry:
+    # The images themselves are held, so their ids cannot be reused while the entry lives.
+    product: Image.Image
+    mask: Image.Image | None
+    cut: Image.Image
+    framed: dict[tuple[int, int, float], tuple[Image.Image, Placement]] = field(default_factory=dict)
+
+
+class _CutoutCache:
+    """The cleaned cut-out of a product, and its framings per canvas, for the last few products.
+
+    Cleaning the rim (framing._decontaminate_edges) and resampling the cut-out cost more than
+    drawing the scene, and every job of one product (each channel, locale, retry and variant)
+    asks for the same ones. Keyed by the decoded images' identity: the worker's reference cache
+    hands out one object per stored reference, and an entry holds its images, so a key can only
+    name those pixels. Pillow images are never changed in place here (paste reads the cut-out)."""
+
+    def __init__(self, products: int = 8, framings: int = 8) -> None:
+        self._entries: OrderedDict[tuple[int, int], _Entry] = OrderedDict()
+        self._products = products
+        self._framings = framings
+        self._lock = threading.Lock()
+
+    def framed(
+        self, product: Image.Image, mask: Image.Image | None, width: int, height: int, fill: float
+    ) -> tuple[Image.Image, Placement]:
+        key = (id(product), id(mask))
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry.product is product and entry.mask is mask:
+                self._entries.move_to_end(key)
+                done = entry.framed.get((width, height, fill))
+                if done is not None:
+                    return done
+            else:
+                entry = None
+        if entry is None:
+            entry = _Entry(product, mask, _product_cutout(product, mask))
+        done = framed(entry.cut, width, height, fill)
+        with self._lock:
+            if len(entry.framed) >= self._framings:
+                entry.framed.clear()
+            entry.framed[(width, height, fill)] = done
+            self._entries[key] = entry
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._products:
+                self._entries.popitem(last=False)
+        return done
+
+
+_CUTOUTS = _CutoutCache()
 
 
 def _product_cutout(product: Image.Image, mask: Image.Image | None) -> Image.Image:
