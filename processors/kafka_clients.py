@@ -89,7 +89,8 @@ def share_consumer_config(settings: Settings, group_id: str, **extra: Any) -> di
         "bootstrap.servers": settings.kafka.bootstrap,
         "group.id": group_id,
         "share.acknowledgement.mode": "explicit",
-        # A poll is a batch: every record of it is acknowledged before the next poll.
+        # A poll is a batch: every record of it is acknowledged before the next poll. A soft cap:
+        # the broker hands over whole produced batches.
         "max.poll.records": settings.stage.batch_size,
         "max.poll.interval.ms": MAX_POLL_INTERVAL_MS,
         "fetch.wait.max.ms": settings.kafka.fetch_wait_max_ms,

@@ -6,7 +6,9 @@ acknowledged on its own. The runner drives this feed like the partition feed (fe
 
 - fetch(): one poll. In explicit acknowledgement mode every record of a poll must be acknowledged
   before the next poll, so there is no fetch-ahead and no keepalive polling while a batch is held;
-  a batch is what one poll brought (at most stage.batch_size records: max.poll.records).
+  a batch is what one poll brought. The broker acquires whole produced batches (librdkafka 2.16
+  has no share.acquire.mode=record_limit), so max.poll.records (stage.batch_size) is a soft cap:
+  a poll may bring all the records one upstream transaction wrote to a partition.
 - commit(messages): after the batch's outputs (or dead letters) were delivered, each record is
   ACCEPTed and the acknowledgements are committed (commit_sync). A worker that dies before that
   leaves its records acquired; the broker hands them to another member when their lock runs out
@@ -104,11 +106,27 @@ class ShareFeed:
     def _poll(self) -> Fetched:
         self._seq += 1
         messages = list(self.consumer.poll(self.settings.batch_timeout_s))
+        records = []
         for message in messages:
             error = message.error()
             if error is not None:
                 self.log.warning("share consume error: %s", error)
-        return Fetched(self._seq, [m for m in messages if m.error() is None])
+                continue
+            records.append(message)
+            count = message.delivery_count() or 1
+            if count > 1:
+                # Its earlier holder died (or held it past its lock): its outputs may be out
+                # already; downstream de-duplicates them (docs/reliability.md).
+                self.log.info(
+                    "redelivered record %s/%d@%d (delivery %d)",
+                    message.topic(),
+                    message.partition(),
+                    message.offset(),
+                    count,
+                )
+        if records:
+            self.log.debug("acquired %d record(s)", len(records))
+        return Fetched(self._seq, records)
 
     def over_limit(self, message: Message) -> int | None:
         """The record's delivery count when it is past the stage's limit, else None."""
@@ -137,6 +155,7 @@ class ShareFeed:
             # outputs were delivered, and downstream's de-duplication makes the copy harmless.
             self.log.warning("acknowledgements not committed, the batch will be redelivered: %s", exc)
             return
+        self.log.debug("acknowledged %d record(s)", len(messages))
         failed = {tp: err for tp, err in (results or {}).items() if err is not None}
         for tp, err in failed.items():
             self.log.warning(
