@@ -5,19 +5,32 @@ published twice although the killed worker's outputs may have been produced alre
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka import AcknowledgeType, Consumer, Producer
 
 from deploy.local.session import PipelineSession, expected_job_ids, free_port
+from deploy.local.stack import LocalStack
 from deploy.local.supervisor import Supervisor, all_stages
 from gateway.harness.chaos.evidence import published
+from gpu_workers.worker import GenerateStage
 from processors.config import Settings
+from processors.kafka_clients import group_id_for, make_share_consumer, prepare_share_group
+from processors.runtime.codec import Codec
+from processors.runtime.dlq import parse_headers
+from processors.runtime.runner import StageRunner
+from processors.runtime.stage import StageContext
+from processors.storage import ObjectStore
+from schemas.topics import Topic, TopicNames
+from tests.integration.test_generate_poison import _job
 from tests.support.catalog import events_for
 
 pytestmark = pytest.mark.integration
@@ -134,3 +147,75 @@ def test_share_group_worker_killed_mid_batch_every_job_once(share_session, catal
     assert {states.get(j) for j in job_ids} == {"published"}, states
     counts, _ = published(session.settings)
     assert {j: counts.get(j, 0) for j in job_ids} == dict.fromkeys(job_ids, 1)
+
+
+async def test_a_record_handed_over_too_often_is_dead_lettered_unprocessed(stack_settings) -> None:
+    """A record whose workers keep dying on it comes back with a higher delivery count each time;
+    past generation.share_max_deliveries the worker dead-letters it instead of generating it."""
+    prefix = f"sharedl-{uuid.uuid4().hex[:6]}."
+    settings = stack_settings.model_copy(
+        update={
+            "kafka": stack_settings.kafka.model_copy(update={"topic_prefix": prefix}),
+            "generation": stack_settings.generation.model_copy(
+                update={"consumption": "share", "share_max_deliveries": 2}
+            ),
+        }
+    )
+    stack = LocalStack(settings, progress=lambda _: None)
+    stack.ensure_topics()
+    stack.ensure_schemas()
+    names, codec = TopicNames(prefix), Codec.of(settings)
+    doomed = _job(ObjectStore(settings.storage), "20")
+    producer = Producer({"bootstrap.servers": settings.kafka.bootstrap})
+    producer.produce(
+        names(Topic.GENERATION_REQUESTS),
+        key=doomed["job_id"].encode(),
+        value=codec.serde(Topic.GENERATION_REQUESTS).encode(doomed),
+    )
+    producer.flush(10)
+
+    # Two workers that "die" on it: each takes it and gives it back unprocessed (a RELEASE counts
+    # a delivery as a lock that runs out does, without waiting 30 s for it).
+    group = group_id_for(settings, "generate")
+    prepare_share_group(settings, group)
+    member = make_share_consumer(settings, group)
+    member.subscribe([names(Topic.GENERATION_REQUESTS)])
+    counts: list[int] = []
+    deadline = time.monotonic() + 60
+    while len(counts) < 2 and time.monotonic() < deadline:
+        for message in member.poll(1.0):
+            if message.error() is None:
+                counts.append(message.delivery_count())
+                member.acknowledge(message, AcknowledgeType.RELEASE)
+        member.commit_sync(10)
+    member.close()
+    assert counts == [1, 2]
+
+    runner = StageRunner(GenerateStage(StageContext(settings, "generate")))
+    assert runner.shared and not runner.exactly_once
+    task = asyncio.create_task(runner.run())
+    reader = Consumer(
+        {
+            "bootstrap.servers": settings.kafka.bootstrap,
+            "group.id": f"t-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+        }
+    )
+    reader.subscribe([names(Topic.GENERATION_RESULTS), names(Topic.PIPELINE_DLQ)])
+    seen: dict[str, dict[str, str]] = {}
+    deadline = time.monotonic() + 60
+    try:
+        while not seen and time.monotonic() < deadline:
+            message = await asyncio.to_thread(reader.poll, 0.5)
+            if message is None or message.error():
+                continue
+            seen[message.topic()] = parse_headers(message.headers() or [])
+    finally:
+        reader.close()
+        runner.request_stop()
+        await task
+    assert list(seen) == [names(Topic.PIPELINE_DLQ)], "dead-lettered, never generated"
+    letter = seen[names(Topic.PIPELINE_DLQ)]
+    assert letter["stage"] == "generate"
+    assert letter["error.class"] == "RedeliveredTooOften"
+    assert letter["attempts"] == "3"
