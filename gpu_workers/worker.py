@@ -21,7 +21,7 @@ import asyncio
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from PIL import Image
 
@@ -79,6 +79,10 @@ class GenerateStage(BatchStage):
     name: ClassVar[str] = "generate"
     inputs: ClassVar[tuple[Topic, ...]] = (Topic.GENERATION_REQUESTS,)
     outputs: ClassVar[tuple[Topic, ...]] = (Topic.GENERATION_RESULTS,)
+
+    def consumption(self) -> Literal["group", "share"]:
+        # Any number of workers may share generation.requests as a share group (KIP-932).
+        return self.ctx.settings.generation.consumption
 
     async def start(self) -> None:
         self.backends: dict[str, Backend] = {"compositor": CompositorBackend()}

@@ -48,10 +48,17 @@ def producer_config(settings: Settings, **extra: Any) -> dict[str, Any]:
     }
 
 
+# Classic-protocol properties that librdkafka refuses with group.protocol=consumer (KIP-848): the
+# broker owns the session timeout, the heartbeat and the assignment there.
+CLASSIC_ONLY = ("session.timeout.ms", "heartbeat.interval.ms", "partition.assignment.strategy")
+
+
 def consumer_config(settings: Settings, group_id: str, **extra: Any) -> dict[str, Any]:
-    return {
+    """The one consumer configuration of every stage (and their state restores)."""
+    config = {
         "bootstrap.servers": settings.kafka.bootstrap,
         "group.id": group_id,
+        "group.protocol": settings.kafka.group_protocol,
         # Offsets are committed by the runner after the batch's outputs are delivered.
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
@@ -69,6 +76,64 @@ def consumer_config(settings: Settings, group_id: str, **extra: Any) -> dict[str
         "client.id": f"lightbox-{group_id}-{socket.gethostname()}",
         **extra,
     }
+    if config["group.protocol"] == "consumer":
+        for name in CLASSIC_ONLY:
+            config.pop(name, None)
+    return config
+
+
+def share_consumer_config(settings: Settings, group_id: str, **extra: Any) -> dict[str, Any]:
+    """A share group member (KIP-932) that acknowledges each record itself (runtime/share_feed.py).
+    Where to start and what a member may read are the group's configs (share_group_configs)."""
+    return {
+        "bootstrap.servers": settings.kafka.bootstrap,
+        "group.id": group_id,
+        "share.acknowledgement.mode": "explicit",
+        # A poll is a batch: every record of it is acknowledged before the next poll. A soft cap:
+        # the broker hands over whole produced batches.
+        "max.poll.records": settings.stage.batch_size,
+        "max.poll.interval.ms": MAX_POLL_INTERVAL_MS,
+        "fetch.wait.max.ms": settings.kafka.fetch_wait_max_ms,
+        "client.id": f"lightbox-{group_id}-{socket.gethostname()}",
+        **extra,
+    }
+
+
+def share_group_configs(settings: Settings) -> dict[str, str]:
+    """The share group's own configs: a share group starts at the log end and reads uncommitted
+    records unless told otherwise, and the broker's delivery count limit sits one above ours, so
+    the stage dead-letters a record before the broker archives it unseen."""
+    return {
+        "share.auto.offset.reset": "earliest",
+        "share.isolation.level": "read_committed",
+        "share.delivery.count.limit": str(settings.generation.share_max_deliveries + 1),
+    }
+
+
+def prepare_share_group(settings: Settings, group_id: str, timeout_s: float = 10.0) -> None:
+    """Set the group's configs (share_group_configs) before any member joins; idempotent."""
+    from confluent_kafka.admin import (
+        AdminClient,
+        AlterConfigOpType,
+        ConfigEntry,
+        ConfigResource,
+        ResourceType,
+    )
+
+    admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap})
+    entries = [
+        ConfigEntry(name, value, incremental_operation=AlterConfigOpType.SET)
+        for name, value in share_group_configs(settings).items()
+    ]
+    resource = ConfigResource(ResourceType.GROUP, group_id, incremental_configs=entries)
+    for future in admin.incremental_alter_configs([resource], request_timeout=timeout_s).values():
+        future.result(timeout=timeout_s)
+
+
+def make_share_consumer(settings: Settings, group_id: str, **extra: Any) -> Any:
+    from confluent_kafka import ShareConsumer
+
+    return ShareConsumer(share_consumer_config(settings, group_id, **extra))
 
 
 def make_producer(settings: Settings, **extra: Any) -> Producer:

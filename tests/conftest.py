@@ -54,7 +54,7 @@ def stack_settings() -> Iterator[Settings]:
         from testcontainers.kafka import KafkaContainer  # type: ignore[import-not-found]
         from testcontainers.minio import MinioContainer  # type: ignore[import-not-found]
 
-        with KafkaContainer("apache/kafka:3.9.1").with_kraft() as kafka, MinioContainer() as minio:
+        with KafkaContainer("apache/kafka:4.4.0").with_kraft() as kafka, MinioContainer() as minio:
             cfg = minio.get_config()
             os.environ["LIGHTBOX_KAFKA__BOOTSTRAP"] = kafka.get_bootstrap_server()
             os.environ["LIGHTBOX_STORAGE__ENDPOINT"] = cfg["endpoint"]

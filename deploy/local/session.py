@@ -130,7 +130,10 @@ class PipelineSession:
         from processors.kafka_clients import group_id_for
 
         admin = AdminClient({"bootstrap.servers": self.settings.kafka.bootstrap})
-        groups = [group_id_for(self.settings, stage) for stage in self.stages]
+        # A share group (generate with generation.consumption=share) is no consumer group: the
+        # consumer-group API neither lists nor describes it, and its members hold no partitions.
+        shared = {"generate"} if self.settings.generation.consumption == "share" else set()
+        groups = [group_id_for(self.settings, stage) for stage in self.stages if stage not in shared]
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             described = admin.describe_consumer_groups(groups)

@@ -194,6 +194,10 @@ class PartitionFeed:
         self._check_continuity(messages)
         return messages
 
+    def over_limit(self, message: Message) -> int | None:
+        """A consumer group redelivers only after a crash, and counts nothing: never over."""
+        return None
+
     async def fetch_ahead(self, queue: AheadQueue, high: int, stopping: asyncio.Event) -> None:
         """Keep `queue` filled until `stopping`; pause at `high` queued batches, resume at half."""
         low = max(0, high // 2)

@@ -22,6 +22,7 @@ from processors.runtime.errors import classify
 from processors.runtime.feed import PartitionFeed
 from processors.runtime.records import Event, InputRecord
 from processors.runtime.retry import StopRequested
+from processors.runtime.share_feed import ShareFeed
 from processors.runtime.sizes import clip
 
 Emit = Callable[[list[tuple[Event, InputRecord | None]]], None]
@@ -33,7 +34,7 @@ class Outage:
 
     def __init__(
         self,
-        feed: PartitionFeed,
+        feed: PartitionFeed | ShareFeed,
         metrics: StageMetrics,
         log: logging.Logger,
         stage: str,

@@ -54,7 +54,9 @@ from processors.kafka_clients import (
     group_id_for,
     make_consumer,
     make_producer,
+    make_share_consumer,
     make_transactional_producer,
+    prepare_share_group,
     produce_and_confirm,
     topic_message_limits,
 )
@@ -67,6 +69,7 @@ from processors.runtime.outage import BatchWatch, Outage
 from processors.runtime.outbox import Outbox, Pending
 from processors.runtime.records import Event, InputRecord, Outcome
 from processors.runtime.retry import RetryPolicy, Settled, StopRequested, Tried, elapsed_ms, settle
+from processors.runtime.share_feed import RedeliveredTooOften, ShareFeed
 from processors.runtime.sizes import MessageLimits
 from processors.runtime.stage import BatchStage, Stage
 from processors.runtime.transact import TransactionalDeliverer, TransactionFatal, Transactions
@@ -109,9 +112,15 @@ class StageRunner:
         self._stopping = asyncio.Event()
         # The broker's per-topic limits are read at start only for a real producer of our own.
         self._learn_limits = producer is None and limits is None
+        # A share group (the generate stage, generation.consumption=share) has no offsets to put
+        # in a transaction: its outputs are delivered, then each record acknowledged.
+        self.shared = stage.consumption() == "share"
+        group_id = group_id_for(self.settings, stage.name)
         if consumer is None:
-            consumer = make_consumer(self.settings, group_id_for(self.settings, stage.name))
+            consumer = (make_share_consumer if self.shared else make_consumer)(self.settings, group_id)
         self.consumer = consumer
+        if self.shared:
+            transactional = False
         if transactional is None:
             transactional = (
                 self.settings.kafka.exactly_once
@@ -145,15 +154,27 @@ class StageRunner:
             self.limits,
             self.settings.storage.bucket,
         )
-        self.feed = PartitionFeed(
-            consumer,
-            stage.name,
-            stage.stage_settings(),
-            self.metrics,
-            self.log,
-            self._partitions_assigned,
-            self._partitions_revoked,
-        )
+        self.feed: PartitionFeed | ShareFeed
+        if self.shared:
+            self.feed = ShareFeed(
+                consumer,
+                stage.name,
+                stage.stage_settings(),
+                self.metrics,
+                self.log,
+                self.settings.generation.share_max_deliveries,
+                functools.partial(prepare_share_group, self.settings, group_id),
+            )
+        else:
+            self.feed = PartitionFeed(
+                consumer,
+                stage.name,
+                stage.stage_settings(),
+                self.metrics,
+                self.log,
+                self._partitions_assigned,
+                self._partitions_revoked,
+            )
         self.deliverer = Deliverer(
             self.outbox,
             lambda: self.ctx.store,
@@ -210,7 +231,7 @@ class StageRunner:
             await self.stage.start()
             started = True
             self.log.info("stage started", extra={"topic": ",".join(topics)})
-            if self.stage.prefetch_batches > 0:
+            if self.stage.prefetch_batches > 0 and not self.shared:
                 await self._run_prefetching(max_batches)
             else:
                 await self._run_in_turn(max_batches)
@@ -347,6 +368,10 @@ class StageRunner:
                 records.append(await self._decode(message))
             except SerdeError as exc:
                 pendings.append(self.outbox.undecodable(message, exc))
+                continue
+            deliveries = self.feed.over_limit(message)
+            if deliveries is not None:
+                pendings.append(self._redelivered_too_often(records.pop(), deliveries))
                 continue
             slots.append(len(pendings))
             pendings.append(Pending())  # filled in once the record is handled
@@ -490,6 +515,18 @@ class StageRunner:
             "unknown" if result.fault is Fault.UNKNOWN else "record",
         )
         return self.outbox.dead_letter(letter, record)
+
+    def _redelivered_too_often(self, record: InputRecord, deliveries: int) -> Pending:
+        """A share group's record whose workers kept dying on it (or holding it past its lock):
+        dead-lettered unprocessed, so it cannot take down yet another worker."""
+        error = RedeliveredTooOften(deliveries, self.settings.generation.share_max_deliveries)
+        token = current_job_id.set(record.job_id)
+        try:
+            self.log.error("dead-lettering: %s", error, extra={"reason": error.reason, "attempt": deliveries})
+        finally:
+            current_job_id.reset(token)
+        at = int(time.time() * 1000)
+        return self.outbox.dead_letter(self.outbox.letter_for(record, error, deliveries, at, at), record)
 
     async def _try_one(self, record: InputRecord, inline_effects: bool) -> Tried[Outcome]:
         token = current_job_id.set(record.job_id)

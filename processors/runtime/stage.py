@@ -8,7 +8,7 @@ import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from processors.config import Settings, StageSettings
 from processors.metrics import StageMetrics
@@ -62,6 +62,12 @@ class Stage(ABC):
     def __init__(self, ctx: StageContext) -> None:
         self.ctx = ctx
         self._semaphore = asyncio.Semaphore(self.concurrency)
+
+    def consumption(self) -> Literal["group", "share"]:
+        """How the runner reads the inputs: a consumer group (partitions, offsets committed with
+        the outputs), or a share group (records acknowledged one by one: runtime/share_feed.py).
+        Called before start(); a stage that can be shared says so from its settings."""
+        return "group"
 
     def stage_settings(self) -> StageSettings:
         """The runtime settings the runner feeds this stage with (batch size and wait); a stage

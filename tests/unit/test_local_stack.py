@@ -89,7 +89,8 @@ def test_kafka_files_live_under_the_configured_dirs(settings: Settings) -> None:
     rendered = props(service.config_file.read_text())
     assert Path(rendered["log.dirs"]).is_relative_to(settings.data_dir / "kafka")
     assert service.log_file == settings.log_dir / "kafka.log"
-    assert "ConsoleAppender" in service.log4j_file.read_text()
+    # Kafka 4 logs through log4j 2: its properties format, one console appender.
+    assert "appender.stdout.type = Console" in service.log4j_file.read_text()
 
 
 @pytest.mark.parametrize("address", ["10.0.0.5:9092", "kafka:9092", "0.0.0.0:9092"])
@@ -129,6 +130,30 @@ def test_pom_pins_the_configured_versions() -> None:
         for d in pom.iterfind("m:dependencies/m:dependency", ns)
     }
     assert deps == {"kafka_2.12": "3.8.0", "slf4j-reload4j": "1.7.36"}
+
+
+def test_pom_of_a_4x_broker_binds_slf4j_to_log4j2() -> None:
+    pom = ET.fromstring(render_pom("4.4.0", "2.13"))
+    ns = {"m": "http://maven.apache.org/POM/4.0.0"}
+    artifacts = {
+        d.findtext("m:artifactId", namespaces=ns) for d in pom.iterfind("m:dependencies/m:dependency", ns)
+    }
+    assert artifacts == {"kafka_2.13", "log4j-slf4j-impl"}
+
+
+def test_4x_broker_gets_share_groups_and_broker_side_session_timeouts(settings: Settings) -> None:
+    assert settings.kafka.version.startswith("4.")
+    settings.stage.session_timeout_ms = 9000
+    rendered = props(render_server_properties(settings, Path("/x")))
+    # One broker: the share coordinator's state topic cannot have three replicas.
+    assert rendered["share.coordinator.state.topic.replication.factor"] == "1"
+    # KIP-848 and share groups time members out at the broker: the stages' own timeout.
+    assert rendered["group.consumer.session.timeout.ms"] == "9000"
+    assert rendered["group.share.session.timeout.ms"] == "9000"
+    assert int(rendered["group.consumer.heartbeat.interval.ms"]) < 9000
+    settings.kafka.version = "3.9.1"
+    old = props(render_server_properties(settings, Path("/x")))
+    assert not any(key.startswith(("group.consumer.", "group.share.", "share.")) for key in old)
 
 
 def test_versions_choose_the_cache_dirs(settings: Settings) -> None:
@@ -171,7 +196,7 @@ def test_kafka_command_line(settings: Settings) -> None:
     argv = service.command()
     assert argv[0] == "/opt/java/bin/java"
     assert "-Xmx512m" in argv
-    assert f"-Dlog4j.configuration=file:{service.log4j_file}" in argv
+    assert f"-Dlog4j2.configurationFile={service.log4j_file}" in argv
     assert argv[argv.index("-cp") + 1] == f"{service.libs}/*"
     assert argv[-2:] == ["kafka.Kafka", str(service.config_file)]
     assert service.marker in " ".join(argv)
@@ -225,7 +250,7 @@ def test_missing_go_says_what_to_install(settings: Settings) -> None:
 def test_cached_tools_need_no_toolchain(settings: Settings) -> None:
     kafka = KafkaService(settings, print)
     kafka.libs.mkdir(parents=True)
-    (kafka.libs / "kafka_2.13-3.9.1.jar").touch()
+    (kafka.libs / f"kafka_2.13-{settings.kafka.version}.jar").touch()
     (kafka.home / ".complete").touch()
     minio = MinioService(settings, print)
     minio.binary.parent.mkdir(parents=True)
@@ -240,7 +265,7 @@ def test_cached_tools_need_no_toolchain(settings: Settings) -> None:
 def test_half_resolved_jars_do_not_count_as_installed(settings: Settings) -> None:
     kafka = KafkaService(settings, print)
     kafka.libs.mkdir(parents=True)
-    (kafka.libs / "kafka_2.13-3.9.1.jar").touch()
+    (kafka.libs / f"kafka_2.13-{settings.kafka.version}.jar").touch()
     assert not kafka.installed()
 
 
