@@ -297,7 +297,12 @@ class GenerationSettings(BaseModel):
     # Share mode: a record handed over this many times (its workers died, or it was released)
     # is dead-lettered instead of generated again. Below the broker's
     # group.share.delivery.count.limit (5 by default), which would otherwise archive it silently.
-    share_max_deliveries: int = Field(default=3, ge=1)
+    share_max_deliveries: int = Field(default=3, ge=1, le=9)  # the broker allows a limit of 10
+    # Share mode: how long a worker holds the records of a poll (the group's
+    # share.record.lock.duration.ms). A poll brings at most max_batch records; they must be
+    # generated and delivered within this, or another worker gets them too. The local stack and
+    # compose allow up to an hour (group.share.max.record.lock.duration.ms).
+    share_lock_s: float = Field(default=120.0, ge=1.0, le=3600.0)
 
 
 class ProvenanceSettings(BaseModel):

@@ -82,6 +82,12 @@ def consumer_config(settings: Settings, group_id: str, **extra: Any) -> dict[str
     return config
 
 
+def share_group_stages(settings: Settings) -> frozenset[str]:
+    """The stages that read as a share group: the consumer-group API (offsets, lag, describe)
+    neither lists nor describes such a group, and its members hold no partitions."""
+    return frozenset({"generate"}) if settings.generation.consumption == "share" else frozenset()
+
+
 def share_consumer_config(settings: Settings, group_id: str, **extra: Any) -> dict[str, Any]:
     """A share group member (KIP-932) that acknowledges each record itself (runtime/share_feed.py).
     Where to start and what a member may read are the group's configs (share_group_configs)."""
@@ -89,9 +95,10 @@ def share_consumer_config(settings: Settings, group_id: str, **extra: Any) -> di
         "bootstrap.servers": settings.kafka.bootstrap,
         "group.id": group_id,
         "share.acknowledgement.mode": "explicit",
-        # A poll is a batch: every record of it is acknowledged before the next poll. A soft cap:
-        # the broker hands over whole produced batches.
-        "max.poll.records": settings.stage.batch_size,
+        # A poll is a batch: every record of it is acknowledged before the next poll, so it is
+        # one generation batch (a soft cap: the broker hands over whole produced batches), all
+        # of which must be done within the record lock (generation.share_lock_s).
+        "max.poll.records": settings.generation.max_batch,
         "max.poll.interval.ms": MAX_POLL_INTERVAL_MS,
         "fetch.wait.max.ms": settings.kafka.fetch_wait_max_ms,
         "client.id": f"lightbox-{group_id}-{socket.gethostname()}",
@@ -107,6 +114,7 @@ def share_group_configs(settings: Settings) -> dict[str, str]:
         "share.auto.offset.reset": "earliest",
         "share.isolation.level": "read_committed",
         "share.delivery.count.limit": str(settings.generation.share_max_deliveries + 1),
+        "share.record.lock.duration.ms": str(int(settings.generation.share_lock_s * 1000)),
     }
 
 

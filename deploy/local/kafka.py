@@ -207,6 +207,8 @@ def render_server_properties(settings: Settings, log_dirs: Path) -> str:
         # Share groups keep their state in an internal topic, three replicas by default: one here.
         props["share.coordinator.state.topic.replication.factor"] = "1"
         props["share.coordinator.state.topic.min.isr"] = "1"
+        # The group's share.record.lock.duration.ms (generation.share_lock_s) may be up to an hour.
+        props["group.share.max.record.lock.duration.ms"] = "3600000"
         props["group.share.min.session.timeout.ms"] = str(min(settings.stage.session_timeout_ms, 6000))
         props["group.share.session.timeout.ms"] = str(settings.stage.session_timeout_ms)
         props["group.share.min.heartbeat.interval.ms"] = "1000"
@@ -377,11 +379,31 @@ class KafkaService(ManagedService):
     def formatted(self) -> bool:
         return (self.log_dirs / "meta.properties").is_file()
 
+    @property
+    def formatted_by_file(self) -> Path:
+        return self.data_dir / "formatted-by"
+
+    def _check_format(self) -> None:
+        """A data dir formatted by an older broker keeps that broker's feature levels under a
+        newer one: the consumer group protocol (group.version) and share groups (share.version)
+        stay off, and every stage's consumer would fail to join. Refused with the way out."""
+        found = self.formatted_by_file.read_text().strip() if self.formatted_by_file.is_file() else ""
+        if not has_share_groups(self.version) or (found and has_share_groups(found)):
+            return
+        raise StackError(
+            f"kafka: {self.log_dirs} was formatted by Kafka {found or '3.x (an older stack)'}, whose "
+            f"features stay off under {self.version}: the consumer group protocol (KIP-848, "
+            "kafka.group_protocol=consumer) and share groups would not work. Run `lightbox stack "
+            "reset` (it deletes the local stack's data) and `lightbox stack up`, or keep the data "
+            "with kafka.version and kafka.group_protocol=classic."
+        )
+
     def prepare(self) -> None:
         java = self.java()
         self.write_config()
         cluster_id = self.cluster_id()
         if self.formatted():
+            self._check_format()
             return
         self.progress(f"kafka: formatting {self.log_dirs} (cluster id {cluster_id})")
         run_logged(
@@ -401,6 +423,7 @@ class KafkaService(ManagedService):
             cwd=self.data_dir,
             timeout_s=300,
         )
+        self.formatted_by_file.write_text(self.version + "\n")
 
     # Run and probe.
 

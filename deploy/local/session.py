@@ -127,12 +127,10 @@ class PipelineSession:
         from confluent_kafka import ConsumerGroupState
         from confluent_kafka.admin import AdminClient
 
-        from processors.kafka_clients import group_id_for
+        from processors.kafka_clients import group_id_for, share_group_stages
 
         admin = AdminClient({"bootstrap.servers": self.settings.kafka.bootstrap})
-        # A share group (generate with generation.consumption=share) is no consumer group: the
-        # consumer-group API neither lists nor describes it, and its members hold no partitions.
-        shared = {"generate"} if self.settings.generation.consumption == "share" else set()
+        shared = share_group_stages(self.settings)
         groups = [group_id_for(self.settings, stage) for stage in self.stages if stage not in shared]
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -223,11 +223,11 @@ class StageRunner:
             except BaseException:
                 self.feed.close()
                 raise
-        self.feed.subscribe(topics)
         started = False
         try:
-            # Inside the try: a start() that raises must still close the consumer (its threads
-            # would keep the process from exiting) and flush the producer.
+            # Inside the try: a subscribe or start() that raises must still close the consumer
+            # (its threads would keep the process from exiting) and flush the producer.
+            self.feed.subscribe(topics)
             await self.stage.start()
             started = True
             self.log.info("stage started", extra={"topic": ",".join(topics)})

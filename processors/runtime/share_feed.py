@@ -12,7 +12,12 @@ acknowledged on its own. The runner drives this feed like the partition feed (fe
 - commit(messages): after the batch's outputs (or dead letters) were delivered, each record is
   ACCEPTed and the acknowledgements are committed (commit_sync). A worker that dies before that
   leaves its records acquired; the broker hands them to another member when their lock runs out
-  (group.share.record.lock.duration.ms, 30 s by default), their delivery count one higher.
+  (the group's share.record.lock.duration.ms, generation.share_lock_s), their delivery count one
+  higher.
+- A poll that brought a redelivered record is handed over one record at a time, each
+  acknowledged before the next (explicit mode allows that before the next poll): a record that
+  kills its worker then takes only itself to the dead-letter path, not the records the broker
+  happened to hand over with it.
 - over_limit(message): a record handed over more than generation.share_max_deliveries times (its
   workers keep dying on it, or keep being held past the lock) is dead-lettered instead of being
   processed again; the group's share.delivery.count.limit is set one above, so the broker never
@@ -31,11 +36,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from confluent_kafka import AcknowledgeType, KafkaException, Message
+from confluent_kafka import AcknowledgeType, IllegalStateException, KafkaException, Message
 
 from processors.config import StageSettings
 from processors.metrics import StageMetrics
@@ -45,6 +52,9 @@ from processors.runtime.feed import Fetched, Gap
 T = TypeVar("T")
 
 COMMIT_TIMEOUT_S = 30.0
+# Setting the group's configs before joining: how long a broker that is still starting (or whose
+# group coordinator is not loaded yet) is waited for before the stage fails to start.
+PREPARE_GROUP_FOR_S = 60.0
 
 
 class RedeliveredTooOften(Exception):
@@ -83,14 +93,31 @@ class ShareFeed:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"share-{stage_name}")
         self._reasons: set[str] = set()
         self._seq = 0
+        # Records of the last poll not handed over yet (one at a time after a redelivery).
+        self._polled: deque[Message] = deque()
 
     async def call(self, func: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._thread, func)
 
     def subscribe(self, topics: list[str]) -> None:
         if self._prepare_group is not None:
-            self._prepare_group()
+            self._prepare_group_retrying()
         self.consumer.subscribe(topics)
+
+    def _prepare_group_retrying(self) -> None:
+        assert self._prepare_group is not None
+        deadline = time.monotonic() + PREPARE_GROUP_FOR_S
+        while True:
+            try:
+                self._prepare_group()
+                return
+            except (KafkaException, TimeoutError) as exc:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"could not set the share group's configs within {PREPARE_GROUP_FOR_S:g} s: {exc}"
+                    ) from exc
+                self.log.warning("share group configs not set yet (%s); trying again", exc)
+                time.sleep(1.0)
 
     def close(self) -> None:
         # close() sends the acknowledgements already made and leaves the group; records acquired
@@ -105,7 +132,14 @@ class ShareFeed:
 
     def _poll(self) -> Fetched:
         self._seq += 1
-        messages = list(self.consumer.poll(self.settings.batch_timeout_s))
+        if not self._polled:
+            self._polled.extend(self._records_of(list(self.consumer.poll(self.settings.batch_timeout_s))))
+        if any((m.delivery_count() or 1) > 1 for m in self._polled):
+            return Fetched(self._seq, [self._polled.popleft()])
+        records, self._polled = list(self._polled), deque()
+        return Fetched(self._seq, records)
+
+    def _records_of(self, messages: list[Message]) -> list[Message]:
         records = []
         for message in messages:
             error = message.error()
@@ -126,7 +160,7 @@ class ShareFeed:
                 )
         if records:
             self.log.debug("acquired %d record(s)", len(records))
-        return Fetched(self._seq, records)
+        return records
 
     def over_limit(self, message: Message) -> int | None:
         """The record's delivery count when it is past the stage's limit, else None."""
@@ -146,8 +180,17 @@ class ShareFeed:
 
     def _accept(self, messages: list[Message]) -> None:
         for message in messages:
-            if message.error() is None:
+            if message.error() is not None:
+                continue
+            try:
                 self.consumer.acknowledge(message, AcknowledgeType.ACCEPT)
+            except (IllegalStateException, KafkaException) as exc:
+                # No longer in flight: its lock ran out (or this member was fenced) and the group
+                # hands it to another worker; its outputs are out, downstream de-duplicates.
+                self.log.warning(
+                    "record %s/%d@%d not acknowledged (%s): it will be redelivered",
+                    message.topic(), message.partition(), message.offset(), exc,
+                )  # fmt: skip
         try:
             results = self.consumer.commit_sync(COMMIT_TIMEOUT_S)
         except KafkaException as exc:

@@ -45,6 +45,7 @@ from processors.backoff import backoff_delay
 from processors.config import Settings, WebhookEndpoint
 from processors.provenance.signing import ContentSigner, derivative_mime
 from processors.runtime import Event, InputRecord, Outcome, Output, PermanentError, Stage
+from processors.runtime.keyed_locks import KeyedLocks
 from processors.runtime.records import job_event, now_ms
 from processors.storage import ObjectFault, ObjectStore, classify_storage_error, storage_errors
 from processors.storage_keys import (
@@ -90,6 +91,7 @@ class PublishStage(Stage):
         self.job_serde = AvroSerde("job")
         self.settings = self.ctx.settings.review
         self.topic_prefix = self.ctx.settings.kafka.topic_prefix
+        self.claims = KeyedLocks()
         # Content credentials (docs/provenance.md). Signing on and no usable key: the stage refuses
         # to start rather than publish unsigned files.
         self.signer = ContentSigner.from_settings(self.ctx.settings)
@@ -238,15 +240,17 @@ class PublishStage(Stage):
         twice) publishes nothing more; the same input again (redelivered before its commit)
         redoes the same idempotent publish."""
         claim = handled_key(self.name, job["job_id"], self.topic_prefix)
-        first = await self.run_blocking(self.ctx.store.claimant, claim)
-        if first is not None and first != source:
-            detail = f"published from {first}; this copy changes nothing"
-            return Outcome(
-                events=[job_event(job, "duplicate_job", reason="already_published", detail=detail)]
-            )
-        prefix = published_prefix(self.settings.publish_prefix, job)
-        keys = await self.run_blocking(self._copy_all, job)
-        await self.run_blocking(self.ctx.store.claim, claim, source)
+        # Two copies of one job in one batch: the second waits, then finds the first's claim.
+        async with self.claims.hold(claim):
+            first = await self.run_blocking(self.ctx.store.claimant, claim)
+            if first is not None and first != source:
+                detail = f"published from {first}; this copy changes nothing"
+                return Outcome(
+                    events=[job_event(job, "duplicate_job", reason="already_published", detail=detail)]
+                )
+            prefix = published_prefix(self.settings.publish_prefix, job)
+            keys = await self.run_blocking(self._copy_all, job)
+            await self.run_blocking(self.ctx.store.claim, claim, source)
         job["published_keys"] = keys
         reviewer = job["review"]["reviewer"]
         approved = job_event(job, "approved", attributes={"reviewer": reviewer})

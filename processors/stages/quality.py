@@ -41,6 +41,7 @@ from processors.imaging.preservation import ProductRegion, product_region
 from processors.intake import text_or_none
 from processors.references.images import ReferenceImages, product_reference
 from processors.runtime import InputRecord, Outcome, Output, Stage
+from processors.runtime.keyed_locks import KeyedLocks
 from processors.runtime.records import job_event
 from processors.storage import ObjectFault, storage_errors
 from processors.storage_keys import generated_digest, handled_key
@@ -75,6 +76,8 @@ class QualityStage(Stage):
         )
         self._regions: OrderedDict[tuple[str, str], ProductRegion] = OrderedDict()
         self._regions_lock = threading.Lock()
+        # Two copies of one job in one batch: the second waits, then finds the first's claim.
+        self.claims = KeyedLocks()
         settings = self.ctx.settings.quality
         # One set of thresholds, from configuration, for the one verdict (checks.failed_reasons).
         self.thresholds = QualityThresholds.from_settings(settings)
@@ -92,12 +95,13 @@ class QualityStage(Stage):
         )
         try:
             with storage_errors():
-                first = await self.run_blocking(self.ctx.store.claimant, claim)
-                if first is not None and first != source:
-                    return _already_scored(job, first)
-                verdicts = await self.run_blocking(self._score_all, job)
-                outcome = self._verdict(job, verdicts)
-                await self.run_blocking(self.ctx.store.claim, claim, source)
+                async with self.claims.hold(claim):
+                    first = await self.run_blocking(self.ctx.store.claimant, claim)
+                    if first is not None and first != source:
+                        return _already_scored(job, first)
+                    verdicts = await self.run_blocking(self._score_all, job)
+                    outcome = self._verdict(job, verdicts)
+                    await self.run_blocking(self.ctx.store.claim, claim, source)
         except ObjectFault as exc:
             event = job_event(job, "failed", reason=exc.reason, detail=str(exc)[:500])
             return Outcome(events=[event], dead_letter=exc)

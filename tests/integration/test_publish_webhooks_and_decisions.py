@@ -256,6 +256,22 @@ async def test_a_copy_of_a_published_job_from_another_input_publishes_nothing(ma
     assert [o.topic for o in again.outputs] == [Topic.ASSETS_PUBLISHED]
 
 
+async def test_two_copies_of_a_job_in_one_batch_publish_once(make_stage: Any) -> None:
+    """The records of a batch run at once: a share group's redelivery and the original (or a
+    redone upstream batch) in the same batch must not both find the job unclaimed."""
+    stage = await make_stage()
+    job = await asyncio.to_thread(_ready_job, stage.ctx.store)
+    outcomes = await asyncio.gather(
+        stage.handle(_record(Topic.ASSETS_READY, job, offset=7)),
+        stage.handle(_record(Topic.ASSETS_READY, job, offset=8)),
+    )
+    published = [o for o in outcomes if [out.topic for out in o.outputs] == [Topic.ASSETS_PUBLISHED]]
+    assert len(published) == 1, [_states(o) for o in outcomes]
+    (duplicate,) = [o for o in outcomes if o is not published[0]]
+    assert _states(duplicate) == [("duplicate_job", "already_published")]
+    assert len(stage.claims) == 0, "a lock outlived its users"
+
+
 # -- signed notifications to the request's own or its source's endpoint ------------------------
 
 

@@ -92,7 +92,13 @@ def share_session(stack_settings: Settings, tmp_path: Path):  # type: ignore[no-
     workers = Supervisor(
         ["generate"],
         session.log_dir,
-        env={**session.env, "LIGHTBOX_STAGE__BATCH_SIZE": str(WORKER_BATCH), "LIGHTBOX_LOG_LEVEL": "DEBUG"},
+        env={
+            **session.env,
+            "LIGHTBOX_STAGE__BATCH_SIZE": str(WORKER_BATCH),
+            # A share poll brings at most generation.max_batch records.
+            "LIGHTBOX_GENERATION__MAX_BATCH": str(WORKER_BATCH),
+            "LIGHTBOX_LOG_LEVEL": "DEBUG",
+        },
         copies=WORKERS,
     )
     workers.start()
@@ -147,6 +153,17 @@ def test_share_group_worker_killed_mid_batch_every_job_once(share_session, catal
     assert {states.get(j) for j in job_ids} == {"published"}, states
     counts, _ = published(session.settings)
     assert {j: counts.get(j, 0) for j in job_ids} == dict.fromkeys(job_ids, 1)
+
+    # Lag is measured by committed offsets, which a share group has none of: generate is left
+    # out (not shown with the whole topic as its lag), the other stages are there and caught up.
+    from gateway.ops.lag import stage_lags
+
+    shared = session.settings.model_copy(
+        update={"generation": session.settings.generation.model_copy(update={"consumption": "share"})}
+    )
+    lags = stage_lags(shared)
+    assert "generate" not in {lag.stage for lag in lags}
+    assert {"quality", "publish"} <= {lag.stage for lag in lags}
 
 
 async def test_a_record_handed_over_too_often_is_dead_lettered_unprocessed(stack_settings) -> None:

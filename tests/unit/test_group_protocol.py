@@ -43,7 +43,7 @@ def test_share_members_acknowledge_each_record_and_the_group_reads_committed_fro
     settings = Settings()
     config = share_consumer_config(settings, "g")
     assert config["share.acknowledgement.mode"] == "explicit"
-    assert config["max.poll.records"] == settings.stage.batch_size
+    assert config["max.poll.records"] == settings.generation.max_batch
     ShareConsumer(config).close()
     group = share_group_configs(settings)
     assert group["share.auto.offset.reset"] == "earliest"

@@ -190,6 +190,22 @@ def test_cluster_id_of_an_already_formatted_dir_is_reused(settings: Settings) ->
     assert service.cluster_id() == "AbCdEfGhIjKlMnOpQrStUv"
 
 
+@pytest.mark.parametrize("formatted_by", [None, "3.9.1"])
+def test_a_data_dir_an_older_broker_formatted_is_refused_with_the_way_out(
+    settings: Settings, formatted_by: str | None
+) -> None:
+    service = KafkaService(settings, print)
+    service._java = "/opt/java/bin/java"  # prepare() stops before it would run java
+    service.log_dirs.mkdir(parents=True)
+    (service.log_dirs / "meta.properties").write_text("version=1\ncluster.id=AbCdEfGhIjKlMnOpQrStUv\n")
+    if formatted_by:
+        service.formatted_by_file.write_text(formatted_by + "\n")
+    with pytest.raises(StackError, match=r"lightbox stack reset.*group_protocol=classic"):
+        service.prepare()
+    service.formatted_by_file.write_text("4.4.0\n")  # formatted by this stack: used as it is
+    service.prepare()
+
+
 def test_kafka_command_line(settings: Settings) -> None:
     service = KafkaService(settings, print)
     service._java = "/opt/java/bin/java"  # no java needed to check the command line
