@@ -64,14 +64,20 @@ def ddl(database: str, ttl_days: int = 0, table: str = EVENTS_TABLE) -> list[str
     ]
 
 
+def _engine_full(client: Client, database: str, table: str) -> str:
+    """The table's engine clause as ClickHouse states it ('' for no such table)."""
+    found = client.command(
+        "SELECT engine_full FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+        parameters={"db": database, "t": table},
+    )
+    return str(found) if found else ""
+
+
 def _migrate(client: Client, database: str, ttl_days: int) -> None:
     """A table made by an older layout (no version column) is copied into the current one and
     swapped in place, so existing event logs keep their history."""
-    engine = client.command(
-        "SELECT engine_full FROM system.tables WHERE database = {db:String} AND name = {t:String}",
-        parameters={"db": database, "t": EVENTS_TABLE},
-    )
-    if not engine or LAYOUT_MARK in str(engine):
+    engine = _engine_full(client, database, EVENTS_TABLE)
+    if not engine or LAYOUT_MARK in engine:
         return
     staging = f"{EVENTS_TABLE}_migrating"
     client.command(f"DROP TABLE IF EXISTS {database}.{staging}")
@@ -105,12 +111,7 @@ def _apply_ttl(client: Client, database: str, table: str, column: str, ttl_days:
     """clickhouse.ttl_days on a table made before it was set or changed: CREATE ... IF NOT
     EXISTS keeps the old table's TTL, so it is altered here (dropping expired parts runs in the
     background, as ClickHouse's TTL always does)."""
-    engine = str(
-        client.command(
-            "SELECT engine_full FROM system.tables WHERE database = {db:String} AND name = {t:String}",
-            parameters={"db": database, "t": table},
-        )
-    )
+    engine = _engine_full(client, database, table)
     has_ttl = " TTL " in engine
     if ttl_days > 0 and f"toIntervalDay({int(ttl_days)})" not in engine:
         client.command(f"ALTER TABLE {database}.{table} MODIFY TTL {ttl_expression(column, ttl_days)}")
