@@ -427,5 +427,5 @@ async def post_session(request: web.Request) -> web.Response:
 async def delete_session(request: web.Request) -> web.Response:
     response = web.Response(status=204)
     if identity_of(request) is not None:
-        end_session(response)
+        end_session(request, response)
     return response

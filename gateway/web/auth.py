@@ -29,7 +29,7 @@ Logging in from a page (a form with the token, posted to a route of the pages)::
     response = web.HTTPSeeOther("/review")
     start_session(request, response, identity)           # HttpOnly, SameSite=Strict, Secure on TLS
     raise response
-    # logging out: end_session(response)
+    # logging out: end_session(request, response)
 
 JSON clients send ``Authorization: Bearer lbx_...`` and need no CSRF token. A browser session
 (cookie ``lightbox_session``) making an unsafe request (POST, PUT, PATCH, DELETE) must prove it
@@ -44,7 +44,8 @@ when there is no identity, 403 naming the roles that may when the role is wrong.
 
 Sessions are signed, not stored: the cookie holds a random session id, the token's id and an
 expiry, under an HMAC with the gateway's session key (settings.gateway.session_key_file). The
-token is looked up on every request, so revoking it ends its sessions too.
+token is looked up on every request, so revoking it ends its sessions too; logging out records
+the session id as ended (gateway/web/ended_sessions.py), so a copy of the cookie stops working.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ from aiohttp import web
 from multidict import MultiDictProxy
 
 from gateway.ops.tokens import Role, TokenRecord, TokenStore, split_token
+from gateway.web.ended_sessions import EndedSessions
 from gateway.web.responses import Handler, Problem
 from processors.config import Settings
 
@@ -150,6 +152,7 @@ class Authenticator:
         self.secure_cookies = bool(settings.gateway.tls_cert) or settings.gateway.behind_proxy
         self.session_ttl_s = settings.gateway.session_ttl_s
         self._key = _load_or_make_key(session_key_path(settings))
+        self.ended = EndedSessions(session_key_path(settings).with_name("ended_sessions"))
         self._stamp: tuple[int, int, int] | None = None
         self._records: dict[str, TokenRecord] = {}
         # token id -> sha256 of a secret scrypt already accepted: a token is hashed slowly once,
@@ -231,6 +234,8 @@ class Authenticator:
         if not same_text(mac, self._mac("session", "v1", session_id, token_id, expires)):
             return None
         if not expires.isdigit() or int(expires) < time.time():
+            return None
+        if self.ended.is_ended(session_id):
             return None
         record = self._current().get(token_id)
         return (record, session_id) if record is not None else None
@@ -388,6 +393,11 @@ def start_session(request: web.Request, response: web.StreamResponse, identity: 
     return auth.csrf_for(value.split(".")[1])
 
 
-def end_session(response: web.StreamResponse) -> None:
-    """Clear the session cookie (logging out; the token itself stays valid)."""
+def end_session(request: web.Request, response: web.StreamResponse) -> None:
+    """Log the request's browser session out: its id is refused from now on (a copy of the
+    cookie included) and the cookie is cleared. The token itself stays valid."""
+    session_id = request.get(SESSION_ID, "")
+    if session_id:
+        auth = request.app[AUTH]
+        auth.ended.end(session_id, time.time() + auth.session_ttl_s)
     response.del_cookie(SESSION_COOKIE, path="/")

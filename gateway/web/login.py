@@ -71,5 +71,5 @@ async def logout(request: web.Request) -> web.Response:
         # A session's logout carries its CSRF token: another site cannot log a reviewer out.
         await require_form(request, *JOB_READERS)
     response = web.HTTPSeeOther("/login")
-    end_session(response)
+    end_session(request, response)
     raise response

@@ -153,3 +153,26 @@ async def test_sessions_are_secure_behind_a_tls_proxy(
         response = await client.post("/v1/session", json={"token": tokens["reviewer"]})
         assert response.status == 200
         assert response.cookies[SESSION_COOKIE]["secure"]
+
+
+async def test_logging_out_ends_the_session_for_every_copy_of_its_cookie(
+    client: TestClient, gateway_settings: Settings, tokens: dict[str, str]
+) -> None:
+    response = await client.post("/v1/session", json={"token": tokens["reviewer"]})
+    assert response.status == 200, await response.text()
+    stolen = response.cookies[SESSION_COOKIE].value
+    as_stolen = {"Cookie": f"{SESSION_COOKIE}={stolen}"}
+    # Another gateway of the same home (a second replica) takes the same cookie...
+    async with TestClient(TestServer(build_app(gateway_settings))) as other:
+        assert (await other.get("/v1/whoami", headers=as_stolen)).status == 200
+        # ...until its owner logs out: the cookie is cleared, and a copy of it is refused on both.
+        response = await client.delete("/v1/session")
+        assert response.status == 204
+        assert response.cookies[SESSION_COOKIE].value == ""
+        client.session.cookie_jar.clear()
+        await assert_problem(await client.get("/v1/whoami", headers=as_stolen), 401)
+        await assert_problem(await other.get("/v1/whoami", headers=as_stolen), 401)
+    # The token itself stays good: a new login is a new session.
+    response = await client.post("/v1/session", json={"token": tokens["reviewer"]})
+    assert response.status == 200
+    assert (await client.get("/v1/whoami")).status == 200
