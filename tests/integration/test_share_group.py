@@ -6,7 +6,9 @@ published twice although the killed worker's outputs may have been produced alre
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import signal
 import threading
 import time
@@ -32,6 +34,7 @@ from processors.storage import ObjectStore
 from schemas.topics import Topic, TopicNames
 from tests.integration.test_generate_poison import _job
 from tests.support.catalog import events_for
+from tests.support.topics import read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -68,8 +71,11 @@ def _kill_one_mid_batch(workers: Supervisor, killed: list[Any], stop: threading.
                 return
 
 
-@pytest.fixture
-def share_session(stack_settings: Settings, tmp_path: Path):  # type: ignore[no-untyped-def]
+DIE_BEFORE_ACK = Path(__file__).resolve().parents[1] / "support" / "die_before_ack"
+
+
+@contextlib.contextmanager
+def _share_session(stack_settings: Settings, tmp_path: Path, worker_env: dict[str, str]):  # type: ignore[no-untyped-def]
     query_port = free_port()
     env = {
         "LIGHTBOX_CLICKHOUSE__EMBEDDED_PATH": str(tmp_path / "clickhouse"),
@@ -98,6 +104,7 @@ def share_session(stack_settings: Settings, tmp_path: Path):  # type: ignore[no-
             # A share poll brings at most generation.max_batch records.
             "LIGHTBOX_GENERATION__MAX_BATCH": str(WORKER_BATCH),
             "LIGHTBOX_LOG_LEVEL": "DEBUG",
+            **worker_env,
         },
         copies=WORKERS,
     )
@@ -109,8 +116,13 @@ def share_session(stack_settings: Settings, tmp_path: Path):  # type: ignore[no-
         session.stop()
 
 
-def test_share_group_worker_killed_mid_batch_every_job_once(share_session, catalog_server) -> None:
-    session, workers = share_session
+@pytest.fixture
+def share_session(stack_settings: Settings, tmp_path: Path):  # type: ignore[no-untyped-def]
+    with _share_session(stack_settings, tmp_path, {}) as running:
+        yield running
+
+
+def _submit_sixteen(session: PipelineSession, catalog_server: Any) -> set[str]:
     assert session.settings.kafka.partitions == 3
     events = events_for(
         catalog_server,
@@ -121,12 +133,23 @@ def test_share_group_worker_killed_mid_batch_every_job_once(share_session, catal
     )
     job_ids = expected_job_ids(events)
     assert len(job_ids) == 16
+    session.submit(events)
+    return job_ids
 
+
+def _each_published_once(session: PipelineSession, job_ids: set[str], states: dict[str, str]) -> None:
+    assert {states.get(j) for j in job_ids} == {"published"}, states
+    counts, _ = published(session.settings)
+    assert {j: counts.get(j, 0) for j in job_ids} == dict.fromkeys(job_ids, 1)
+
+
+def test_share_group_worker_killed_mid_batch_every_job_once(share_session, catalog_server) -> None:
+    session, workers = share_session
     killed: list[Any] = []
     stop = threading.Event()
     killer = threading.Thread(target=_kill_one_mid_batch, args=(workers, killed, stop), daemon=True)
     killer.start()
-    session.submit(events)
+    job_ids = _submit_sixteen(session, catalog_server)
     try:
         states = session.wait_for(job_ids, timeout_s=300)
     finally:
@@ -150,9 +173,7 @@ def test_share_group_worker_killed_mid_batch_every_job_once(share_session, catal
     redelivered = sum(c.log_file.read_text().count("redelivered record") for c in survivors)
     assert redelivered >= 1, "the killed worker's records were never handed to another worker"
 
-    assert {states.get(j) for j in job_ids} == {"published"}, states
-    counts, _ = published(session.settings)
-    assert {j: counts.get(j, 0) for j in job_ids} == dict.fromkeys(job_ids, 1)
+    _each_published_once(session, job_ids, states)
 
     # Lag is measured by committed offsets, which a share group has none of: generate is left
     # out (not shown with the whole topic as its lag), the other stages are there and caught up.
@@ -164,6 +185,56 @@ def test_share_group_worker_killed_mid_batch_every_job_once(share_session, catal
     lags = stage_lags(shared)
     assert "generate" not in {lag.stage for lag in lags}
     assert {"quality", "publish"} <= {lag.stage for lag in lags}
+
+
+def test_share_group_worker_killed_after_delivering_before_acknowledging(
+    stack_settings: Settings, tmp_path: Path, catalog_server: Any
+) -> None:
+    """The other side of the kill: a worker whose outputs are on generation.results dies before
+    its acknowledgement reaches the broker. Another worker generates those records again, and
+    downstream's de-duplication still publishes each job once."""
+    marker = tmp_path / "died-before-ack"
+    worker_env = {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(DIE_BEFORE_ACK), os.environ.get("PYTHONPATH")])),
+        "LIGHTBOX_TEST_DIE_BEFORE_ACK": str(marker),
+    }
+    with _share_session(stack_settings, tmp_path, worker_env) as (session, workers):
+        job_ids = _submit_sixteen(session, catalog_server)
+        states = session.wait_for(job_ids, timeout_s=300)
+
+        assert marker.is_file(), "no worker reached an acknowledgement"
+        pid, *offsets = marker.read_text().split()
+        (victim,) = [c for c in workers.children if c.process and c.process.pid == int(pid)]
+        assert victim.process.wait(timeout=10) == -signal.SIGKILL
+        # It died after delivering: its outputs were produced, its last word is not an ack.
+        assert not any(line.startswith("acknowledged") for line in _share_lines(victim.log_file)[-1:])
+        survivors = [c for c in workers.children if c is not victim]
+        assert all(c.process.poll() is None for c in survivors)
+        # Each record it held came back to another worker (delivery 2) and was done again.
+        logs = "".join(c.log_file.read_text() for c in survivors)
+        held: set[tuple[int, int]] = set()
+        for where in offsets:
+            topic, rest = where.rsplit("/", 1)
+            partition, offset = rest.split("@")
+            held.add((int(partition), int(offset)))
+            assert f"redelivered record {topic}/{partition}@{offset} (delivery 2)" in logs, where
+        _each_published_once(session, job_ids, states)
+        # Twice generated, once published: generation.results holds both copies of each attempt
+        # the victim had delivered.
+        codec = Codec.of(session.settings)
+        attempts = {
+            (v["job_id"], v["attempt"])
+            for m in read_topic(session.settings, Topic.GENERATION_REQUESTS)
+            if (m.partition(), m.offset()) in held
+            for v in [codec.decode(m).value]
+        }
+        assert len(attempts) == len(held)
+        results: dict[tuple[str, int], int] = dict.fromkeys(attempts, 0)
+        for message in read_topic(session.settings, Topic.GENERATION_RESULTS):
+            value = codec.decode(message).value
+            if (value["job_id"], value["attempt"]) in results:
+                results[value["job_id"], value["attempt"]] += 1
+        assert all(count >= 2 for count in results.values()), results
 
 
 async def test_a_record_handed_over_too_often_is_dead_lettered_unprocessed(stack_settings) -> None:
