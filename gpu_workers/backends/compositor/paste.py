@@ -51,7 +51,9 @@ def composite_with_placement(
     background = _add_grain(background, rng)
     background = apply_shadow(background, shadow, chosen.shadow_rgb, chosen.shadow_opacity)
 
-    canvas = Image.fromarray(np.clip(np.round(background), 0, 255).astype(np.uint8), mode="RGB")
+    # Rounded and clipped in place: the array is this call's own.
+    pixels = np.clip(np.round(background, out=background), 0, 255, out=background).astype(np.uint8)
+    canvas = Image.fromarray(pixels, mode="RGB")
     # Pasting through the alpha keeps every fully-masked product pixel exactly as resampled.
     canvas.paste(cut, (placement.x, placement.y), cut)
     return canvas, placement

@@ -69,7 +69,8 @@ def _draw_studio(width: int, height: int, rng: np.random.Generator) -> np.ndarra
     light = _glow(ys, xs, 0.5 + rng.uniform(-0.12, 0.12), 0.45 + rng.uniform(-0.08, 0.08), 0.45, 0.4)
     image = sweep + (16.0 + rng.uniform(-4.0, 4.0)) * light[..., None]
     vignette = 1.0 - 0.10 * ((xs - 0.5) ** 2 + (ys - 0.5) ** 2) / 0.5
-    return np.clip(image * vignette[..., None], 0, 255)
+    image *= vignette[..., None]
+    return np.clip(image, 0, 255, out=image)
 
 
 def _draw_kitchen(width: int, height: int, rng: np.random.Generator) -> np.ndarray:
