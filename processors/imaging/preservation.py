@@ -50,9 +50,10 @@ _TEMPLATES_PER_REGION = 160
 # Bytes of template spectra a region keeps: the kernels' FFTs depend only on the template and
 # the padded shape of the searched image, and the outputs of one product at one size search the
 # same shapes (the whole frame coarsely, then the same window when the product sits in the same
-# place), so a second output costs only the searched image's FFTs and the inverse ones. About
-# two output sizes' worth (a 512 px search keeps ~20 MB).
-_KERNEL_BYTES_PER_REGION = 48 * 2**20
+# place), so a second output costs only the searched image's FFTs and the inverse ones. One
+# output size's worth: a 512 px output keeps 17-28 MB (the bigger the product, the bigger the
+# refinement windows); a quality stage keeps REGIONS_KEPT regions.
+_KERNEL_BYTES_PER_REGION = 32 * 2**20
 _TEMPLATES_LOCK = threading.Lock()
 
 
