@@ -47,6 +47,13 @@ _FULL_FRAME = 0.98
 _FLAT_REGION_STD = 2.0
 # Resized templates a region keeps (a search needs about 35 per output size; they are small).
 _TEMPLATES_PER_REGION = 160
+# Bytes of template spectra a region keeps: the kernels' FFTs depend only on the template and
+# the padded shape of the searched image, and the outputs of one product at one size search the
+# same shapes (the whole frame coarsely, then the same window when the product sits in the same
+# place), so a second output costs only the searched image's FFTs and the inverse ones. One
+# output size's worth: a 512 px output keeps 17-28 MB (the bigger the product, the bigger the
+# refinement windows); a quality stage keeps REGIONS_KEPT regions.
+_KERNEL_BYTES_PER_REGION = 32 * 2**20
 _TEMPLATES_LOCK = threading.Lock()
 
 
@@ -79,6 +86,8 @@ class ProductRegion:
     _templates: dict[tuple[int, int, int, int], _Template | None] = field(
         default_factory=dict, compare=False, repr=False
     )
+    _kernels: dict[tuple[int, ...], _Kernels] = field(default_factory=dict, compare=False, repr=False)
+    _kernel_bytes: list[int] = field(default_factory=lambda: [0], compare=False, repr=False)
 
     @property
     def empty(self) -> bool:
@@ -106,6 +115,24 @@ class ProductRegion:
             if len(self._templates) >= _TEMPLATES_PER_REGION:
                 self._templates.clear()  # a product scored at many sizes: start again, bounded
             self._templates[key] = found
+        return found
+
+    def kernels(self, source: Image.Image, template: _Template, spectra: _Spectra) -> _Kernels:
+        """The conjugate spectra of ``template`` (as resized from ``source``) padded to the
+        searched image's FFT shape: the same arrays every time, computed once while kept."""
+        assert template.weights is not None
+        key = (source.width, source.height, *template.weights.shape, *spectra.shape)
+        found = self._kernels.get(key)
+        if found is not None:
+            return found
+        found = _Kernels.of(spectra, template)
+        with _TEMPLATES_LOCK:
+            if self._kernel_bytes[0] + found.nbytes > _KERNEL_BYTES_PER_REGION:
+                self._kernels.clear()  # bounded: start again
+                self._kernel_bytes[0] = 0
+            if key not in self._kernels:
+                self._kernels[key] = found
+                self._kernel_bytes[0] += found.nbytes
         return found
 
 
@@ -236,7 +263,7 @@ def _search(
         template = region.template(source, size_work)
         if template is None:
             continue
-        found = _match(spectra, template)
+        found = _match(spectra, template, region.kernels(source, template, spectra))
         if found is None:
             continue
         score, rank, (row, col) = found
@@ -331,21 +358,49 @@ class _Template:
 
 
 @dataclass(frozen=True)
+class _Kernels:
+    """A template's conjugate spectra at one padded shape: of its weights and of each channel of
+    its centred colours."""
+
+    weights: np.ndarray
+    centred: tuple[np.ndarray, np.ndarray, np.ndarray]
+
+    @classmethod
+    def of(cls, spectra: _Spectra, template: _Template) -> _Kernels:
+        assert template.weights is not None and template.centred is not None
+        centred = template.centred
+        return cls(
+            weights=spectra.kernel(template.weights),
+            centred=(
+                spectra.kernel(centred[..., 0]),
+                spectra.kernel(centred[..., 1]),
+                spectra.kernel(centred[..., 2]),
+            ),
+        )
+
+    @property
+    def nbytes(self) -> int:
+        return self.weights.nbytes + sum(c.nbytes for c in self.centred)
+
+
+@dataclass(frozen=True)
 class _Scores:
     score: np.ndarray
     ncc: np.ndarray
     rmse: np.ndarray
 
 
-def _match(spectra: _Spectra, template: _Template) -> tuple[float, float, tuple[int, int]] | None:
+def _match(
+    spectra: _Spectra, template: _Template, kernels: _Kernels | None = None
+) -> tuple[float, float, tuple[int, int]] | None:
     """(score, rank, (row, col)) of the best position for this template size."""
-    scores = _match_scores(spectra, template)
+    scores = _match_scores(spectra, template, kernels or _Kernels.of(spectra, template))
     rank = scores.score + _RANK_WEIGHT * (scores.ncc - scores.rmse / 255.0)
     index = np.unravel_index(int(np.argmax(rank)), rank.shape)
     return float(scores.score[index]), float(rank[index]), (int(index[0]), int(index[1]))
 
 
-def _match_scores(spectra: _Spectra, template: _Template) -> _Scores:
+def _match_scores(spectra: _Spectra, template: _Template, kernels: _Kernels) -> _Scores:
     """Masked correlation and colour distance at every offset. The sums over channels are taken
     in the frequency domain (the transform is linear), so a template costs five inverse FFTs:
     the masked sum of each channel (s1), and the channel sums of the masked squares (s2), of the
@@ -353,8 +408,8 @@ def _match_scores(spectra: _Spectra, template: _Template) -> _Scores:
     assert template.weights is not None and template.centred is not None
     count = template.count
     size = template.weights.shape
-    weights_spec = spectra.kernel(template.weights)
-    cross_spec = sum(spectra.image[c] * spectra.kernel(template.centred[..., c]) for c in range(3))
+    weights_spec = kernels.weights
+    cross_spec = sum(spectra.image[c] * kernels.centred[c] for c in range(3))
     s1 = [spectra.correlate(spectra.image[c] * weights_spec, size) for c in range(3)]
     s2 = spectra.correlate(spectra.square * weights_spec, size)
     numerator = spectra.correlate(cross_spec, size)

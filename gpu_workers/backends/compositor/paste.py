@@ -44,18 +44,22 @@ def composite_with_placement(
     if width <= 0 or height <= 0:
         raise ValueError(f"canvas size must be positive, got {width}x{height}")
     chosen = resolve_scene(scene)
-    cut, placement = _CUTOUTS.framed(product, mask, width, height, fill)
+    cut, placement, shadow = _CUTOUTS.framed(product, mask, width, height, fill)
 
     rng = scene_rng(seed)
     background = chosen.draw(width, height, rng)
     background = _add_grain(background, rng)
-    shadow = shadow_alpha(cut.getchannel("A"), placement, width, height)
     background = apply_shadow(background, shadow, chosen.shadow_rgb, chosen.shadow_opacity)
 
-    canvas = Image.fromarray(np.clip(np.round(background), 0, 255).astype(np.uint8), mode="RGB")
+    # Rounded and clipped in place: the array is this call's own.
+    pixels = np.clip(np.round(background, out=background), 0, 255, out=background).astype(np.uint8)
+    canvas = Image.fromarray(pixels, mode="RGB")
     # Pasting through the alpha keeps every fully-masked product pixel exactly as resampled.
     canvas.paste(cut, (placement.x, placement.y), cut)
     return canvas, placement
+
+
+_Framing = tuple[Image.Image, Placement, np.ndarray]
 
 
 @dataclass
@@ -64,17 +68,20 @@ class _Entry:
     product: Image.Image
     mask: Image.Image | None
     cut: Image.Image
-    framed: dict[tuple[int, int, float], tuple[Image.Image, Placement]] = field(default_factory=dict)
+    # Per canvas: the framed cut-out, its placement and the shadow it casts (read, never written).
+    framed: dict[tuple[int, int, float], _Framing] = field(default_factory=dict)
 
 
 class _CutoutCache:
-    """The cleaned cut-out of a product, and its framings per canvas, for the last few products.
+    """The cleaned cut-out of a product, and its framings per canvas (with the shadow each casts),
+    for the last few products.
 
-    Cleaning the rim (framing._decontaminate_edges) and resampling the cut-out cost more than
-    drawing the scene, and every job of one product (each channel, locale, retry and variant)
-    asks for the same ones. Keyed by the decoded images' identity: the worker's reference cache
-    hands out one object per stored reference, and an entry holds its images, so a key can only
-    name those pixels. Pillow images are never changed in place here (paste reads the cut-out)."""
+    Cleaning the rim (framing._decontaminate_edges), resampling the cut-out and blurring its
+    shadow cost more than drawing the scene, and every job of one product (each channel, locale,
+    retry and variant) asks for the same ones. Keyed by the decoded images' identity: the
+    worker's reference cache hands out one object per stored reference, and an entry holds its
+    images, so a key can only name those pixels. Pillow images are never changed in place here
+    (paste reads the cut-out), nor is a kept shadow (read-only)."""
 
     def __init__(self, products: int = 8, framings: int = 8) -> None:
         self._entries: OrderedDict[tuple[int, int], _Entry] = OrderedDict()
@@ -84,7 +91,7 @@ class _CutoutCache:
 
     def framed(
         self, product: Image.Image, mask: Image.Image | None, width: int, height: int, fill: float
-    ) -> tuple[Image.Image, Placement]:
+    ) -> _Framing:
         key = (id(product), id(mask))
         with self._lock:
             entry = self._entries.get(key)
@@ -97,7 +104,10 @@ class _CutoutCache:
                 entry = None
         if entry is None:
             entry = _Entry(product, mask, _product_cutout(product, mask))
-        done = framed(entry.cut, width, height, fill)
+        cut, placement = framed(entry.cut, width, height, fill)
+        shadow = shadow_alpha(cut.getchannel("A"), placement, width, height)
+        shadow.setflags(write=False)  # shared by every job of this framing
+        done = (cut, placement, shadow)
         with self._lock:
             if len(entry.framed) >= self._framings:
                 entry.framed.clear()

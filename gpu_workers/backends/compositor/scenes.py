@@ -62,13 +62,15 @@ def _draw_studio(width: int, height: int, rng: np.random.Generator) -> np.ndarra
     tint = rng.uniform(-5.0, 5.0, size=3).astype(np.float32)
     top = np.array((212, 216, 222), np.float32) + tint
     bottom = np.array((246, 246, 247), np.float32) + tint * 0.4
-    # A seamless paper sweep: darker wall at the top curving into a bright floor.
-    t = np.clip(ys / 0.75, 0.0, 1.0) ** 0.8 * np.ones_like(xs)
-    image = _lerp(top, bottom, t)
+    # A seamless paper sweep: darker wall at the top curving into a bright floor. The sweep
+    # varies down the frame only: one column, blended once, then spread across by the light.
+    t = np.clip(ys / 0.75, 0.0, 1.0) ** 0.8
+    sweep = _lerp(top, bottom, t)
     light = _glow(ys, xs, 0.5 + rng.uniform(-0.12, 0.12), 0.45 + rng.uniform(-0.08, 0.08), 0.45, 0.4)
-    image += (16.0 + rng.uniform(-4.0, 4.0)) * light[..., None]
+    image = sweep + (16.0 + rng.uniform(-4.0, 4.0)) * light[..., None]
     vignette = 1.0 - 0.10 * ((xs - 0.5) ** 2 + (ys - 0.5) ** 2) / 0.5
-    return np.clip(image * vignette[..., None], 0, 255)
+    image *= vignette[..., None]
+    return np.clip(image, 0, 255, out=image)
 
 
 def _draw_kitchen(width: int, height: int, rng: np.random.Generator) -> np.ndarray:

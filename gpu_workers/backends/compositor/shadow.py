@@ -33,4 +33,7 @@ def shadow_alpha(alpha: Image.Image, placement: Placement, width: int, height: i
 
 def apply_shadow(background: np.ndarray, shadow: np.ndarray, colour: RGB, opacity: float) -> np.ndarray:
     weight = (shadow * opacity)[..., None]
-    return background * (1.0 - weight) + np.asarray(colour, np.float32) * weight
+    # The same two products and one sum as written out, the sum taken into the first product.
+    shaded = background * (1.0 - weight)
+    shaded += np.asarray(colour, np.float32) * weight
+    return shaded
