@@ -217,8 +217,8 @@ async def post_request(request: web.Request) -> web.Response:
     if key is None:
         return json_response(await _accept_request(request, body), 202)
     store, digest = request.app[IDEMPOTENCY], body_digest(body)
-    async with store.held(who.name, key):
-        remembered = await _storage(store.get, who.name, key)
+    async with store.held(who.caller, key):
+        remembered = await _storage(store.get, who.caller, key)
         if remembered is not None:
             if remembered.body_sha256 != digest:
                 raise Problem(
@@ -230,7 +230,7 @@ async def post_request(request: web.Request) -> web.Response:
             return json_response(remembered.response, remembered.status, headers={REPLAYED_HEADER: "true"})
         answer = await _accept_request(request, body)
         remembered = Remembered(digest, 202, answer, int(time.time() * 1000))
-        await _storage(store.put, who.name, key, remembered)
+        await _storage(store.put, who.caller, key, remembered)
     return json_response(answer, 202)
 
 

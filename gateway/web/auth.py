@@ -112,6 +112,12 @@ class Identity:
     def may(self, *roles: Role) -> bool:
         return self.role is Role.ADMIN or self.role in roles
 
+    @property
+    def caller(self) -> str:
+        """Who this is, uniquely: the token's id. Names need not be unique (two clients may be
+        given tokens under one name), so per-caller state such as Idempotency-Keys keys on this."""
+        return f"token:{self.token_id}" if self.token_id else f"name:{self.name}"
+
 
 def session_key_path(settings: Settings) -> Path:
     configured = settings.gateway.session_key_file

@@ -2,8 +2,9 @@
 again, and nothing is published twice; the same key with another body is refused (422).
 
 Answers are kept in object storage, one small JSON object per (caller, key), so every gateway
-replica and a restarted gateway see them; a key is scoped to the token's name, so two clients
-that happen to pick the same key never see each other's answers. Within one gateway, requests
+replica and a restarted gateway see them; a key is scoped to the calling token (its id, not its
+name, which two tokens may share), so two clients that happen to pick the same key never see each
+other's answers. Within one gateway, requests
 with the same key wait for each other (a lock per key); two replicas racing on one key may both
 publish, which intake's de-duplication on the event id then absorbs. Only accepted answers (2xx)
 are kept: a request refused for its content, or for an outage, may be sent again as it is.

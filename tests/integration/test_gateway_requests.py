@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from confluent_kafka import Consumer, TopicPartition
 
 from deploy.local.session import expected_job_ids
+from gateway.ops.tokens import Role, TokenStore
 from gateway.web.app import build_app
 from processors.config import Settings
 from schemas.topics import Topic, TopicNames
@@ -81,6 +82,13 @@ async def test_the_same_key_and_body_get_the_same_answer_and_one_publish(
     admin = {**bearer(tokens["admin"]), "Idempotency-Key": key}
     assert (await client.post("/v1/requests", json=other, headers=admin)).status == 202
     assert await asyncio.to_thread(catalog_messages, gateway_settings) == before + 2
+    # ...even when the other token carries the same name: names are labels, not callers.
+    _, namesake = TokenStore.of(gateway_settings).create("submitter-bot", Role.SUBMITTER)
+    twin = {**bearer(namesake), "Idempotency-Key": key}
+    response = await client.post("/v1/requests", json=other, headers=twin)
+    assert response.status == 202, await response.text()
+    assert "Idempotent-Replayed" not in response.headers
+    assert await asyncio.to_thread(catalog_messages, gateway_settings) == before + 3
 
 
 async def test_a_refused_request_is_not_remembered(
