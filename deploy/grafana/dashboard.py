@@ -24,7 +24,8 @@ MACROS = {
     "fromUnixTimestamp64Milli({since_ms:Int64})": "$__fromTime",
     "{bucket_s:UInt32}": "$__interval_s",
     "{database:Identifier}": "${database}",
-    "{by:String}": "'${by}'",
+    # "all" (the variable's first choice) is every job: the SQL's ''
+    "{by:String}": "if('${by}' = 'all', '', '${by}')",
 }
 # Grafana's time-series format and the table format (sqlds FormatQueryOption).
 TIME_SERIES, TABLE = 0, 1

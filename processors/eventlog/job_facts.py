@@ -28,6 +28,10 @@ EVENTS_TABLE = "pipeline_events"
 FACTS_TABLE = "job_facts"
 FACTS_VIEW = "job_facts_mv"
 JOB_VIEW = "job_latest"
+GROUPS_VIEW = "job_groups"
+# What a job can be grouped by (`lightbox metrics --by`, the named SQL's {by}): job_latest's
+# column of each name; '' is every job in one group.
+JOB_GROUPINGS = ("model", "backend", "template", "campaign")
 # Stored as the facts table's comment: a table of another generation is rebuilt from the events.
 FACTS_GENERATION = "lightbox job facts 1"
 
@@ -200,6 +204,7 @@ def ensure_job_facts(client: Client, database: str, ttl_days: int) -> bool:
     if rebuilt:
         client.command(f"INSERT INTO {database}.{FACTS_TABLE} {facts_select(database)}")
     client.command(job_view_ddl(database))
+    client.command(groups_view_ddl(database))
     return rebuilt
 
 
@@ -242,3 +247,16 @@ def job_view_ddl(database: str) -> str:
         arraySum(generations_by_id.5) AS api_calls,
         length(dead_letter_ids) AS dead_letters
     FROM {database}.{FACTS_TABLE} FINAL"""
+
+
+def groups_view_ddl(database: str) -> str:
+    """job_latest once per grouping, with `grouping` and the job's `group_key` under it: the one
+    home of "a job's group". A query reads it `WHERE grouping = {by:String}`, a constant the
+    engine folds, so it reads only that branch's column of job_latest. (A multiIf over the four
+    columns read all four, and was a quarter of job_figures' engine CPU over a million jobs.)"""
+    branches = [
+        f"SELECT '{name}' AS grouping, {name} AS group_key, * FROM {database}.{JOB_VIEW}"
+        for name in JOB_GROUPINGS
+    ]
+    branches.append(f"SELECT '' AS grouping, '' AS group_key, * FROM {database}.{JOB_VIEW}")
+    return f"CREATE OR REPLACE VIEW {database}.{GROUPS_VIEW} AS\n" + "\nUNION ALL ".join(branches)

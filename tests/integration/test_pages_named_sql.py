@@ -22,6 +22,7 @@ from processors.eventlog.analyst import (
     run_analyst_query,
 )
 from processors.eventlog.clickhouse import EVENT_COLUMNS, EVENTS_TABLE, JOB_VIEW, connect, connect_analyst
+from processors.eventlog.job_facts import GROUPS_VIEW
 from processors.job_states import JobState
 
 T0 = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
@@ -107,8 +108,10 @@ def test_every_named_query_is_one_read_only_statement_on_the_event_log() -> None
     for name in named.names():
         query = named.load(name)
         assert query.description, f"{name}.sql says nothing about what it asks"
-        # The events table, or the latest-state-per-job view over it (clickhouse.JOB_VIEW).
-        assert any(f"{{database:Identifier}}.{t}" in query.body for t in (EVENTS_TABLE, JOB_VIEW)), name
+        # The events table, or the latest-state-per-job view over it (clickhouse.JOB_VIEW), or
+        # that view by job group (job_facts.GROUPS_VIEW).
+        tables = (EVENTS_TABLE, JOB_VIEW, GROUPS_VIEW)
+        assert any(f"{{database:Identifier}}.{t}" in query.body for t in tables), name
         values = {k: v for k, v in PARAMS.items() if k in query.params}
         sql = query.render(database="lightbox", **values)
         assert analyst_query_problem(sql) is None, (name, analyst_query_problem(sql))

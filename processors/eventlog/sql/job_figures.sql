@@ -1,17 +1,14 @@
 -- Job figures: for the jobs with an event since {since_ms} (all their events counted), one row
 -- per {by}: '' (all jobs together), 'model', 'backend', 'template' or 'campaign' (what the job
 -- was last routed to or served by, its template id@version, its campaign). Read from the
--- latest-state-per-job view, job_latest, where each per-job rule lives (docs/analytics.md):
+-- latest-state-per-job view, job_latest (through job_groups, which adds the job's group), where
+-- each per-job rule lives (docs/analytics.md):
 -- the artifact rate three ways (the share of first-pass candidates the quality gate rejected;
 -- of the jobs it scored, the share that needed a retry and the share that needed a person),
 -- first-pass yield, retry and fallback rates, end-to-end p50/p95/p99 (ms, exact) of delivered
 -- jobs, delivered images per minute over the span the jobs' events cover, and images per
 -- GPU-hour (null without GPU time).
-SELECT multiIf({by:String} = 'model', model,
-               {by:String} = 'backend', backend,
-               {by:String} = 'template', template,
-               {by:String} = 'campaign', campaign,
-               '') AS group_key,
+SELECT group_key,
        count() AS jobs,
        countIf(published) AS delivered,
        countIf(job_state = 'failed') AS failed_jobs,
@@ -45,8 +42,9 @@ SELECT multiIf({by:String} = 'model', model,
                          max(last_at)), 1) / 1000 AS span_s,
        delivered / (span_s / 60) AS delivered_per_minute,
        if(gpu_s = 0, NULL, delivered / (gpu_s / 3600)) AS images_per_gpu_hour
-FROM {database:Identifier}.job_latest
-WHERE last_at >= fromUnixTimestamp64Milli({since_ms:Int64})
+FROM {database:Identifier}.job_groups  -- job_latest under the grouping asked for
+WHERE grouping = {by:String}
+  AND last_at >= fromUnixTimestamp64Milli({since_ms:Int64})
   AND job_state != ''
 GROUP BY group_key
 ORDER BY jobs DESC, group_key
