@@ -13,6 +13,7 @@ from clickhouse_connect.driver.client import Client
 
 from processors.config import Settings
 from processors.eventlog.analyst import AnalystLimits, analyst_session_settings
+from processors.eventlog.generations import GENERATIONS_TABLE, ensure_generations
 from processors.eventlog.job_facts import (
     EVENTS_TABLE,
     FACTS_TABLE,
@@ -102,7 +103,8 @@ def connect(settings: Settings) -> Client:
     for statement in event_flag_statements(database):
         client.command(statement)
     ensure_job_facts(client, database, ttl_days)
-    for table, column in ((EVENTS_TABLE, "at"), (FACTS_TABLE, "last_at")):
+    ensure_generations(client, database, ttl_days)
+    for table, column in ((EVENTS_TABLE, "at"), (FACTS_TABLE, "last_at"), (GENERATIONS_TABLE, "at")):
         _apply_ttl(client, database, table, column, ttl_days)
     return client
 

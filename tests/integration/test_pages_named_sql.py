@@ -22,6 +22,7 @@ from processors.eventlog.analyst import (
     run_analyst_query,
 )
 from processors.eventlog.clickhouse import EVENT_COLUMNS, EVENTS_TABLE, JOB_VIEW, connect, connect_analyst
+from processors.eventlog.generations import GENERATIONS_TABLE
 from processors.eventlog.job_facts import GROUPS_VIEW
 from processors.job_states import JobState
 
@@ -109,8 +110,9 @@ def test_every_named_query_is_one_read_only_statement_on_the_event_log() -> None
         query = named.load(name)
         assert query.description, f"{name}.sql says nothing about what it asks"
         # The events table, or the latest-state-per-job view over it (clickhouse.JOB_VIEW), or
-        # that view by job group (job_facts.GROUPS_VIEW).
-        tables = (EVENTS_TABLE, JOB_VIEW, GROUPS_VIEW)
+        # that view by job group (job_facts.GROUPS_VIEW), or the generations copied out of the
+        # events (generations.GENERATIONS_TABLE).
+        tables = (EVENTS_TABLE, JOB_VIEW, GROUPS_VIEW, GENERATIONS_TABLE)
         assert any(f"{{database:Identifier}}.{t}" in query.body for t in tables), name
         values = {k: v for k, v in PARAMS.items() if k in query.params}
         sql = query.render(database="lightbox", **values)

@@ -1,5 +1,6 @@
-"""The per-job facts (processors/eventlog/job_facts.py) stay exact however events reach them: a
-batch inserted twice, one job's events over many inserts, a rebuild beside live inserts. And
+"""The per-job facts (processors/eventlog/job_facts.py) and the generations copied out of the
+events (processors/eventlog/generations.py) stay exact however events reach them: a batch
+inserted twice, one job's events over many inserts, a rebuild beside live inserts. And
 clickhouse.ttl_days reaches tables that already exist. On the embedded engine."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from clickhouse_connect.driver.client import Client
 
 from processors.config import Settings, load_settings
 from processors.eventlog.clickhouse import EVENT_COLUMNS, EVENTS_TABLE, connect
+from processors.eventlog.generations import GENERATIONS_TABLE, ensure_generations
 from processors.eventlog.job_facts import FACTS_TABLE, JOB_VIEW, ensure_job_facts
 
 T0 = dt.datetime(2026, 11, 2, 9, 0, tzinfo=dt.UTC)
@@ -136,6 +138,37 @@ def test_a_rebuilt_facts_table_matches_the_live_one(client: Client) -> None:
     assert rebuilt["a"]["job_state"] == "published"
 
 
+def _generations(client: Client) -> list[tuple[Any, ...]]:
+    return client.query(
+        f"SELECT job_id, at, backend, model, variants, gpu_ms, cpu_ms, api_calls "
+        f"FROM lightbox.{GENERATIONS_TABLE} FINAL ORDER BY job_id, at"
+    ).result_rows
+
+
+def test_generations_are_the_generate_events_once_each_with_their_compute(client: Client) -> None:
+    events = _events()
+    _insert(client, events)
+    # A batch redone after a crash: the same generation again, recorded later; the first counts.
+    again = dict(next(e for e in events if e["job_id"] == "a" and e["stage"] == "generate"))
+    again["at"] = T0 + dt.timedelta(seconds=30)
+    _insert(client, [again, *events])
+    rows = _generations(client)
+    assert [(r[0], r[1].second, r[2], r[3], r[4], r[5], r[7]) for r in rows] == [
+        ("a", 2, "diffusers", "m1", 2, 1500.0, 0),
+        ("a", 4, "remote", "hosted", 2, 0.0, 1),
+        ("b", 2, "diffusers", "m1", 2, 1500.0, 0),
+        ("c", 2, "diffusers", "m1", 2, 1500.0, 0),
+    ]
+    # The job view's compute (summed from its own per-id maps) agrees with the table's.
+    jobs = _jobs(client)
+    assert sum(j["gpu_seconds"] for j in jobs.values()) == pytest.approx(sum(r[5] for r in rows) / 1000)
+    # A table of another layout is rebuilt from the events, to the same rows.
+    client.command(f"ALTER TABLE lightbox.{GENERATIONS_TABLE} MODIFY COMMENT 'lightbox generations 0'")
+    assert ensure_generations(client, "lightbox", 0) is True
+    assert ensure_generations(client, "lightbox", 0) is False
+    assert _generations(client) == rows
+
+
 def _ttl(client: Client, table: str) -> str:
     engine = str(
         client.command(
@@ -152,9 +185,10 @@ def test_ttl_days_reaches_tables_that_exist(settings: Settings, client: Client) 
     connect(settings)
     assert "toIntervalDay(30)" in _ttl(client, EVENTS_TABLE)
     assert "last_at" in _ttl(client, FACTS_TABLE) and "toIntervalDay(30)" in _ttl(client, FACTS_TABLE)
+    assert "toIntervalDay(30)" in _ttl(client, GENERATIONS_TABLE)
     settings.clickhouse.ttl_days = 7
     connect(settings)
     assert "toIntervalDay(7)" in _ttl(client, EVENTS_TABLE)
     settings.clickhouse.ttl_days = 0
     connect(settings)
-    assert _ttl(client, EVENTS_TABLE) == _ttl(client, FACTS_TABLE) == ""
+    assert _ttl(client, EVENTS_TABLE) == _ttl(client, FACTS_TABLE) == _ttl(client, GENERATIONS_TABLE) == ""

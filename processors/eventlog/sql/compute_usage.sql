@@ -2,17 +2,20 @@
 -- {by} ('' for all, 'model', 'backend', 'template' or 'campaign': the job's, from job_groups)
 -- and backend: generations, images generated, GPU and CPU seconds of the backend's own compute,
 -- remote API calls. `lightbox metrics` prices them with `costs` in configuration.
-SELECT multiIf({by:String} = 'model', e.attributes['model'],
-               {by:String} = 'backend', e.attributes['backend'],
+SELECT multiIf({by:String} = 'model', e.model,
+               {by:String} = 'backend', e.backend,
                {by:String} IN ('template', 'campaign'), j.group_key,
                '') AS group_key,
-       e.attributes['backend'] AS backend,
+       e.backend AS backend,
        count() AS generations,
        sum(e.variants) AS images,
-       sum(toFloat64OrZero(e.attributes['gpu_ms'])) / 1000 AS gpu_seconds,
-       sum(toFloat64OrZero(e.attributes['cpu_ms'])) / 1000 AS cpu_seconds,
-       sum(toUInt32OrZero(e.attributes['api_calls'])) AS api_calls
-FROM {database:Identifier}.pipeline_events AS e FINAL
+       sum(e.gpu_ms) / 1000 AS gpu_seconds,
+       sum(e.cpu_ms) / 1000 AS cpu_seconds,
+       sum(e.api_calls) AS api_calls
+-- generate's `running` events, the events table's is_generation rule, copied there as they
+-- arrive with their compute as columns (processors/eventlog/generations.py): reading the events
+-- themselves decompressed every event's attributes map
+FROM {database:Identifier}.generations AS e FINAL
 -- Joined on a 64-bit hash of the job id, not the id: a hash table of numbers is cheaper to build
 -- and probe than one of strings. Two job ids would have to share a hash to miscount (odds of
 -- about 1 in 30 million over a million jobs).
@@ -24,11 +27,6 @@ LEFT JOIN (
     FROM {database:Identifier}.job_groups
     WHERE grouping = {by:String} AND {by:String} IN ('template', 'campaign')
 ) AS j ON xxh3(e.job_id) = j.job_key
--- PREWHERE runs before FINAL's deduplication, so only generations' attributes are read. That
--- is exact because is_generation tests only stage and state, which are part of an event's id
--- (processors/runtime/outbox.py event_id): every copy of an event passes or fails together.
--- `at` differs between copies (the earliest wins), so it is tested after FINAL, in WHERE.
-PREWHERE e.is_generation
 WHERE e.at >= fromUnixTimestamp64Milli({since_ms:Int64})
 GROUP BY group_key, backend
 ORDER BY group_key, backend
