@@ -24,8 +24,7 @@ MACROS = {
     "fromUnixTimestamp64Milli({since_ms:Int64})": "$__fromTime",
     "{bucket_s:UInt32}": "$__interval_s",
     "{database:Identifier}": "${database}",
-    # "all" (the variable's first choice) is every job: the SQL's ''
-    "{by:String}": "if('${by}' = 'all', '', '${by}')",
+    "{by:String}": "'${by}'",  # "all", the variable's first choice, is no grouping
 }
 # Grafana's time-series format and the table format (sqlds FormatQueryOption).
 TIME_SERIES, TABLE = 0, 1

@@ -13,14 +13,14 @@ batch, a backfill that overlaps live inserts).
 
 from __future__ import annotations
 
+import hashlib
+
 from clickhouse_connect.driver.client import Client
 
-from processors.eventlog.job_facts import EVENTS_TABLE, ttl_clause
+from processors.eventlog.job_facts import EVENT_FLAGS, EVENTS_TABLE, ttl_clause
 
 GENERATIONS_TABLE = "generations"
 GENERATIONS_VIEW = "generations_mv"
-# Stored as the table's comment: a table of another generation of this layout is rebuilt.
-LAYOUT = "lightbox generations 1"
 
 
 def _select(database: str) -> str:
@@ -35,7 +35,7 @@ FROM {database}.{EVENTS_TABLE}
 WHERE is_generation"""
 
 
-def _table_ddl(database: str, ttl_days: int) -> str:
+def _table_ddl(database: str, ttl_days: int, comment: str) -> str:
     return f"""CREATE TABLE {database}.{GENERATIONS_TABLE} (
     event_id String,
     job_id String,
@@ -50,7 +50,20 @@ def _table_ddl(database: str, ttl_days: int) -> str:
 ) ENGINE = ReplacingMergeTree(ver)
 PARTITION BY toYYYYMM(at)
 ORDER BY (job_id, event_id){ttl_clause("at", ttl_days)}
-COMMENT '{LAYOUT}'"""
+COMMENT '{comment}'"""
+
+
+# Stored as the table's comment: a table made under another layout, or under other rules for
+# which events are generations and how many images each made (the rules are applied as rows are
+# copied, so old rows keep the rules they were copied under), is rebuilt from the events.
+LAYOUT = (
+    "lightbox generations 1 "
+    + hashlib.sha256(
+        (
+            _table_ddl("db", 0, "") + _select("db") + EVENT_FLAGS["is_generation"] + EVENT_FLAGS["variants"]
+        ).encode()
+    ).hexdigest()[:12]
+)
 
 
 def ensure_generations(client: Client, database: str, ttl_days: int) -> bool:
@@ -65,7 +78,7 @@ def ensure_generations(client: Client, database: str, ttl_days: int) -> bool:
     if rebuilt:
         client.command(f"DROP VIEW IF EXISTS {database}.{GENERATIONS_VIEW}")
         client.command(f"DROP TABLE IF EXISTS {database}.{GENERATIONS_TABLE}")
-        client.command(_table_ddl(database, ttl_days))
+        client.command(_table_ddl(database, ttl_days, LAYOUT))
     client.command(
         f"CREATE MATERIALIZED VIEW IF NOT EXISTS {database}.{GENERATIONS_VIEW} "
         f"TO {database}.{GENERATIONS_TABLE} AS {_select(database)}"

@@ -238,6 +238,15 @@ def test_p95_per_stage_from_the_named_sql_is_the_one_computed_here(client: Clien
     assert rows["generate"]["retries"] == 1
 
 
+def test_a_by_that_is_no_grouping_is_every_job_together_in_every_file(client: Client) -> None:
+    # Grafana's "all", an analyst's typo: each file answers as for '' (all jobs, one group).
+    for name in ("job_figures", "compute_usage", "stage_time_by_group"):
+        everyone = _rows(client, name, since_ms=0, by="")
+        for by in ("all", "sku"):
+            assert _rows(client, name, since_ms=0, by=by) == everyone, (name, by)
+    assert len(_rows(client, "job_figures", since_ms=0, by="all")) == 1
+
+
 def test_the_artifact_rate_and_job_figures_are_the_ones_computed_here(client: Client) -> None:
     (row,) = _rows(client, "job_figures", since_ms=0, by="")
     expected = EXPECTED["artifact_rate"]

@@ -17,9 +17,10 @@ SELECT multiIf({by:String} = 'model', e.model,
 -- themselves decompressed every event's attributes map
 FROM {database:Identifier}.generations AS e FINAL
 -- Joined on a 64-bit hash of the job id, not the id: a hash table of numbers is cheaper to build
--- and probe than one of strings. Two job ids would have to share a hash to miscount (odds of
--- about 1 in 30 million over a million jobs).
-LEFT JOIN (
+-- and probe than one of strings. Two job ids would have to share a hash (odds of about 1 in 30
+-- million over a million jobs) for a generation to land in the other job's group, and ANY keeps it
+-- from being counted twice.
+LEFT ANY JOIN (
     -- only read when grouping by a job's template or campaign (for any other {by} the filter is a
     -- constant false and the join's side is empty: a LIMIT here would stop the engine reading
     -- only the one branch of job_groups it needs)

@@ -43,7 +43,8 @@ SELECT group_key,
        delivered / (span_s / 60) AS delivered_per_minute,
        if(gpu_s = 0, NULL, delivered / (gpu_s / 3600)) AS images_per_gpu_hour
 FROM {database:Identifier}.job_groups  -- job_latest under the grouping asked for
-WHERE grouping = {by:String}
+-- any other {by} (as 'all' or a typo) is every job together, as in the other files
+WHERE grouping = if({by:String} IN ('model', 'backend', 'template', 'campaign'), {by:String}, '')
   AND last_at >= fromUnixTimestamp64Milli({since_ms:Int64})
   AND job_state != ''
 GROUP BY group_key
