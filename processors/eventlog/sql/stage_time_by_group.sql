@@ -12,9 +12,9 @@ SELECT e.stage AS stage,
 FROM {database:Identifier}.pipeline_events AS e FINAL
 -- Ten million events meet a million jobs here, so the join's key is a 64-bit hash of the job id,
 -- not the id: a hash table of numbers is cheaper to build and probe than one of strings. Two job
--- ids would have to share a hash (odds of about 1 in 30 million over a million jobs) for an event
--- to land in the other job's group, and ANY keeps it from being counted twice.
-LEFT ANY JOIN (
+-- ids would have to share a hash (odds of about 1 in 30 million over a million jobs) for their events
+-- to be counted twice. (LEFT ANY JOIN, which would rule that out, cost about a fifth more engine CPU.)
+LEFT JOIN (
     SELECT xxh3(job_id) AS job_key, group_key
     FROM {database:Identifier}.job_groups
     WHERE grouping = {by:String}
