@@ -17,6 +17,7 @@ import hashlib
 
 from clickhouse_connect.driver.client import Client
 
+from processors.eventlog.derived import ensure_fed_table
 from processors.eventlog.job_facts import EVENT_FLAGS, EVENTS_TABLE, ttl_clause
 
 GENERATIONS_TABLE = "generations"
@@ -70,23 +71,13 @@ def ensure_generations(client: Client, database: str, ttl_days: int) -> bool:
     """The table and the view that fills it; a table missing or of another layout is (re)built
     from the events already stored (the view first, so nothing inserted meanwhile is missed; what
     lands twice is one row under FINAL). True if it was (re)built."""
-    comment = client.command(
-        "SELECT comment FROM system.tables WHERE database = {db:String} AND name = {t:String}",
-        parameters={"db": database, "t": GENERATIONS_TABLE},
+    return ensure_fed_table(
+        client,
+        database,
+        table=GENERATIONS_TABLE,
+        view=GENERATIONS_VIEW,
+        mark=LAYOUT,
+        create_table=_table_ddl(database, ttl_days, LAYOUT),
+        select=_select(database),
+        columns="event_id, job_id, at, backend, model, variants, gpu_ms, cpu_ms, api_calls",
     )
-    rebuilt = comment != LAYOUT
-    if rebuilt:
-        client.command(f"DROP VIEW IF EXISTS {database}.{GENERATIONS_VIEW}")
-        client.command(f"DROP TABLE IF EXISTS {database}.{GENERATIONS_TABLE}")
-        client.command(_table_ddl(database, ttl_days, LAYOUT))
-    client.command(
-        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {database}.{GENERATIONS_VIEW} "
-        f"TO {database}.{GENERATIONS_TABLE} AS {_select(database)}"
-    )
-    if rebuilt:
-        client.command(
-            f"INSERT INTO {database}.{GENERATIONS_TABLE} "
-            "(event_id, job_id, at, backend, model, variants, gpu_ms, cpu_ms, api_calls) "
-            f"{_select(database)}"
-        )
-    return rebuilt

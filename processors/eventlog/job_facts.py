@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from clickhouse_connect.driver.client import Client
 
+from processors.eventlog.derived import ensure_fed_table
 from processors.job_states import LIFECYCLE, JobState
 
 EVENTS_TABLE = "pipeline_events"
@@ -186,23 +187,15 @@ def ensure_job_facts(client: Client, database: str, ttl_days: int) -> bool:
     """The facts table, its materialized view and the job_latest view over it. A facts table
     that is missing or of another generation is (re)built from the events already stored: safe
     beside live inserts, since every fact is idempotent. True if it was (re)built."""
-    comment = client.command(
-        "SELECT comment FROM system.tables WHERE database = {db:String} AND name = {t:String}",
-        parameters={"db": database, "t": FACTS_TABLE},
+    rebuilt = ensure_fed_table(
+        client,
+        database,
+        table=FACTS_TABLE,
+        view=FACTS_VIEW,
+        mark=FACTS_GENERATION,
+        create_table=_facts_table_ddl(database, ttl_days),
+        select=facts_select(database),
     )
-    rebuilt = comment != FACTS_GENERATION
-    if rebuilt:
-        client.command(f"DROP VIEW IF EXISTS {database}.{FACTS_VIEW}")
-        client.command(f"DROP TABLE IF EXISTS {database}.{FACTS_TABLE}")
-        client.command(_facts_table_ddl(database, ttl_days))
-    # The view first, then the backfill: an event inserted in between is folded in twice, which
-    # changes nothing; the other order would miss it.
-    client.command(
-        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {database}.{FACTS_VIEW} TO {database}.{FACTS_TABLE} "
-        f"AS {facts_select(database)}"
-    )
-    if rebuilt:
-        client.command(f"INSERT INTO {database}.{FACTS_TABLE} {facts_select(database)}")
     client.command(job_view_ddl(database))
     client.command(groups_view_ddl(database))
     return rebuilt
