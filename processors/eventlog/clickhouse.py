@@ -15,6 +15,7 @@ from processors.config import Settings
 from processors.eventlog.analyst import AnalystLimits, analyst_session_settings
 from processors.eventlog.generations import GENERATIONS_TABLE, ensure_generations
 from processors.eventlog.job_facts import (
+    EARLIEST_COPY_WINS,
     EVENTS_TABLE,
     FACTS_TABLE,
     JOB_VIEW,
@@ -57,8 +58,7 @@ def ddl(database: str, ttl_days: int = 0, table: str = EVENTS_TABLE) -> list[str
             attributes Map(String, String),
             submitted_at Nullable(DateTime64(3, 'UTC')),
             worker String,
-            ver UInt64 MATERIALIZED
-                toUInt64(9223372036854775807) - toUInt64(toUnixTimestamp64Milli(at))
+            ver UInt64 MATERIALIZED {EARLIEST_COPY_WINS}
         ) ENGINE = ReplacingMergeTree(ver)
         PARTITION BY toYYYYMM(at)
         ORDER BY (job_id, event_id){ttl_clause("at", ttl_days)}""",

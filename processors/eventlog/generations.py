@@ -18,7 +18,7 @@ import hashlib
 from clickhouse_connect.driver.client import Client
 
 from processors.eventlog.derived import ensure_fed_table
-from processors.eventlog.job_facts import EVENT_FLAGS, EVENTS_TABLE, ttl_clause
+from processors.eventlog.job_facts import EARLIEST_COPY_WINS, EVENT_FLAGS, EVENTS_TABLE, ttl_clause
 
 GENERATIONS_TABLE = "generations"
 GENERATIONS_VIEW = "generations_mv"
@@ -47,7 +47,7 @@ def _table_ddl(database: str, ttl_days: int, comment: str) -> str:
     gpu_ms Float64,
     cpu_ms Float64,
     api_calls UInt32,
-    ver UInt64 MATERIALIZED toUInt64(9223372036854775807) - toUInt64(toUnixTimestamp64Milli(at))
+    ver UInt64 MATERIALIZED {EARLIEST_COPY_WINS}
 ) ENGINE = ReplacingMergeTree(ver)
 PARTITION BY toYYYYMM(at)
 ORDER BY (job_id, event_id){ttl_clause("at", ttl_days)}

@@ -30,6 +30,9 @@ FACTS_TABLE = "job_facts"
 FACTS_VIEW = "job_facts_mv"
 JOB_VIEW = "job_latest"
 GROUPS_VIEW = "job_groups"
+# The version of a ReplacingMergeTree row of an event: higher for an earlier `at`, so the earliest
+# copy of an event wins (a batch redone after a crash re-sends its events later).
+EARLIEST_COPY_WINS = "toUInt64(9223372036854775807) - toUInt64(toUnixTimestamp64Milli(at))"
 # What a job can be grouped by (`lightbox metrics --by`, the named SQL's {by}): job_latest's
 # column of each name; '' is every job in one group.
 JOB_GROUPINGS = ("model", "backend", "template", "campaign")
