@@ -4,7 +4,8 @@ Prints, from one run:
 - the baseline (gateway/harness/baseline.py): the same kind of jobs (same products, request and
   count; their own SKUs, so nothing is de-duplicated against the pipeline's), through the
   stages' own handlers one job at a time in one process, same storage, no Kafka;
-- the pipeline: jobs/s and that as a ratio to the baseline, p50/p95 end-to-end latency, and the
+- the pipeline: jobs/s (from the first submit to the last job's publish event) and that as a
+  ratio to the baseline, p50/p95 end-to-end latency, and the
   share of latency outside handlers: 1 - (sum of handler time on the job's path) / (accepted →
   published);
 - per stage: processes, CPU-seconds per job (each process's own, from the kernel's accounting of
@@ -12,6 +13,9 @@ Prints, from one run:
   were busy on a CPU, handler ms per job (from its events; this includes waiting for a thread
   or the GIL, which the CPU figure does not), and the baseline's CPU-seconds per job; and which
   stage is the bottleneck;
+- the stack's own services (Kafka, MinIO, the registry, as `lightbox stack up` started them):
+  their CPU-seconds per job during the baseline and during the pipeline, which share the cores
+  with the stages but are not in their figures;
 - the machine's load averages before each part (the bench shares the machine).
 """
 
@@ -27,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from deploy.local.session import PipelineSession, StaticServer, expected_job_ids
-from deploy.local.supervisor import Copies, Supervisor, copies_of
+from deploy.local.stack import LocalStack
+from deploy.local.supervisor import Copies, Supervisor, copies_of, process_cpu_seconds
 from gateway.harness.baseline import BASELINE_STAGES, BaselineResult, run_baseline
 from gateway.harness.sample_catalog import SampleProduct, catalog_events, make_sample_products
 from processors.config import Settings
@@ -109,6 +114,43 @@ def _stage_loads(
     ]
 
 
+def _service_cpu(settings: Settings) -> dict[str, float]:
+    """CPU-seconds each of the stack's services has used so far, for those this home's
+    `lightbox stack up` started (a broker of someone else's has no pid file here)."""
+    readings: dict[str, float] = {}
+    for service in LocalStack(settings, progress=lambda _: None).services:
+        pid = service.pid()
+        seconds = process_cpu_seconds(pid) if pid is not None else None
+        if seconds is not None:
+            readings[service.name] = seconds
+    return readings
+
+
+def _cpu_since(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {name: after[name] - before[name] for name in after if name in before}
+
+
+def _services_line(part: str, used: dict[str, float], jobs: int) -> str:
+    if not used:
+        return f"stack services during the {part}: not started by this home's stack (not measured)"
+    each = ", ".join(f"{name} {seconds / max(1, jobs):.3f}" for name, seconds in used.items())
+    total = sum(used.values()) / max(1, jobs)
+    return f"stack services during the {part}: {total:.3f} CPU s/job ({each})"
+
+
+async def _last_published_at(settings: Settings, job_ids: list[str]) -> float | None:
+    """When the last of these jobs was published (epoch seconds, the publish stage's own clock):
+    the end of the run as the pipeline saw it, not as the bench's polling of job states (every
+    0.5 s, behind the event-log sink's linger) noticed it."""
+    ids = ", ".join(f"'{j}'" for j in job_ids)
+    result = await EventLogReader(settings).sql(
+        f"SELECT toUnixTimestamp64Milli(max(at)) FROM {settings.clickhouse.database}.pipeline_events "
+        f"WHERE job_id IN ({ids}) AND state = '{JobState.PUBLISHED}'"
+    )
+    rows = result.get("rows", [])
+    return float(rows[0][0]) / 1000 if rows and rows[0][0] else None
+
+
 async def _handler_ms_by_stage(settings: Settings, job_ids: list[str]) -> dict[str, float]:
     """Sum of handler time per stage over these jobs, from their pipeline events."""
     ids = ", ".join(f"'{j}'" for j in job_ids)
@@ -130,14 +172,19 @@ def _baseline_settings(settings: Settings, run_id: str) -> Settings:
     )
 
 
-def _run_baseline(settings: Settings, run_id: str, catalog_dir: Path, jobs: int) -> BaselineResult:
+def _run_baseline(
+    settings: Settings, run_id: str, catalog_dir: Path, jobs: int
+) -> tuple[BaselineResult, dict[str, float]]:
+    """The baseline's result, and the CPU the stack's services used meanwhile."""
     directory = catalog_dir / "baseline"
     samples = make_sample_products(directory)
     # A server of its own: other URLs, so neither run finds the other's downloads cached.
     server = StaticServer(directory)
     try:
         events = _events(samples, server.url, jobs, f"{run_id}-baseline")
-        return asyncio.run(run_baseline(_baseline_settings(settings, run_id), events))
+        services_before = _service_cpu(settings)
+        result = asyncio.run(run_baseline(_baseline_settings(settings, run_id), events))
+        return result, _cpu_since(services_before, _service_cpu(settings))
     finally:
         server.close()
 
@@ -171,10 +218,12 @@ def run_pipeline_bench(
     copies = dict(settings.supervisor.copies) if copies is None else copies
 
     base: BaselineResult | None = None
+    base_services: dict[str, float] = {}
     if baseline:
         print(f"before the baseline: {load_line()}", flush=True)
-        base = _run_baseline(settings, run_id, catalog_dir, jobs)
+        base, base_services = _run_baseline(settings, run_id, catalog_dir, jobs)
         _print_baseline(base)
+        print(_services_line("baseline", base_services, base.jobs))
 
     samples = make_sample_products(catalog_dir)
     server = StaticServer(catalog_dir)
@@ -187,8 +236,9 @@ def run_pipeline_bench(
         job_ids = expected_job_ids(events)
         print(f"before the pipeline: {load_line()}", flush=True)
         cpu_before = supervisor.cpu_seconds()
+        services_before = _service_cpu(settings)
         restarts_before = {child.name: child.restarts for child in supervisor.children}
-        started = time.monotonic()
+        started, started_wall = time.monotonic(), time.time()
         if mode == "sequential":
             states = {}
             for event in _single_job_events(events):
@@ -197,8 +247,9 @@ def run_pipeline_bench(
         else:
             session.submit(events)
             states = session.wait_for(job_ids, timeout_s)
-        elapsed = time.monotonic() - started
+        seen = time.monotonic() - started
         loads = _stage_loads(supervisor, cpu_before, restarts_before)
+        services = _cpu_since(services_before, _service_cpu(settings))
         print(f"after the pipeline: {load_line()}")
         published = [j for j in job_ids if states.get(j) == JobState.PUBLISHED]
         latencies = asyncio.run(EventLogReader(session.settings).latencies(published))
@@ -208,7 +259,16 @@ def run_pipeline_bench(
             print("no job was published; see the stage logs in", session.log_dir)
             return 1
         by_stage = asyncio.run(_handler_ms_by_stage(session.settings, published))
-        _report(mode, job_ids, published, elapsed, e2e, handler, loads, by_stage, base)
+        last = asyncio.run(_last_published_at(session.settings, published))
+        elapsed = min(seen, last - started_wall) if last is not None and last > started_wall else seen
+        print(
+            f"the last job was published {elapsed:.1f} s after the first submit "
+            f"(the bench's polling saw it at {seen:.1f} s)"
+        )
+        _report(mode, job_ids, published, elapsed, seen, e2e, handler, loads, by_stage, base)
+        print(_services_line("pipeline", services, len(published)))
+        if base is not None and mode == "burst" and services and base_services:
+            _print_whole_machine(loads, services, len(published), base, base_services)
         return 0
     finally:
         session.stop()
@@ -220,6 +280,7 @@ def _report(
     job_ids: list[str],
     published: list[str],
     elapsed: float,
+    window: float,
     e2e: list[float],
     handler: list[float],
     loads: list[StageLoad],
@@ -246,7 +307,7 @@ def _report(
         f"{'baseline CPU s/job':>19}"
     )
     for load in loads:
-        busy = load.cpu_s / (elapsed * load.copies)
+        busy = load.cpu_s / (window * load.copies)
         base_cpu = (
             f"{base.cpu_s[load.stage] / max(1, base.jobs):.3f}"
             if base and load.stage in BASELINE_STAGES
@@ -260,7 +321,7 @@ def _report(
     total = sum(load.cpu_s for load in loads)
     cores = os.cpu_count() or 1
     print(
-        f"all stages: {total / done:.3f} CPU s/job, {total / elapsed / cores:.0%} of {cores} cores; "
+        f"all stages: {total / done:.3f} CPU s/job, {total / window / cores:.0%} of {cores} cores; "
         f"at this CPU per job {cores} idle cores would carry {cores * done / total:.1f} jobs/s"
     )
     # Burst only: one job at a time leaves the stages idle most of the run, and their idle polling
@@ -285,10 +346,27 @@ def _report(
             f"{cores} cores"
         )
     worst = max(loads, key=lambda load: load.cpu_s / load.copies)
-    busy = worst.cpu_s / (elapsed * worst.copies)
+    busy = worst.cpu_s / (window * worst.copies)
     verdict = "saturated" if busy >= SATURATED else "the busiest"
     print(
         f"bottleneck: {worst.stage} ({verdict}: its {worst.copies} process(es) busy {busy:.0%} of the "
         f"wall time, {worst.cpu_s / done:.3f} CPU s/job)"
-        + ("; the cores are the limit" if total / elapsed / cores >= SATURATED else "")
+        + ("; the cores are the limit" if total / window / cores >= SATURATED else "")
+    )
+
+
+def _print_whole_machine(
+    loads: list[StageLoad],
+    services: dict[str, float],
+    published: int,
+    base: BaselineResult,
+    base_services: dict[str, float],
+) -> None:
+    """CPU per job with the services counted on both sides: what the cores actually carried."""
+    cores = os.cpu_count() or 1
+    pipe = (sum(load.cpu_s for load in loads) + sum(services.values())) / max(1, published)
+    alone = (sum(base.cpu_s.values()) + sum(base_services.values())) / max(1, base.jobs)
+    print(
+        f"with the services: pipeline {pipe:.3f} CPU s/job, baseline {alone:.3f}; "
+        f"{cores} idle cores would carry {cores / pipe:.1f} jobs/s (derived, not measured)"
     )

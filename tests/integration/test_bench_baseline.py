@@ -11,7 +11,8 @@ import pytest
 
 from deploy.local.session import StaticServer, expected_job_ids
 from gateway.harness.baseline import BASELINE_STAGES, run_baseline
-from gateway.harness.bench import _baseline_settings, _events
+from deploy.local.stack import LocalStack
+from gateway.harness.bench import _baseline_settings, _cpu_since, _events, _service_cpu
 from gateway.harness.sample_catalog import make_sample_products
 from processors.config import Settings
 from processors.storage import ObjectStore
@@ -41,3 +42,20 @@ def test_the_baseline_publishes_every_job_through_the_stages_handlers(
     store = ObjectStore(settings.storage)
     published = [k for k in store.list_keys(settings.review.publish_prefix) if any(j in k for j in job_ids)]
     assert published, "the baseline's publish handler stored the published files"
+
+
+def test_the_bench_reads_the_cpu_of_the_services_this_home_started(stack_settings: Settings) -> None:
+    """The services share the cores with the stages, so the bench reports their CPU too: from the
+    pid files of `lightbox stack up`, for the services this home started (under testcontainers
+    none is, and the bench says it did not measure them)."""
+    ours = {s.name for s in LocalStack(stack_settings, progress=lambda _: None).services if s.pid() is not None}
+    before = _service_cpu(stack_settings)
+    assert set(before) == ours
+    if not ours:
+        return
+    assert ours == {"kafka", "minio", "registry"}
+    ObjectStore(stack_settings.storage).put_bytes("bench-test/cpu", b"x" * 1024, "application/octet-stream")
+    used = _cpu_since(before, _service_cpu(stack_settings))
+    assert set(used) == ours
+    assert all(seconds >= 0 for seconds in used.values())
+    assert all(seconds > 0 for seconds in before.values()), "a running JVM or MinIO has used some CPU"
