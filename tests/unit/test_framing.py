@@ -156,7 +156,9 @@ def test_preservation_match_is_as_before(name: str) -> None:
     match = find_product(output, product, mask)
     score, fit, *box = MATCHES[name]
     assert (match.x, match.y, match.width, match.height) == tuple(box)
-    assert match.score == pytest.approx(score, abs=1e-9)
+    # Recorded with the search in double precision; it runs in single precision since (issue 14),
+    # which moves a score by about 1e-6: far under what any threshold could notice.
+    assert match.score == pytest.approx(score, abs=1e-5)
     assert match.fit == pytest.approx(fit, abs=1e-9)
 
 
