@@ -16,6 +16,7 @@ The definition is plain JSON data (c2pa's ManifestDefinition); signing.py signs 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Mapping
 from importlib import metadata
 from typing import Any
@@ -30,6 +31,7 @@ ACTIONS_LABEL = "c2pa.actions"
 GENERATOR = "Lightbox"
 
 
+@functools.cache  # installed metadata is read from disk and parsed: once a process, not once a file
 def generator_version() -> str:
     try:
         return metadata.version("lightbox")

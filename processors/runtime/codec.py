@@ -12,7 +12,7 @@ answer raises RegistryUnavailableError, a ConnectionError: a dependency fault, n
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from confluent_kafka import Message
@@ -57,6 +57,13 @@ class Codec:
 
     def encode(self, topic: Topic, value: dict[str, Any]) -> bytes:
         return self.serde(topic).encode(value)
+
+    def resolve_writers(self, topics: Iterable[Topic]) -> None:
+        """Look up the version each topic's records are written in now, at start: the registry
+        round trips and schema parsing then happen before the first batch, not inside it (a
+        burst's first records would wait on them). Raises as encode would."""
+        for topic in topics:
+            self.serde(topic).writer_fields()
 
     def decode(self, message: Message) -> InputRecord:
         topic = self.topics.logical(str(message.topic()))

@@ -212,6 +212,7 @@ class StageRunner:
         topics = [self.ctx.topics(t) for t in self.stage.inputs]
         if self._learn_limits:
             await self._read_broker_limits()
+        await self._resolve_writers()
         if self.exactly_once:
             # Before joining the group: a predecessor's open transaction is aborted first, so its
             # offsets (pending in it) never hold up this consumer's first fetch.
@@ -253,6 +254,15 @@ class StageRunner:
                     self.events_producer.flush(10)
                 self.feed.close()
                 self.log.info("stage stopped")
+
+    async def _resolve_writers(self) -> None:
+        topics = sorted({*self.outbox.declared, *RUNTIME_TOPICS}, key=lambda t: t.value)
+        try:
+            await asyncio.to_thread(self.codec.resolve_writers, topics)
+        except (RegistryUnavailableError, SerdeError) as exc:
+            # Not fatal here: the first encode asks again, and a registry still down then is an
+            # outage the batch waits out (retry.py), as at any other time.
+            self.log.warning("could not resolve the output schemas at start: %s", exc)
 
     async def _read_broker_limits(self) -> None:
         names = [self.ctx.topics(t) for t in {*self.outbox.declared, *RUNTIME_TOPICS}]
