@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from deploy.local.session import StaticServer, expected_job_ids
-from gateway.harness.baseline import BASELINE_STAGES, run_baseline
 from deploy.local.stack import LocalStack
+from gateway.harness.baseline import BASELINE_STAGES, run_baseline
 from gateway.harness.bench import _baseline_settings, _cpu_since, _events, _service_cpu
 from gateway.harness.sample_catalog import make_sample_products
 from processors.config import Settings
@@ -48,7 +48,8 @@ def test_the_bench_reads_the_cpu_of_the_services_this_home_started(stack_setting
     """The services share the cores with the stages, so the bench reports their CPU too: from the
     pid files of `lightbox stack up`, for the services this home started (under testcontainers
     none is, and the bench says it did not measure them)."""
-    ours = {s.name for s in LocalStack(stack_settings, progress=lambda _: None).services if s.pid() is not None}
+    services = LocalStack(stack_settings, progress=lambda _: None).services
+    ours = {service.name for service in services if service.pid() is not None}
     before = _service_cpu(stack_settings)
     assert set(before) == ours
     if not ours:
