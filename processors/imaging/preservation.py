@@ -54,7 +54,6 @@ _TEMPLATES_PER_REGION = 160
 # output size's worth: a 512 px output keeps 17-28 MB (the bigger the product, the bigger the
 # refinement windows); a quality stage keeps REGIONS_KEPT regions.
 _KERNEL_BYTES_PER_REGION = 32 * 2**20
-_TEMPLATES_LOCK = threading.Lock()
 # The searched pixels, the templates' arrays and so every spectrum and score map are single
 # precision: the FFTs and the per-offset arithmetic take about half the time of double precision,
 # and the scores move by under 1e-4 (pixel values are 8-bit; tests/unit/test_score_pins.py holds
@@ -93,6 +92,9 @@ class ProductRegion:
     )
     _kernels: dict[tuple[int, ...], _Kernels] = field(default_factory=dict, compare=False, repr=False)
     _kernel_bytes: list[int] = field(default_factory=lambda: [0], compare=False, repr=False)
+    # Held while a missing template or kernel is computed: a second thread scoring the same product
+    # (the quality stage scores two outputs at once) waits for it instead of computing it again.
+    _lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
 
     @property
     def empty(self) -> bool:
@@ -102,43 +104,42 @@ class ProductRegion:
         """The cut-out no longer than ``longest`` px (kept, like the templates)."""
         assert self.cutout is not None
         key = (-1, longest, 0, 0)
-        cached = self._templates.get(key)
-        if cached is not None:
-            return cached.source
-        shrunk = _shrink(self.cutout, longest)
-        with _TEMPLATES_LOCK:
+        with self._lock:
+            cached = self._templates.get(key)
+            if cached is not None:
+                return cached.source
+            shrunk = _shrink(self.cutout, longest)
             self._templates[key] = _Template(source=shrunk)
-        return shrunk
+            return shrunk
 
     def template(self, source: Image.Image, size: tuple[int, int]) -> _Template | None:
         """The cut-out (as shrunk to ``source``) resized to ``size``, as the arrays a match needs."""
         key = (source.width, source.height, *size)
-        if key in self._templates:
-            return self._templates[key]
-        found = _Template.of(source.resize(size, Image.Resampling.LANCZOS))
-        with _TEMPLATES_LOCK:
+        with self._lock:
+            if key in self._templates:
+                return self._templates[key]
+            found = _Template.of(source.resize(size, Image.Resampling.LANCZOS))
             if len(self._templates) >= _TEMPLATES_PER_REGION:
                 self._templates.clear()  # a product scored at many sizes: start again, bounded
             self._templates[key] = found
-        return found
+            return found
 
     def kernels(self, source: Image.Image, template: _Template, spectra: _Spectra) -> _Kernels:
         """The conjugate spectra of ``template`` (as resized from ``source``) padded to the
         searched image's FFT shape: the same arrays every time, computed once while kept."""
         assert template.weights is not None
         key = (source.width, source.height, *template.weights.shape, *spectra.shape)
-        found = self._kernels.get(key)
-        if found is not None:
-            return found
-        found = _Kernels.of(spectra, template)
-        with _TEMPLATES_LOCK:
+        with self._lock:
+            found = self._kernels.get(key)
+            if found is not None:
+                return found
+            found = _Kernels.of(spectra, template)
             if self._kernel_bytes[0] + found.nbytes > _KERNEL_BYTES_PER_REGION:
                 self._kernels.clear()  # bounded: start again
                 self._kernel_bytes[0] = 0
-            if key not in self._kernels:
-                self._kernels[key] = found
-                self._kernel_bytes[0] += found.nbytes
-        return found
+            self._kernels[key] = found
+            self._kernel_bytes[0] += found.nbytes
+            return found
 
 
 def product_region(product: Image.Image, mask: Image.Image | None) -> ProductRegion:

@@ -155,16 +155,18 @@ class QualityStage(Stage):
         product, mask = self.reference_images.product(ref), self.reference_images.mask(ref)
         if mask is None:
             return product, None, None
-        # Keys are content-addressed: the same keys are the same pixels.
+        # Keys are content-addressed: the same keys are the same pixels. One region per product:
+        # two threads scoring its outputs at once share the templates either computes.
         name = (str(ref["key"]), str(ref["mask_key"]))
         with self._regions_lock:
             region = self._regions.get(name)
             if region is not None:
                 self._regions.move_to_end(name)
                 return product, mask, region
-        region = product_region(product, mask)
+        computed = product_region(product, mask)
         with self._regions_lock:
-            self._regions[name] = region
+            region = self._regions.setdefault(name, computed)
+            self._regions.move_to_end(name)
             while len(self._regions) > REGIONS_KEPT:
                 self._regions.popitem(last=False)
         return product, mask, region

@@ -427,3 +427,39 @@ if __name__ == "__main__":
     for scene, seed, product in COMPOSITE_CASES:
         picture, placement = _composite(scene, seed, product)
         print(scene, seed, product, _digest(picture), placement)
+
+
+def test_threads_scoring_one_product_at_once_compute_its_templates_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The quality stage scores two outputs at a time; when both are of one product, the second
+    # thread must wait for the templates and spectra the first is computing, not redo them, and
+    # both must score as the pins say.
+    import threading
+
+    from processors.imaging import preservation
+
+    output, product, mask = _cases()["packshot_centred"]
+    region = product_region(product, mask)
+    made: list[tuple[int, int]] = []
+    of = preservation._Template.of
+
+    def counted(template: Image.Image) -> preservation._Template | None:
+        made.append(template.size)
+        return of(template)
+
+    monkeypatch.setattr(preservation._Template, "of", staticmethod(counted))
+    start = threading.Barrier(2)
+    scores: list[float] = []
+
+    def score() -> None:
+        start.wait()
+        scores.append(preservation_scores(output, product, mask, region)["preservation"])
+
+    threads = [threading.Thread(target=score) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert scores == [pytest.approx(PINNED["packshot_centred"]["preservation"], abs=1e-3)] * 2
+    assert made and len(made) == len(set(made)), "a template was computed twice"
