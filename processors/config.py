@@ -117,10 +117,11 @@ class ClickHouseSettings(BaseModel):
     # and the stages' batch of 32 caps ingest at a few thousand events/s (docs/benchmarks.md).
     sink_batch_size: int = Field(default=20_000, ge=1)
     # ... and after the first, waits this long for more: each insert also folds its events into
-    # the per-job facts (processors/eventlog/job_facts.py), a fixed cost per insert, so a trickle
-    # of events becomes a few inserts a second instead of one per stage batch. Events reach the
-    # log at most this much later.
-    sink_linger_s: float = Field(default=0.5, ge=0)
+    # the per-job facts and generations (processors/eventlog/job_facts.py), a fixed cost of about
+    # 40 ms of CPU an insert however few its rows, so events arriving all the time become about
+    # one insert a second (ClickHouse's own advice) instead of one per stage batch. Events reach
+    # the log at most this much later.
+    sink_linger_s: float = Field(default=1.0, ge=0)
 
 
 class ReferenceSettings(BaseModel):
