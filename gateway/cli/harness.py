@@ -101,8 +101,9 @@ def register_runs(commands: Commands) -> None:
         "process, one at a time, no Kafka. Prints throughput and its ratio to the baseline, "
         "p50/p95 end-to-end latency, the share of it spent outside the stages' handlers, and per "
         "stage the CPU-seconds per job (each process's own), how busy its processes were, handler "
-        "time, and the bottleneck; with the machine's load averages. docs/benchmarks.md has the "
-        "figures and how they were made.",
+        "time, and the bottleneck; the CPU per job of the stack's own services (Kafka, MinIO, the "
+        "registry, when `stack up` started them here), which share the cores; with the machine's "
+        "load averages. docs/benchmarks.md has the figures and how they were made.",
     )
     p.add_argument("what", choices=["pipeline"], help="pipeline: N jobs through every stage (compositor)")
     p.add_argument("--jobs", type=int, default=40, help="jobs to run (default 40)")
