@@ -61,7 +61,8 @@ class Codec:
     def resolve_writers(self, topics: Iterable[Topic]) -> None:
         """Look up the version each topic's records are written in now, at start: the registry
         round trips and schema parsing then happen before the first batch, not inside it (a
-        burst's first records would wait on them). Raises as encode would."""
+        burst's first records would wait on them). As with a first encode, the version found is
+        the one this process writes until it restarts. Raises as encode would."""
         for topic in topics:
             self.serde(topic).writer_fields()
 

@@ -212,7 +212,6 @@ class StageRunner:
         topics = [self.ctx.topics(t) for t in self.stage.inputs]
         if self._learn_limits:
             await self._read_broker_limits()
-        await self._resolve_writers()
         if self.exactly_once:
             # Before joining the group: a predecessor's open transaction is aborted first, so its
             # offsets (pending in it) never hold up this consumer's first fetch.
@@ -228,6 +227,7 @@ class StageRunner:
         try:
             # Inside the try: a subscribe or start() that raises must still close the consumer
             # (its threads would keep the process from exiting) and flush the producer.
+            await self._resolve_writers()
             self.feed.subscribe(topics)
             await self.stage.start()
             started = True
@@ -256,6 +256,9 @@ class StageRunner:
                 self.log.info("stage stopped")
 
     async def _resolve_writers(self) -> None:
+        """The output topics' writer schemas, looked up before the first batch (Codec.resolve_writers).
+        A registry that does not answer costs one topic's lookup timeout here (the first failure
+        ends the warm-up), then the stage starts anyway."""
         topics = sorted({*self.outbox.declared, *RUNTIME_TOPICS}, key=lambda t: t.value)
         try:
             await asyncio.to_thread(self.codec.resolve_writers, topics)

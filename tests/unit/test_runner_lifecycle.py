@@ -84,3 +84,75 @@ async def test_a_revoke_reaches_the_stage() -> None:
     assert stage.assigned == [(Topic.JOBS_ACCEPTED, [0, 1, 2])]
     assert stage.revoked == [(Topic.JOBS_ACCEPTED, [0, 2])]
     assert consumer.closed and stage.stopped
+
+
+class OutputStage(HookStage):
+    name: ClassVar[str] = "outputs"
+    outputs: ClassVar[tuple[Topic, ...]] = (Topic.JOBS_REFERENCED,)
+
+    resolved: list[Topic]  # what the codec has looked up so far, as the test records it
+
+    async def start(self) -> None:
+        self.resolved_at_start = list(self.resolved)
+
+
+def _output_runner(broker: MemoryBroker) -> tuple[StageRunner, OutputStage, MemoryConsumer]:
+    settings = Settings(
+        kafka=KafkaSettings(topic_prefix=PREFIX),
+        stage=StageSettings(batch_size=1, batch_timeout_s=0.01),
+    )
+    stage = OutputStage(StageContext(settings, "outputs"))
+    stage.resolved = []
+    consumer = MemoryConsumer(broker, "g")
+    return StageRunner(stage, consumer=consumer, producer=MemoryProducer(broker)), stage, consumer
+
+
+async def _run_until_assigned(runner: StageRunner, stage: HookStage) -> None:
+    task = asyncio.create_task(runner.run())
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not stage.assigned:
+        await asyncio.sleep(0.01)
+    runner.request_stop()
+    await asyncio.wait_for(task, timeout=10)
+
+
+async def test_the_output_schemas_are_looked_up_before_the_stage_starts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from processors.runtime.codec import Codec
+
+    resolve = Codec.resolve_writers
+    resolved: list[Topic] = []
+
+    def recording(codec: Codec, topics: list[Topic]) -> None:
+        resolve(codec, topics)
+        resolved.extend(topics)
+
+    monkeypatch.setattr(Codec, "resolve_writers", recording)
+    broker = MemoryBroker()
+    broker.create_topic(INPUT)
+    runner, stage, _ = _output_runner(broker)
+    stage.resolved = resolved
+    await _run_until_assigned(runner, stage)
+    assert set(stage.resolved_at_start) == {Topic.JOBS_REFERENCED, Topic.PIPELINE_EVENTS, Topic.PIPELINE_DLQ}
+    # Looked up and kept: the first record's encode asks the registry nothing more.
+    assert runner.codec.serde(Topic.JOBS_REFERENCED).writer_fields()
+
+
+async def test_a_registry_down_at_start_is_a_warning_and_the_stage_starts(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from processors.runtime.codec import Codec
+    from schemas.registry_client import RegistryUnavailableError
+
+    def down(codec: Codec, topics: list[Topic]) -> None:
+        raise RegistryUnavailableError("registry: connection refused")
+
+    monkeypatch.setattr(Codec, "resolve_writers", down)
+    broker = MemoryBroker()
+    broker.create_topic(INPUT)
+    runner, stage, consumer = _output_runner(broker)
+    await _run_until_assigned(runner, stage)
+    assert stage.assigned, "the stage started and joined its group"
+    assert "could not resolve the output schemas at start" in caplog.text
+    assert consumer.closed and stage.stopped

@@ -440,15 +440,25 @@ def test_threads_scoring_one_product_at_once_compute_its_templates_once(
     from processors.imaging import preservation
 
     output, product, mask = _cases()["packshot_centred"]
+    made = {"templates": 0, "kernels": 0}
+    template_of, kernels_of = preservation._Template.of, preservation._Kernels.of
+
+    def count_template(template: Image.Image) -> preservation._Template | None:
+        made["templates"] += 1
+        return template_of(template)
+
+    def count_kernels(spectra: object, template: object) -> preservation._Kernels:
+        made["kernels"] += 1
+        return kernels_of(spectra, template)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(preservation._Template, "of", staticmethod(count_template))
+    monkeypatch.setattr(preservation._Kernels, "of", staticmethod(count_kernels))
+    preservation_scores(output, product, mask, product_region(product, mask))
+    alone = dict(made)
+    assert alone["templates"] > 0 and alone["kernels"] > 0
+
+    made.update(templates=0, kernels=0)
     region = product_region(product, mask)
-    made: list[tuple[int, int]] = []
-    of = preservation._Template.of
-
-    def counted(template: Image.Image) -> preservation._Template | None:
-        made.append(template.size)
-        return of(template)
-
-    monkeypatch.setattr(preservation._Template, "of", staticmethod(counted))
     start = threading.Barrier(2)
     scores: list[float] = []
 
@@ -462,4 +472,4 @@ def test_threads_scoring_one_product_at_once_compute_its_templates_once(
     for thread in threads:
         thread.join()
     assert scores == [pytest.approx(PINNED["packshot_centred"]["preservation"], abs=1e-3)] * 2
-    assert made and len(made) == len(set(made)), "a template was computed twice"
+    assert made == alone, "two threads computed more templates or spectra than one thread needs"
