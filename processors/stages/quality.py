@@ -61,10 +61,12 @@ class QualityStage(Stage):
     inputs: ClassVar[tuple[Topic, ...]] = (Topic.GENERATION_RESULTS,)
     outputs: ClassVar[tuple[Topic, ...]] = (Topic.ASSETS_SCORED, Topic.GENERATION_REQUESTS)
     # CPU-bound scoring: a few records per batch, so each batch's outputs are committed (and seen
-    # downstream) after a few jobs' work, not a burst's, and the stages after it work meanwhile;
-    # as many at once as a small machine has cores, so threads do not queue behind the GIL.
+    # downstream) after a few jobs' work, not a burst's, and the stages after it work meanwhile.
+    # One at a time: two threads of this search in one process cost 8-36% more CPU per output
+    # than one (the GIL and the cores' caches; docs/benchmarks.md), and where the cores are the
+    # limit that is throughput lost. More processes (`--copies quality=N`) scale it instead.
     max_batch: ClassVar[int] = 4
-    concurrency: ClassVar[int] = 2
+    concurrency: ClassVar[int] = 1
 
     def stage_settings(self) -> StageSettings:
         stage = self.ctx.settings.stage
