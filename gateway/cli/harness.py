@@ -97,8 +97,9 @@ def register_runs(commands: Commands) -> None:
         "bench",
         help="benchmarks that print figures",
         description="pipeline: N jobs through every stage (CPU compositor) under a fresh topic "
-        "prefix, after a baseline: the same kind of jobs through the stages' handlers in one "
-        "process, one at a time, no Kafka. Prints throughput and its ratio to the baseline, "
+        "prefix, between two runs of a baseline: the same kind of jobs through the stages' "
+        "handlers in one process, one at a time, no Kafka. Prints throughput and its ratio to the "
+        "two baseline runs pooled, "
         "p50/p95 end-to-end latency, the share of it spent outside the stages' handlers, and per "
         "stage the CPU-seconds per job (each process's own), how busy its processes were, handler "
         "time, and the bottleneck; the CPU per job of the stack's own services (Kafka, MinIO, the "

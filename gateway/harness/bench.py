@@ -3,7 +3,9 @@
 Prints, from one run:
 - the baseline (gateway/harness/baseline.py): the same kind of jobs (same products, request and
   count; their own SKUs, so nothing is de-duplicated against the pipeline's), through the
-  stages' own handlers one job at a time in one process, same storage, no Kafka;
+  stages' own handlers one job at a time in one process, same storage, no Kafka; run before the
+  pipeline and again after it, and the two runs pooled are the ratio's reference (the machine's
+  speed drifts by tens of percent over minutes: a 23% gap between the two runs was measured);
 - the pipeline: jobs/s (from the first submit to the last job's publish event; in sequential
   mode each job but the last is still waited for by polling its state, so that mode's jobs/s
   includes the event-log sink's linger and the polling) and that as a ratio to the baseline,
@@ -177,9 +179,9 @@ def _run_baseline(
     settings: Settings, run_id: str, catalog_dir: Path, jobs: int
 ) -> tuple[BaselineResult, dict[str, float]]:
     """The baseline's result, and the CPU the stack's services used meanwhile."""
-    directory = catalog_dir / "baseline"
+    directory = catalog_dir / f"baseline-{run_id}"
     samples = make_sample_products(directory)
-    # A server of its own: other URLs, so neither run finds the other's downloads cached.
+    # A server of its own: other URLs, so no run finds another's downloads cached.
     server = StaticServer(directory)
     try:
         events = _events(samples, server.url, jobs, f"{run_id}-baseline")
@@ -190,13 +192,14 @@ def _run_baseline(
         server.close()
 
 
-def _print_baseline(result: BaselineResult) -> None:
+def _print_baseline(label: str, result: BaselineResult, services: dict[str, float]) -> None:
     cpu = sum(result.cpu_s.values())
     print(
-        f"baseline (one process, the stages' handlers in order, no Kafka): {result.jobs} jobs, "
+        f"{label}: {result.jobs} jobs, "
         f"{result.published} published in {result.elapsed_s:.1f} s: {result.jobs_per_s:.2f} jobs/s; "
         f"CPU {cpu / max(1, result.jobs):.3f} s/job"
     )
+    print("  " + _services_line("baseline", services, result.jobs))
     stopped = sorted({where for where in result.outcomes.values() if where != "published"})
     for where in stopped[:5]:
         print(f"  baseline job {where}")
@@ -212,19 +215,21 @@ def run_pipeline_bench(
 ) -> int:
     """burst: every job submitted at once (throughput; latency includes queueing).
     sequential: one job in flight at a time (latency is the pipeline's own, without queueing).
-    copies: processes per stage (None: supervisor.copies)."""
+    copies: processes per stage (None: supervisor.copies).
+    baseline: the single-process loop runs before the pipeline and again after it (the stages
+    stopped), and the ratio is to both runs pooled: this machine's speed drifts by tens of
+    percent over minutes, and a baseline on one side only would carry that drift into the ratio."""
     run_id = time.strftime("%Y%m%d-%H%M%S")
     catalog_dir = settings.home / "bench" / run_id
     catalog_dir.mkdir(parents=True, exist_ok=True)
     copies = dict(settings.supervisor.copies) if copies is None else copies
 
-    base: BaselineResult | None = None
-    base_services: dict[str, float] = {}
+    bases: list[tuple[BaselineResult, dict[str, float]]] = []
     if baseline:
+        print("baseline: one process, the stages' handlers in order, no Kafka; run before and after")
         print(f"before the baseline: {load_line()}", flush=True)
-        base, base_services = _run_baseline(settings, run_id, catalog_dir, jobs)
-        _print_baseline(base)
-        print(_services_line("baseline", base_services, base.jobs))
+        bases.append(_run_baseline(settings, f"{run_id}-1", catalog_dir, jobs))
+        _print_baseline("baseline, before the pipeline", *bases[-1])
 
     samples = make_sample_products(catalog_dir)
     server = StaticServer(catalog_dir)
@@ -261,23 +266,55 @@ def run_pipeline_bench(
             return 1
         by_stage = asyncio.run(_handler_ms_by_stage(session.settings, published))
         last = asyncio.run(_last_published_at(session.settings, published))
-        if last is not None and last > started_wall:
-            elapsed = min(seen, last - started_wall)
-            print(
-                f"the last job was published {elapsed:.1f} s after the first submit "
-                f"(the bench's polling saw it at {seen:.1f} s)"
-            )
-        else:
-            elapsed = seen
-            print(f"no publish time in the event log: timed by the bench's polling, {seen:.1f} s")
-        _report(mode, job_ids, published, elapsed, seen, e2e, handler, loads, by_stage, base)
-        print(_services_line("pipeline", services, len(published)))
-        if base is not None and mode == "burst" and services and base_services:
-            _print_whole_machine(loads, services, len(published), base, base_services)
-        return 0
     finally:
         session.stop()
         server.close()
+
+    if last is not None and last > started_wall:
+        elapsed = min(seen, last - started_wall)
+        timing = (
+            f"the last job was published {elapsed:.1f} s after the first submit "
+            f"(the bench's polling saw it at {seen:.1f} s)"
+        )
+    else:
+        elapsed = seen
+        timing = f"no publish time in the event log: timed by the bench's polling, {seen:.1f} s"
+    base: BaselineResult | None = None
+    base_services: dict[str, float] = {}
+    if baseline:
+        print(f"before the second baseline: {load_line()}", flush=True)
+        bases.append(_run_baseline(settings, f"{run_id}-2", catalog_dir, jobs))
+        _print_baseline("baseline, after the pipeline", *bases[-1])
+        base, base_services = _pooled(bases)
+        _print_baseline("baseline, both runs pooled (the ratio's reference)", base, base_services)
+    print(timing)
+    _report(mode, job_ids, published, elapsed, seen, e2e, handler, loads, by_stage, base)
+    print(_services_line("pipeline", services, len(published)))
+    if base is not None and mode == "burst" and services and base_services:
+        _print_whole_machine(loads, services, len(published), base, base_services)
+    return 0
+
+
+def _pooled(
+    runs: list[tuple[BaselineResult, dict[str, float]]],
+) -> tuple[BaselineResult, dict[str, float]]:
+    """Several baseline runs as one: their jobs, time and CPU added up."""
+    pooled = BaselineResult(jobs=0, published=0, elapsed_s=0.0)
+    services: dict[str, float] = defaultdict(float)
+    for result, used in runs:
+        pooled.jobs += result.jobs
+        pooled.published += result.published
+        pooled.elapsed_s += result.elapsed_s
+        for stage, seconds in result.cpu_s.items():
+            pooled.cpu_s[stage] = pooled.cpu_s.get(stage, 0.0) + seconds
+        for stage, seconds in result.wall_s.items():
+            pooled.wall_s[stage] = pooled.wall_s.get(stage, 0.0) + seconds
+        pooled.outcomes.update(result.outcomes)
+        for name, seconds in used.items():
+            services[name] += seconds
+    # A service measured in one run only (its pid file appeared later) is not comparable.
+    common = set.intersection(*(set(used) for _, used in runs)) if runs else set()
+    return pooled, {name: seconds for name, seconds in services.items() if name in common}
 
 
 def _report(
