@@ -40,7 +40,6 @@ from gpu_workers.request import (
     with_product,
 )
 from gpu_workers.usage import USAGE_KEYS, usage_attributes
-from processors.config import StageSettings
 from processors.references.images import ReferenceImages
 from processors.runtime import BatchStage, InputRecord, Outcome, TransientError
 from processors.runtime.records import job_event
@@ -81,16 +80,12 @@ class GenerateStage(BatchStage):
     inputs: ClassVar[tuple[Topic, ...]] = (Topic.GENERATION_REQUESTS,)
     outputs: ClassVar[tuple[Topic, ...]] = (Topic.GENERATION_RESULTS,)
 
-    def stage_settings(self) -> StageSettings:
-        # A batch from Kafka is one generation batch's worth of records: its results are produced
-        # and committed when it is done, so with the stage's 32 a burst's first results waited
-        # for 32 generations (1.8 s of compositing before quality saw anything; measured in
-        # docs/benchmarks.md). The fetched-ahead batches (generation.queue_batches) keep the
-        # backend busy meanwhile; share mode polls this many already (max.poll.records).
-        stage = self.ctx.settings.stage
-        return stage.model_copy(
-            update={"batch_size": min(stage.batch_size, self.ctx.settings.generation.max_batch)}
-        )
+    def batch_limit(self) -> int:
+        # A batch from Kafka is one generation batch's worth of records: with the stages' 32, a
+        # burst's first results waited for 32 generations (1.8 s of compositing before quality saw
+        # anything; docs/benchmarks.md). The fetched-ahead batches (generation.queue_batches) keep
+        # the backend busy meanwhile; share mode polls this many already (max.poll.records).
+        return self.ctx.settings.generation.max_batch
 
     def consumption(self) -> Literal["group", "share"]:
         # Any number of workers may share generation.requests as a share group (KIP-932).

@@ -14,7 +14,7 @@ import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image, ImageChops
@@ -98,8 +98,8 @@ class ProductRegion:
     _kernels: dict[tuple[int, ...], _Kernels] = field(default_factory=dict, compare=False, repr=False)
     _kernel_bytes: list[int] = field(default_factory=lambda: [0], compare=False, repr=False)
     # Guards the caches above. A missing entry is made under a lock of its own key (_making), so a
-    # second thread scoring the same product (the quality stage scores two outputs at once) waits
-    # for what the first is computing instead of computing it again.
+    # second thread scoring the same product waits for what the first is computing instead of
+    # computing it again.
     _lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
     _making: dict[tuple[int, ...], threading.Lock] = field(default_factory=dict, compare=False, repr=False)
 
@@ -113,20 +113,19 @@ class ProductRegion:
         cutout = self.cutout
         key = (-1, longest, 0, 0)
 
-        def make() -> Image.Image:
-            shrunk = _shrink(cutout, longest)
+        def make() -> _Template:
+            entry = _Template(source=_shrink(cutout, longest))
             with self._lock:
-                self._templates[key] = _Template(source=shrunk)
-            return shrunk
+                self._templates[key] = entry
+            return entry
 
-        def kept() -> Image.Image | None:
-            found = self._templates.get(key)
-            return None if found is None else found.source
-
-        return self._once(key, kept, make)
+        kept = self._once(self._templates, key, make)
+        assert kept is not None and kept.source is not None  # this key only ever holds a source
+        return kept.source
 
     def template(self, source: Image.Image, size: tuple[int, int]) -> _Template | None:
-        """The cut-out (as shrunk to ``source``) resized to ``size``, as the arrays a match needs."""
+        """The cut-out (as shrunk to ``source``) resized to ``size``, as the arrays a match needs
+        (None, and kept as None, when too few solid pixels are left to match)."""
         key = (source.width, source.height, *size)
 
         def make() -> _Template | None:
@@ -137,11 +136,7 @@ class ProductRegion:
                 self._templates[key] = found
             return found
 
-        # A template too small to match is kept as None: wrapped, so a miss is told from it.
-        def kept() -> tuple[_Template | None] | None:
-            return (self._templates[key],) if key in self._templates else None
-
-        return self._once(key, kept, lambda: (make(),))[0]
+        return self._once(self._templates, key, make)
 
     def kernels(self, source: Image.Image, template: _Template, spectra: _Spectra) -> _Kernels:
         """The conjugate spectra of ``template`` (as resized from ``source``) padded to the
@@ -159,22 +154,20 @@ class ProductRegion:
                 self._kernel_bytes[0] += found.nbytes
             return found
 
-        return self._once(key, lambda: self._kernels.get(key), make)
+        return self._once(self._kernels, key, make)
 
-    def _once(self, key: tuple[int, ...], kept: Callable[[], _T | None], make: Callable[[], _T]) -> _T:
-        """What ``kept`` finds, else ``make``'s result, made by one thread at a time per key:
-        a thread needing a key another is making waits for it and takes it; threads needing
-        different keys work side by side."""
+    def _once(self, cache: dict[Any, _T], key: tuple[int, ...], make: Callable[[], _T]) -> _T:
+        """``cache[key]``, else what ``make`` makes (and keeps there), made by one thread at a time
+        per key: a thread needing a key another is making waits for it and takes it; threads
+        needing different keys work side by side."""
         with self._lock:
-            found = kept()
-            if found is not None:
-                return found
+            if key in cache:
+                return cache[key]
             making = self._making.setdefault(key, threading.Lock())
         with making:
             with self._lock:
-                found = kept()
-            if found is not None:
-                return found
+                if key in cache:
+                    return cache[key]
             try:
                 return make()
             finally:

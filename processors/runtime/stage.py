@@ -55,6 +55,10 @@ class Stage(ABC):
     singleton: ClassVar[bool] = False
     # How many records of one batch are handled at once (I/O-bound handlers benefit).
     concurrency: ClassVar[int] = 8
+    # Most records a batch brings this stage; None: the stage settings' batch_size. A batch's
+    # outputs are produced and committed when all of it is handled, so a CPU-bound stage takes a
+    # few: the stages after it see each few jobs' outputs, not a burst's, and work meanwhile.
+    max_batch: ClassVar[int | None] = None
     # Batches fetched ahead while one is processed; 0: poll, process, commit in turn. Past this
     # many queued batches the runner pauses the partitions (backpressure).
     prefetch_batches: int = 0
@@ -69,10 +73,19 @@ class Stage(ABC):
         Called before start(); a stage that can be shared says so from its settings."""
         return "group"
 
+    def batch_limit(self) -> int | None:
+        """Most records a batch brings this stage (max_batch; a stage whose limit is
+        configuration says so here)."""
+        return self.max_batch
+
     def stage_settings(self) -> StageSettings:
         """The runtime settings the runner feeds this stage with (batch size and wait); a stage
         whose work favours other batches says so here, once (called before start())."""
-        return self.ctx.settings.stage
+        stage = self.ctx.settings.stage
+        limit = self.batch_limit()
+        if limit is None:
+            return stage
+        return stage.model_copy(update={"batch_size": min(stage.batch_size, limit)})
 
     async def start(self) -> None:
         """Open sessions, load models; called once before the first batch."""

@@ -30,7 +30,6 @@ from processors.channels.render import (
     needs_product_mask,
     render_channel,
 )
-from processors.config import StageSettings
 from processors.imaging.derivatives import Metadata, content_type, derivative_name
 from processors.provenance.source_type import job_source_type, model_facts, uri
 from processors.references.images import ReferenceImages
@@ -68,15 +67,10 @@ class PostprocessStage(Stage):
     name: ClassVar[str] = "postprocess"
     inputs: ClassVar[tuple[Topic, ...]] = (Topic.ASSETS_SCORED,)
     outputs: ClassVar[tuple[Topic, ...]] = (Topic.ASSETS_READY,)
-    # CPU-bound rendering: a few records per batch, so each batch's outputs are committed (and seen
-    # downstream) after a few jobs' work, not a burst's, and the stages after it work meanwhile;
-    # as many at once as a small machine has cores, so threads do not queue behind the GIL.
+    # CPU-bound rendering: a few records per batch (Stage.max_batch), as many at once as a small
+    # machine has cores (Pillow's resize and encode leave the GIL).
     max_batch: ClassVar[int] = 4
     concurrency: ClassVar[int] = 2
-
-    def stage_settings(self) -> StageSettings:
-        stage = self.ctx.settings.stage
-        return stage.model_copy(update={"batch_size": min(stage.batch_size, self.max_batch)})
 
     async def start(self) -> None:
         settings = self.ctx.settings

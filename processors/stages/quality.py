@@ -25,7 +25,6 @@ from typing import Any, ClassVar
 
 from PIL import Image
 
-from processors.config import StageSettings
 from processors.imaging.checks import (
     REASON_PRODUCT_MISSING,
     REASON_PRODUCT_NOT_PRESERVED,
@@ -60,17 +59,12 @@ class QualityStage(Stage):
     name: ClassVar[str] = "quality"
     inputs: ClassVar[tuple[Topic, ...]] = (Topic.GENERATION_RESULTS,)
     outputs: ClassVar[tuple[Topic, ...]] = (Topic.ASSETS_SCORED, Topic.GENERATION_REQUESTS)
-    # CPU-bound scoring: a few records per batch, so each batch's outputs are committed (and seen
-    # downstream) after a few jobs' work, not a burst's, and the stages after it work meanwhile.
-    # One at a time: two threads of this search in one process cost 8-36% more CPU per output
-    # than one (the GIL and the cores' caches; docs/benchmarks.md), and where the cores are the
-    # limit that is throughput lost. More processes (`--copies quality=N`) scale it instead.
+    # CPU-bound scoring: a few records per batch (Stage.max_batch), one at a time: two threads of
+    # this search in one process cost 8-36% more CPU per output than one (the GIL and the cores'
+    # caches; docs/benchmarks.md), and where the cores are the limit that is throughput lost.
+    # More processes (`--copies quality=N`) scale it instead.
     max_batch: ClassVar[int] = 4
     concurrency: ClassVar[int] = 1
-
-    def stage_settings(self) -> StageSettings:
-        stage = self.ctx.settings.stage
-        return stage.model_copy(update={"batch_size": min(stage.batch_size, self.max_batch)})
 
     async def start(self) -> None:
         self.reference_images = ReferenceImages(
@@ -157,8 +151,8 @@ class QualityStage(Stage):
         product, mask = self.reference_images.product(ref), self.reference_images.mask(ref)
         if mask is None:
             return product, None, None
-        # Keys are content-addressed: the same keys are the same pixels. One region per product:
-        # two threads scoring its outputs at once share the templates either computes.
+        # Keys are content-addressed: the same keys are the same pixels. One region per product,
+        # the first made: whatever threads score its outputs share the templates kept on it.
         name = (str(ref["key"]), str(ref["mask_key"]))
         with self._regions_lock:
             region = self._regions.get(name)

@@ -432,7 +432,7 @@ if __name__ == "__main__":
 def test_threads_scoring_one_product_at_once_compute_its_templates_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # The quality stage scores two outputs at a time; when both are of one product, the second
+    # A stage may score outputs in several threads; when two are of one product, the second
     # thread must wait for the templates and spectra the first is computing, not redo them, and
     # both must score as the pins say.
     import threading
