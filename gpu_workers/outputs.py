@@ -10,7 +10,6 @@ image the quality stage may already have scored.
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 from dataclasses import dataclass
 
@@ -18,7 +17,7 @@ from PIL import Image
 
 from processors.backoff import backoff_delay
 from processors.config import StageSettings
-from processors.imaging import formats
+from processors.imaging import formats, png_writer
 from processors.runtime import TransientError
 from processors.storage import ObjectStore, classify_storage_error, sha256_hex
 
@@ -31,16 +30,10 @@ class EncodedImage:
     sha256: str
 
 
-# zlib level 1: a 512 px composite encodes in a sixth of the default level's (6) time for about
-# 17% more bytes. These files are intermediates (quality and postprocess read them, the published
-# derivatives are encoded anew), so the CPU matters and the bytes hardly do.
-PNG_COMPRESS_LEVEL = 1
-
-
 def encode_png(image: Image.Image) -> EncodedImage:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    data = buf.getvalue()
+    """These files are intermediates (quality and postprocess read them, the published
+    derivatives are encoded anew), so encoding speed matters more than the last bytes."""
+    data = png_writer.encode_png(image)
     return EncodedImage(data, sha256_hex(data))
 
 
