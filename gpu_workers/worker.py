@@ -40,6 +40,7 @@ from gpu_workers.request import (
     with_product,
 )
 from gpu_workers.usage import USAGE_KEYS, usage_attributes
+from processors.imaging import formats
 from processors.references.images import ReferenceImages
 from processors.runtime import BatchStage, InputRecord, Outcome, TransientError
 from processors.runtime.records import job_event
@@ -92,6 +93,7 @@ class GenerateStage(BatchStage):
         return self.ctx.settings.generation.consumption
 
     async def start(self) -> None:
+        formats.load_codecs()
         self.backends: dict[str, Backend] = {"compositor": CompositorBackend()}
         self.reference_images = ReferenceImages(
             self.ctx.store, max_bytes=self.ctx.settings.references.decoded_cache_bytes

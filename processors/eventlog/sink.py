@@ -12,6 +12,7 @@ and threads of their own (engine.py), so no query can hold up an insert.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 from typing import Any, ClassVar
@@ -32,6 +33,14 @@ from processors.eventlog.ingest import Ingestor, OutageBackoff
 from processors.eventlog.server import QueryLanes, build_query_app
 from processors.runtime import BatchStage, InputRecord, Outcome, PermanentError
 from schemas.topics import Topic
+
+
+def load_insert_path() -> None:
+    """Import what clickhouse-connect's first insert would. It imports pandas lazily, on the first
+    insert, to test whether it was handed a DataFrame, and chDB brings pandas along: about 0.8 s of
+    CPU inside the first batch of events (docs/benchmarks.md). Paid at start instead."""
+    with contextlib.suppress(ImportError):
+        import pandas  # noqa: F401
 
 
 class RefusedEvent(PermanentError):
@@ -84,6 +93,7 @@ class EventLogSink(BatchStage):
             OutageBackoff(settings.stage.backoff_initial_s, settings.stage.backoff_max_s),
             self.ctx.log,
         )
+        load_insert_path()
         if settings.uses_embedded_clickhouse:
             # The engine is in this process: failing to open it at start is configuration (its
             # path, its permissions, another process holding it), so fail with the reason.

@@ -47,3 +47,12 @@ def extension_for(mime: str) -> str:
     """The conventional extension of a raster MIME type ("" when it is not one)."""
     known = BY_MIME.get(mime)
     return known.extension if known else ""
+
+
+def load_codecs() -> None:
+    """Import every Pillow codec now. Pillow imports its plugins on first use (five on the first
+    open, all the others on the first WebP save or unusual file), which lands inside the first jobs
+    of each image stage; the image stages call this at start instead."""
+    from PIL import Image
+
+    Image.init()

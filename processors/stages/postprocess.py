@@ -30,6 +30,7 @@ from processors.channels.render import (
     needs_product_mask,
     render_channel,
 )
+from processors.imaging import formats
 from processors.imaging.derivatives import Metadata, content_type, derivative_name
 from processors.provenance.source_type import job_source_type, model_facts, uri
 from processors.references.images import ReferenceImages
@@ -74,6 +75,7 @@ class PostprocessStage(Stage):
 
     async def start(self) -> None:
         settings = self.ctx.settings
+        formats.load_codecs()
         # Read once: a broken presets file stops the stage here, not each job later.
         self.presets = load_presets(settings.channels.presets_file)
         self.models = model_facts(settings.generation.models_file)

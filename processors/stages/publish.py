@@ -43,6 +43,7 @@ import aiohttp
 
 from processors.backoff import backoff_delay
 from processors.config import Settings, WebhookEndpoint
+from processors.imaging import formats
 from processors.provenance.signing import ContentSigner, derivative_mime
 from processors.runtime import Event, InputRecord, Outcome, Output, PermanentError, Stage
 from processors.runtime.keyed_locks import KeyedLocks
@@ -88,6 +89,7 @@ class PublishStage(Stage):
     concurrency: ClassVar[int] = 1
 
     async def start(self) -> None:
+        formats.load_codecs()
         self.job_serde = AvroSerde("job")
         self.settings = self.ctx.settings.review
         self.topic_prefix = self.ctx.settings.kafka.topic_prefix

@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 
 from PIL import Image
 
+from processors.imaging import formats
 from processors.imaging.checks import (
     REASON_PRODUCT_MISSING,
     REASON_PRODUCT_NOT_PRESERVED,
@@ -67,6 +68,7 @@ class QualityStage(Stage):
     concurrency: ClassVar[int] = 1
 
     async def start(self) -> None:
+        formats.load_codecs()
         self.reference_images = ReferenceImages(
             self.ctx.store, max_bytes=self.ctx.settings.references.decoded_cache_bytes
         )

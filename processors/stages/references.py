@@ -73,6 +73,7 @@ class ReferencesStage(Stage):
                 f"({refs.total_timeout_s}) must stay under the consumer's max.poll.interval "
                 f"({MAX_POLL_INTERVAL_S:.0f} s): a longer batch is thrown out of its group"
             )
+        formats.load_codecs()
         # Freed decodes go back to the OS at once, so the decode budget bounds what stays resident.
         return_freed_pixels_to_the_os()
         self.policy = FetchPolicy.from_settings(refs)
