@@ -46,9 +46,10 @@ class KafkaSettings(BaseModel):
     # hands, with no group-wide stop); "classic" is the old join/sync one. With "consumer" the
     # session timeout and heartbeat are the broker's (group.consumer.*), not the client's.
     group_protocol: Literal["classic", "consumer"] = "consumer"
-    # How long a consumer's fetch waits at the broker for new records; with read_committed it is
-    # also how late a committed transaction can be seen (docs/benchmarks.md).
-    fetch_wait_max_ms: int = 50
+    # How long an idle consumer's fetch waits at the broker for new records (librdkafka's
+    # default): the broker answers as soon as a committed record arrives, so this sets how often
+    # an idle stage asks, not how late it sees a record (docs/benchmarks.md).
+    fetch_wait_max_ms: int = 500
 
 
 class StorageSettings(BaseModel):

@@ -69,9 +69,9 @@ def consumer_config(settings: Settings, group_id: str, **extra: Any) -> dict[str
         # librdkafka's default too, said aloud: an aborted or still open transaction's records
         # (a killed stage's outputs) are never handed to a stage.
         "isolation.level": "read_committed",
-        # The broker answers a read_committed fetch waiting at the last stable offset only when
-        # this runs out, not when a transaction's commit marker moves that offset on (measured:
-        # ~500 ms a hop with librdkafka's 500 ms default; docs/benchmarks.md).
+        # An idle consumer's fetch waits this long at the broker, which answers it as soon as a
+        # committed record arrives; any other request of this consumer waits behind it (one
+        # connection), so the feed asks the broker nothing on the way (runtime/feed.py).
         "fetch.wait.max.ms": settings.kafka.fetch_wait_max_ms,
         "client.id": f"lightbox-{group_id}-{socket.gethostname()}",
         **extra,

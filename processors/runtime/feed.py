@@ -359,8 +359,18 @@ class PartitionFeed:
         return found.offset if found.offset >= 0 else None
 
     def _log_start(self, tp: Partition) -> int | None:
+        """The partition's first offset, as the consumer last heard it from the broker: every
+        fetch response carries it, and so does the lookup of an offset reset, which is how a
+        retention gap arrives. The broker is asked only when the consumer knows none yet. Under
+        exactly-once every record after a transaction skips its commit marker's offset, so a gap
+        is the rule, and a query would wait behind the consumer's fetch parked at the broker (one
+        connection, answered in order): up to kafka.fetch_wait_max_ms on every hop."""
+        partition = TopicPartition(*tp)
         try:
-            low, _ = self.consumer.get_watermark_offsets(TopicPartition(*tp), timeout=LOOKUP_TIMEOUT_S)
+            low, _ = self.consumer.get_watermark_offsets(partition, cached=True)
+            if low is not None and low >= 0:
+                return int(low)
+            low, _ = self.consumer.get_watermark_offsets(partition, timeout=LOOKUP_TIMEOUT_S)
         except Exception as exc:
             self.log.warning("no watermarks for %s/%d: %s", tp[0], tp[1], exc)
             return None
