@@ -46,7 +46,10 @@ def _images() -> list[Image.Image]:
     return images
 
 
-def _measure(encode: Callable[[Image.Image], bytes], images: list[Image.Image], rounds: int) -> dict[str, float]:
+Encoder = Callable[[Image.Image], bytes]
+
+
+def _measure(encode: Encoder, images: list[Image.Image], rounds: int) -> dict[str, float]:
     started = time.process_time()
     files = [encode(image) for _ in range(rounds) for image in images]
     encode_ms = (time.process_time() - started) * 1000 / len(files)
@@ -62,8 +65,12 @@ def _measure(encode: Callable[[Image.Image], bytes], images: list[Image.Image], 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=20, help="encodes of each image per encoder (default 20)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=20, help="encodes of each image per encoder (default 20)"
+    )
     args = parser.parse_args()
     images = _images()
     print(f"{len(images)} composites at {SIZE} px, {args.rounds} rounds each")
@@ -78,7 +85,8 @@ def main() -> None:
     before, after = results.values()
     print(
         f"png_writer: {after['encode_ms'] / before['encode_ms']:.2f}x the encode CPU, "
-        f"{after['kb'] / before['kb']:.2f}x the bytes, {after['decode_ms'] / before['decode_ms']:.2f}x the decode CPU"
+        f"{after['kb'] / before['kb']:.2f}x the bytes, "
+        f"{after['decode_ms'] / before['decode_ms']:.2f}x the decode CPU"
     )
 
 
