@@ -167,6 +167,11 @@ class PipelineSession:
             self.supervisor.stop()
             self.supervisor = None
 
+    def delete_topics(self) -> list[str]:
+        """Delete this session's topics (its prefix's); call after stop()."""
+        prefix = self.settings.kafka.topic_prefix
+        return LocalStack(self.settings, progress=lambda _: None).delete_topics(prefix)
+
     def __enter__(self) -> PipelineSession:
         self.start()
         return self

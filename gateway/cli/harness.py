@@ -45,6 +45,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         mode=args.mode,
         copies=merged_copies(settings.supervisor.copies, args.copies),
         baseline=args.baseline,
+        keep_topics=args.keep_topics,
     )
 
 
@@ -127,5 +128,10 @@ def register_runs(commands: Commands) -> None:
         dest="baseline",
         action="store_false",
         help="skip the single-process baseline (no ratio is printed)",
+    )
+    p.add_argument(
+        "--keep-topics",
+        action="store_true",
+        help="leave the run's topics (prefix bench-RUN.) on the broker; by default they are deleted",
     )
     p.set_defaults(func=cmd_bench)

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from deploy.local.service import StackError
 from deploy.local.session import PipelineSession, StaticServer, expected_job_ids
 from deploy.local.stack import LocalStack
 from deploy.local.supervisor import Copies, Supervisor, copies_of, process_cpu_seconds
@@ -212,13 +213,15 @@ def run_pipeline_bench(
     mode: str = "burst",
     copies: Copies | None = None,
     baseline: bool = True,
+    keep_topics: bool = False,
 ) -> int:
     """burst: every job submitted at once (throughput; latency includes queueing).
     sequential: one job in flight at a time (latency is the pipeline's own, without queueing).
     copies: processes per stage (None: supervisor.copies).
     baseline: the single-process loop runs before the pipeline and again after it (the stages
     stopped), and the ratio is to both runs pooled: this machine's speed drifts by tens of
-    percent over minutes, and a baseline on one side only would carry that drift into the ratio."""
+    percent over minutes, and a baseline on one side only would carry that drift into the ratio.
+    keep_topics: leave the run's topics on the broker (by default they are deleted at the end)."""
     run_id = time.strftime("%Y%m%d-%H%M%S")
     catalog_dir = settings.home / "bench" / run_id
     catalog_dir.mkdir(parents=True, exist_ok=True)
@@ -269,6 +272,8 @@ def run_pipeline_bench(
     finally:
         session.stop()
         server.close()
+        if not keep_topics:
+            _delete_topics(session)
 
     if last is not None and last > started_wall:
         elapsed = min(seen, last - started_wall)
@@ -293,6 +298,15 @@ def run_pipeline_bench(
     if base is not None and mode == "burst" and services and base_services:
         _print_whole_machine(loads, services, len(published), base, base_services)
     return 0
+
+
+def _delete_topics(session: PipelineSession) -> None:
+    try:
+        deleted = session.delete_topics()
+    except StackError as exc:
+        print(f"could not delete the run's topics: {exc}")
+        return
+    print(f"deleted the run's {len(deleted)} topics (--keep-topics keeps them)")
 
 
 def _pooled(
