@@ -223,3 +223,72 @@ async def test_no_gap_when_nothing_was_deleted() -> None:
     runner = _runner(broker, batch_size=2)
     await asyncio.wait_for(runner.run(max_batches=1), timeout=10)
     assert runner.metrics.offset_resets.labels("slow")._value.get() == 0
+
+
+class CountingConsumer(MemoryConsumer):
+    """Counts the watermark lookups that would go to the broker; `known_low` False: the consumer
+    has heard no log start yet (librdkafka answers -1001 from its cache then)."""
+
+    def __init__(self, broker: MemoryBroker, group_id: str, known_low: bool = True) -> None:
+        super().__init__(broker, group_id)
+        self.known_low = known_low
+        self.broker_lookups = 0
+
+    def get_watermark_offsets(self, partition, timeout=None, cached=False):  # type: ignore[no-untyped-def]
+        low, high = super().get_watermark_offsets(partition, timeout, cached)
+        if not cached:
+            self.broker_lookups += 1
+        elif not self.known_low:
+            return (-1001, -1001)
+        return (low, high)
+
+
+def _skipping_offsets(broker: MemoryBroker) -> None:
+    """job-0, then a transaction's records skipped (aborted: what a commit marker's offset is to
+    a read_committed reader too), then job-3: offset 3 follows offset 0."""
+    _publish(broker, ["job-0"])
+    for job_id in ("aborted-1", "aborted-2"):
+        broker.append(INPUT, JOBS.encode({**JOB_V1, "job_id": job_id}), key=job_id, partition=0, txid="t")
+    broker.init_transactions("t")  # aborts the open transaction
+    _publish(broker, ["job-3"])
+
+
+async def _fetch_all(runner: StageRunner) -> list[int]:
+    runner.feed.subscribe([INPUT])
+    offsets: list[int] = []
+    while len(offsets) < 2:
+        offsets += [m.offset() for m in (await runner.feed.fetch()).messages]
+    return offsets
+
+
+def _counting_runner(broker: MemoryBroker, consumer: CountingConsumer) -> StageRunner:
+    settings = Settings(
+        kafka=KafkaSettings(topic_prefix=PREFIX), stage=StageSettings(batch_size=2, batch_timeout_s=0.01)
+    )
+    return StageRunner(
+        SlowStage(StageContext(settings, "slow"), 0), consumer=consumer, producer=MemoryProducer(broker)
+    )
+
+
+async def test_a_skipped_offset_is_checked_against_the_log_start_the_consumer_holds() -> None:
+    # A broker lookup would queue behind the consumer's parked fetch (one connection): under
+    # exactly-once every hop would wait fetch.wait.max.ms for it (docs/benchmarks.md).
+    broker = MemoryBroker()
+    _skipping_offsets(broker)
+    consumer = CountingConsumer(broker, GROUP)
+    runner = _counting_runner(broker, consumer)
+    assert await _fetch_all(runner) == [0, 3]
+    assert runner.feed.take_gaps() == []  # nothing was deleted: not a gap
+    assert consumer.broker_lookups == 0
+    runner.feed.close()
+
+
+async def test_the_broker_is_asked_when_the_consumer_holds_no_log_start() -> None:
+    broker = MemoryBroker()
+    _skipping_offsets(broker)
+    consumer = CountingConsumer(broker, GROUP, known_low=False)
+    runner = _counting_runner(broker, consumer)
+    assert await _fetch_all(runner) == [0, 3]
+    assert runner.feed.take_gaps() == []
+    assert consumer.broker_lookups == 1
+    runner.feed.close()
