@@ -68,9 +68,10 @@ class PostprocessStage(Stage):
     name: ClassVar[str] = "postprocess"
     inputs: ClassVar[tuple[Topic, ...]] = (Topic.ASSETS_SCORED,)
     outputs: ClassVar[tuple[Topic, ...]] = (Topic.ASSETS_READY,)
-    # CPU-bound rendering: a few records per batch (Stage.max_batch), as many at once as a small
-    # machine has cores (Pillow's resize and encode leave the GIL).
-    max_batch: ClassVar[int] = 4
+    # CPU-bound rendering: up to a generation batch of records a batch (Stage.max_batch; each is a
+    # Kafka transaction), as many at once as a small machine has cores (Pillow's resize and
+    # encode leave the GIL).
+    max_batch: ClassVar[int] = 8
     concurrency: ClassVar[int] = 2
 
     async def start(self) -> None:
