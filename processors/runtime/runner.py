@@ -117,7 +117,8 @@ class StageRunner:
         self.shared = stage.consumption() == "share"
         group_id = group_id_for(self.settings, stage.name)
         if consumer is None:
-            consumer = (make_share_consumer if self.shared else make_consumer)(self.settings, group_id)
+            make = make_share_consumer if self.shared else make_consumer
+            consumer = make(self.settings, group_id, **stage.consumer_overrides())
         self.consumer = consumer
         if self.shared:
             transactional = False

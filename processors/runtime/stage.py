@@ -8,7 +8,7 @@ import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from processors.config import Settings, StageSettings
 from processors.metrics import StageMetrics
@@ -72,6 +72,11 @@ class Stage(ABC):
         the outputs), or a share group (records acknowledged one by one: runtime/share_feed.py).
         Called before start(); a stage that can be shared says so from its settings."""
         return "group"
+
+    def consumer_overrides(self) -> dict[str, Any]:
+        """librdkafka consumer properties this stage sets beyond the shared configuration
+        (kafka_clients.consumer_config); called before start()."""
+        return {}
 
     def batch_limit(self) -> int | None:
         """Most records a batch brings this stage (max_batch; a stage whose limit is
