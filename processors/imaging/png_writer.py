@@ -1,9 +1,9 @@
 """PNG files written fast, for the images Lightbox stores for its own stages (generated outputs).
 
 Pillow's PNG encoder tries every filter on every row and keeps the best, and that choice cannot
-be turned off: it costs more than the compression (a 512 px composite: 16.5 ms a file at zlib
+be turned off: it costs more than the compression (a 512 px composite: 16.5-18 ms a file at zlib
 level 1, of which about 10 ms is picking filters). Here every row takes the Up filter and the
-deflate stream comes from ISA-L (python-isal) at level 1: about 2.5 ms for files of the same size
+deflate stream comes from ISA-L (python-isal) at level 1: 2.5-3 ms for files of the same size
 (tests/bench/bench_png.py; docs/decisions.md says why this is written here).
 
 The files are ordinary, non-interlaced 8-bit PNGs (grey, grey with alpha, RGB, RGBA) that any
@@ -32,7 +32,7 @@ def encode_png(image: Image.Image) -> bytes:
     """``image`` as PNG bytes: pixel for pixel what it holds, decoded by any PNG reader."""
     colour_type = _COLOUR_TYPES.get(image.mode)
     if colour_type is None or "transparency" in image.info or image.width == 0 or image.height == 0:
-        return _pillow_png(image)
+        return pillow_png(image)
     rows = np.asarray(image, dtype=np.uint8).reshape(image.height, -1)
     scanlines = np.empty((image.height, rows.shape[1] + 1), dtype=np.uint8)
     scanlines[:, 0] = _UP
@@ -45,7 +45,7 @@ def encode_png(image: Image.Image) -> bytes:
     if icc:
         # Profile name, a NUL, compression method 0 (deflate), the compressed profile.
         chunks.append(_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(icc)))
-    chunks.append(_chunk(b"IDAT", isal_zlib.compress(scanlines.tobytes(), _LEVEL)))
+    chunks.append(_chunk(b"IDAT", isal_zlib.compress(scanlines, _LEVEL)))
     chunks.append(_chunk(b"IEND", b""))
     return SIGNATURE + b"".join(chunks)
 
@@ -55,7 +55,8 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
 
 
-def _pillow_png(image: Image.Image) -> bytes:
+def pillow_png(image: Image.Image) -> bytes:
+    """Pillow's encoder at zlib level 1: the modes this writer leaves to it."""
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()

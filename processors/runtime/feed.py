@@ -368,7 +368,7 @@ class PartitionFeed:
         partition = TopicPartition(*tp)
         try:
             low, _ = self.consumer.get_watermark_offsets(partition, cached=True)
-            if low is not None and low >= 0:
+            if low >= 0:  # -1001: none heard yet
                 return int(low)
             low, _ = self.consumer.get_watermark_offsets(partition, timeout=LOOKUP_TIMEOUT_S)
         except Exception as exc:

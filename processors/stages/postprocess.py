@@ -68,8 +68,8 @@ class PostprocessStage(Stage):
     name: ClassVar[str] = "postprocess"
     inputs: ClassVar[tuple[Topic, ...]] = (Topic.ASSETS_SCORED,)
     outputs: ClassVar[tuple[Topic, ...]] = (Topic.ASSETS_READY,)
-    # CPU-bound rendering: up to a generation batch of records a batch (Stage.max_batch; each is a
-    # Kafka transaction), as many at once as a small machine has cores (Pillow's resize and
+    # CPU-bound rendering: up to 8 records a batch (Stage.max_batch; each is a Kafka
+    # transaction), as many at once as a small machine has cores (Pillow's resize and
     # encode leave the GIL).
     max_batch: ClassVar[int] = 8
     concurrency: ClassVar[int] = 2

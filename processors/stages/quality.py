@@ -60,9 +60,9 @@ class QualityStage(Stage):
     name: ClassVar[str] = "quality"
     inputs: ClassVar[tuple[Topic, ...]] = (Topic.GENERATION_RESULTS,)
     outputs: ClassVar[tuple[Topic, ...]] = (Topic.ASSETS_SCORED, Topic.GENERATION_REQUESTS)
-    # CPU-bound scoring: up to a generation batch of records a batch (Stage.max_batch; each batch
-    # is a Kafka transaction, 2-3 ms of broker CPU whatever it carries), one at a time: two threads of
-    # this search in one process cost 8-36% more CPU per output than one (the GIL and the cores'
+    # CPU-bound scoring: up to 8 records a batch (Stage.max_batch; each batch is a Kafka
+    # transaction, 2-3 ms of broker CPU whatever it carries), one at a time: two threads of this
+    # search in one process cost 8-36% more CPU per output than one (the GIL and the cores'
     # caches; docs/benchmarks.md), and where the cores are the limit that is throughput lost.
     # More processes (`--copies quality=N`) scale it instead.
     max_batch: ClassVar[int] = 8
