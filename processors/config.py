@@ -61,6 +61,11 @@ class StorageSettings(BaseModel):
     secure: bool = False
     # MinIO's release tags are not semver; the Go proxy serves this pseudo-version.
     minio_version: str = "v0.0.0-20260212201848-7aac2a2c5b7c"
+    # The local MinIO's background scanner (MINIO_SCANNER_SPEED). At MinIO's "default" it walks the
+    # drive every minute: about 2 CPU-seconds a minute on this stack's bucket, in bursts that land
+    # in whatever runs beside it. A one-drive dev stack has no parity to heal and sets no
+    # lifecycle rules, so "slowest" (a cycle every 30 minutes) loses nothing: docs/decisions.md.
+    minio_scanner_speed: Literal["fastest", "fast", "default", "slow", "slowest"] = "slowest"
 
 
 class RegistrySettings(BaseModel):

@@ -148,6 +148,7 @@ class MinioService(ManagedService):
             # No internet from here, and a dev server should not phone home anyway.
             "MINIO_UPDATE": "off",
             "MINIO_BROWSER_LOGIN_ANIMATION": "off",
+            "MINIO_SCANNER_SPEED": self.settings.storage.minio_scanner_speed,
         }
 
     def healthy(self, timeout_s: float = 2.0) -> bool:

@@ -151,6 +151,7 @@ def test_the_compose_stack_matches_what_default_settings_expect(services: dict[s
         storage.access_key,
         storage.secret_key,
     )
+    assert minio["MINIO_SCANNER_SPEED"] == storage.minio_scanner_speed
     assert env["LIGHTBOX_STORAGE__BUCKET"] == storage.bucket
     assert env["LIGHTBOX_CLICKHOUSE__DATABASE"] == ClickHouseSettings().database
     apicurio = services["registry"]["environment"]

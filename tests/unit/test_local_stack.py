@@ -310,6 +310,12 @@ def test_minio_command_and_credentials(settings: Settings) -> None:
     env = service.env()
     assert env["MINIO_ROOT_USER"] == settings.storage.access_key
     assert env["MINIO_ROOT_PASSWORD"] == settings.storage.secret_key
+    # The scanner's walk every minute costs CPU beside whatever runs on the stack's cores.
+    assert env["MINIO_SCANNER_SPEED"] == "slowest"
+    faster = settings.model_copy(
+        update={"storage": settings.storage.model_copy(update={"minio_scanner_speed": "default"})}
+    )
+    assert MinioService(faster, print).env()["MINIO_SCANNER_SPEED"] == "default"
 
 
 def test_topic_retention() -> None:
