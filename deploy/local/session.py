@@ -195,7 +195,10 @@ class PipelineSession:
         job_ids: list[str],
         timeout_s: float,
         on_progress: Callable[[int, int], None] | None = None,
+        poll_s: float = 0.5,
     ) -> dict[str, str]:
+        """The jobs' states once all are terminal, or at the timeout; asks the event log every
+        poll_s (each ask is a query the sink answers, on the cores the pipeline runs on)."""
         deadline = time.monotonic() + timeout_s
         states: dict[str, str] = {}
         while time.monotonic() < deadline:
@@ -208,5 +211,5 @@ class PipelineSession:
             if self.supervisor is not None:
                 for note in self.supervisor.check():
                     self.progress(note)
-            time.sleep(0.5)
+            time.sleep(poll_s)
         return states

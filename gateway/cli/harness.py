@@ -46,6 +46,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         copies=merged_copies(settings.supervisor.copies, args.copies),
         baseline=args.baseline,
         keep_topics=args.keep_topics,
+        poll_s=args.poll,
     )
 
 
@@ -133,5 +134,14 @@ def register_runs(commands: Commands) -> None:
         "--keep-topics",
         action="store_true",
         help="leave the run's topics (prefix bench-RUN.) on the broker; by default they are deleted",
+    )
+    p.add_argument(
+        "--poll",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="how often to ask the event log for the jobs' states (default 2 in burst, 0.5 in "
+        "sequential): each ask takes CPU from the pipeline; burst's jobs/s ends at the last "
+        "publish event, whenever a poll notices it",
     )
     p.set_defaults(func=cmd_bench)
