@@ -48,7 +48,10 @@ def _unit_registry(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPat
 
 @pytest.fixture(scope="session")
 def stack_settings() -> Iterator[Settings]:
-    """Settings pointing at a running Kafka and MinIO."""
+    """Settings pointing at a running Kafka and MinIO. The topics the session creates are deleted
+    when it ends (tests/support/created_topics.py)."""
+    from tests.support.created_topics import deleted_at_exit
+
     settings = load_settings()
     if _docker_usable():
         from testcontainers.kafka import KafkaContainer  # type: ignore[import-not-found]
@@ -69,7 +72,8 @@ def stack_settings() -> Iterator[Settings]:
     from deploy.local.stack import LocalStack
 
     LocalStack(settings).up()
-    yield settings
+    with deleted_at_exit(settings.kafka.bootstrap):
+        yield settings
 
 
 @pytest.fixture(scope="session")

@@ -50,3 +50,33 @@ def test_deletes_its_prefix_topics_and_no_others(stack_settings: Settings) -> No
 def test_refuses_the_unprefixed_topics(stack_settings: Settings) -> None:
     with pytest.raises(ValueError, match="unprefixed"):
         LocalStack(stack_settings, progress=lambda _: None).delete_topics("")
+
+
+def test_a_test_session_deletes_the_topics_it_created_and_only_those(stack_settings: Settings) -> None:
+    """tests/support/created_topics.py, which the session's stack_settings runs under: what this
+    process created goes at the end; a topic another client made meanwhile stays."""
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import NewTopic
+
+    from tests.support.created_topics import deleted_at_exit
+
+    run = uuid.uuid4().hex[:6]
+    ours, theirs = f"tidy-{run}-ours", f"tidy-{run}-theirs"
+    bootstrap = stack_settings.kafka.bootstrap
+    admin = admin_client(bootstrap)
+    with deleted_at_exit(bootstrap) as created:
+        for future in admin.create_topics([NewTopic(ours, 1, 1)]).values():
+            future.result()
+        # Made by someone else: the broker creates it on first produce, no create_topics here.
+        producer = Producer({"bootstrap.servers": bootstrap, "allow.auto.create.topics": True})
+        producer.produce(theirs, b"x")
+        assert producer.flush(30) == 0
+        assert created == {ours}
+    deadline = time.monotonic() + 30
+    while ours in _topics(stack_settings) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    remaining = _topics(stack_settings)
+    assert ours not in remaining
+    assert theirs in remaining
+    for future in admin.delete_topics([theirs]).values():
+        future.result()
