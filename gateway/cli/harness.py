@@ -47,6 +47,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         baseline=args.baseline,
         keep_topics=args.keep_topics,
         poll_s=args.poll,
+        warmup=args.warmup,
     )
 
 
@@ -134,6 +135,15 @@ def register_runs(commands: Commands) -> None:
         "--keep-topics",
         action="store_true",
         help="leave the run's topics (prefix bench-RUN.) on the broker; by default they are deleted",
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=16,
+        metavar="N",
+        help="jobs run first through the pipeline and through each baseline run, not timed or "
+        "counted (default 16, rounded up to whole products; 0: none): the stage processes are "
+        "fresh each run, and a broker just started has not compiled its hot paths yet",
     )
     p.add_argument(
         "--poll",

@@ -44,6 +44,29 @@ def test_the_baseline_publishes_every_job_through_the_stages_handlers(
     assert published, "the baseline's publish handler stored the published files"
 
 
+def test_warm_up_jobs_run_through_the_handlers_but_are_not_counted(
+    stack_settings: Settings, tmp_path: Path
+) -> None:
+    samples = make_sample_products(tmp_path)
+    server = StaticServer(tmp_path)
+    run_id = f"test-{time.time_ns()}"
+    settings = _baseline_settings(stack_settings, run_id)
+    try:
+        events = _events(samples[:1], server.url, 8, run_id)
+        warm = _events(samples[1:2], server.url, 8, f"{run_id}-warmup")
+        result = asyncio.run(run_baseline(settings, events, warm))
+    finally:
+        server.close()
+    measured, warmed = expected_job_ids(events), expected_job_ids(warm)
+    assert result.jobs == result.published == 8
+    assert set(result.outcomes) == set(measured)
+    store = ObjectStore(settings.storage)
+    (sku,) = {event["product"]["sku"] for event in warm}
+    keys = list(store.list_keys(f"{settings.review.publish_prefix.rstrip('/')}/{sku}/"))
+    # The warm-up jobs were real work: published like the measured ones, before them.
+    assert all(any(j in k for k in keys) for j in warmed)
+
+
 def test_the_bench_reads_the_cpu_of_the_services_this_home_started(stack_settings: Settings) -> None:
     """The services share the cores with the stages, so the bench reports their CPU too: from the
     pid files of `lightbox stack up`, for the services this home started (under testcontainers
