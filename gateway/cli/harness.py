@@ -110,7 +110,13 @@ def register_runs(commands: Commands) -> None:
         "load averages. docs/benchmarks.md has the figures and how they were made.",
     )
     p.add_argument("what", choices=["pipeline"], help="pipeline: N jobs through every stage (compositor)")
-    p.add_argument("--jobs", type=int, default=40, help="jobs to run (default 40)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="jobs to run (default 144: a burst long enough that filling and draining the pipeline, "
+        "about 2 s, is not most of it)",
+    )
     p.add_argument(
         "--mode",
         choices=["burst", "sequential"],
