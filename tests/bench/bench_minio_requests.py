@@ -45,7 +45,7 @@ def per_request(settings: Settings, requests: int) -> None:
         keys = [f"{root}/{size}/{i}" for i in range(requests)]
         figures = []
         for method, call in (
-            ("PUT", lambda key: store.put_bytes(key, data, "application/octet-stream")),
+            ("PUT", lambda key, data=data: store.put_bytes(key, data, "application/octet-stream")),
             ("GET", store.get_bytes),
             ("HEAD", store.exists),
         ):
@@ -86,9 +86,15 @@ def per_job(settings: Settings, jobs: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=300, help="requests of each kind and size (default 300)")
-    parser.add_argument("--jobs", type=int, default=24, help="baseline jobs to count requests over (default 24)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--requests", type=int, default=300, help="requests of each kind and size (default 300)"
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=24, help="baseline jobs to count requests over (default 24)"
+    )
     args = parser.parse_args()
     settings = load_settings()
     per_request(settings, args.requests)
