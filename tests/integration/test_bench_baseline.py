@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from deploy.local.session import StaticServer, expected_job_ids
 from deploy.local.stack import LocalStack
-from gateway.harness.baseline import BASELINE_STAGES, run_baseline
+from gateway.harness.baseline import BASELINE_STAGES, BaselineResult, run_baseline
 from gateway.harness.bench import _baseline_settings, _cpu_since, _events, _service_cpu
 from gateway.harness.sample_catalog import make_sample_products
 from processors.config import Settings
@@ -20,18 +21,28 @@ from processors.storage import ObjectStore
 pytestmark = pytest.mark.integration
 
 
-def test_the_baseline_publishes_every_job_through_the_stages_handlers(
-    stack_settings: Settings, tmp_path: Path
-) -> None:
-    samples = make_sample_products(tmp_path)
-    server = StaticServer(tmp_path)
+def _run(
+    stack_settings: Settings, directory: Path, warmup: bool
+) -> tuple[Settings, BaselineResult, list[dict[str, Any]], list[dict[str, Any]]]:
+    """The baseline on one product's jobs (one per locale), with another product's first if
+    ``warmup``: its settings, result, and the measured and warm-up catalog events."""
+    samples = make_sample_products(directory)
+    server = StaticServer(directory)
     run_id = f"test-{time.time_ns()}"
     settings = _baseline_settings(stack_settings, run_id)
     try:
         events = _events(samples[:1], server.url, 3, run_id)
-        result = asyncio.run(run_baseline(settings, events))
+        warm = _events(samples[1:2], server.url, 8, f"{run_id}-warmup") if warmup else []
+        result = asyncio.run(run_baseline(settings, events, warm))
     finally:
         server.close()
+    return settings, result, events, warm
+
+
+def test_the_baseline_publishes_every_job_through_the_stages_handlers(
+    stack_settings: Settings, tmp_path: Path
+) -> None:
+    settings, result, events, _ = _run(stack_settings, tmp_path, warmup=False)
     job_ids = expected_job_ids(events)
     assert result.jobs == len(job_ids) == 8  # one product, a job per locale
     assert result.outcomes == dict.fromkeys(job_ids, "published")
@@ -47,16 +58,7 @@ def test_the_baseline_publishes_every_job_through_the_stages_handlers(
 def test_warm_up_jobs_run_through_the_handlers_but_are_not_counted(
     stack_settings: Settings, tmp_path: Path
 ) -> None:
-    samples = make_sample_products(tmp_path)
-    server = StaticServer(tmp_path)
-    run_id = f"test-{time.time_ns()}"
-    settings = _baseline_settings(stack_settings, run_id)
-    try:
-        events = _events(samples[:1], server.url, 8, run_id)
-        warm = _events(samples[1:2], server.url, 8, f"{run_id}-warmup")
-        result = asyncio.run(run_baseline(settings, events, warm))
-    finally:
-        server.close()
+    settings, result, events, warm = _run(stack_settings, tmp_path, warmup=True)
     measured, warmed = expected_job_ids(events), expected_job_ids(warm)
     assert result.jobs == result.published == 8
     assert set(result.outcomes) == set(measured)
