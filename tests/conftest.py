@@ -48,8 +48,10 @@ def _unit_registry(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPat
 
 @pytest.fixture(scope="session")
 def stack_settings() -> Iterator[Settings]:
-    """Settings pointing at a running Kafka and MinIO. The topics the session creates are deleted
-    when it ends (tests/support/created_topics.py)."""
+    """Settings pointing at a running Kafka and MinIO. On the local stack, the topics the session
+    creates are deleted when it ends (tests/support/created_topics.py); testcontainers' broker
+    goes with its container."""
+    from schemas.topics import TopicNames
     from tests.support.created_topics import deleted_at_exit
 
     settings = load_settings()
@@ -72,7 +74,9 @@ def stack_settings() -> Iterator[Settings]:
     from deploy.local.stack import LocalStack
 
     LocalStack(settings).up()
-    with deleted_at_exit(settings.kafka.bootstrap):
+    # The settings' own pipeline topics (a LIGHTBOX_KAFKA__TOPIC_PREFIX of the user's) stay.
+    own = frozenset(TopicNames(settings.kafka.topic_prefix).all())
+    with deleted_at_exit(settings.kafka.bootstrap, keep=own):
         yield settings
 
 

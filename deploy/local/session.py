@@ -196,9 +196,12 @@ class PipelineSession:
         timeout_s: float,
         on_progress: Callable[[int, int], None] | None = None,
         poll_s: float = 0.5,
+        last_poll_s: float | None = None,
     ) -> dict[str, str]:
         """The jobs' states once all are terminal, or at the timeout; asks the event log every
-        poll_s (each ask is a query the sink answers, on the cores the pipeline runs on)."""
+        poll_s (each ask is a query the sink answers, on the cores the pipeline runs on), and
+        every last_poll_s (default: poll_s) once nine in ten are terminal, so the end is seen
+        soon after it comes."""
         deadline = time.monotonic() + timeout_s
         states: dict[str, str] = {}
         while time.monotonic() < deadline:
@@ -211,5 +214,6 @@ class PipelineSession:
             if self.supervisor is not None:
                 for note in self.supervisor.check():
                     self.progress(note)
-            time.sleep(poll_s)
+            near_end = last_poll_s is not None and done * 10 >= len(job_ids) * 9
+            time.sleep(last_poll_s if near_end and last_poll_s is not None else poll_s)
         return states

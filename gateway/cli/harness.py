@@ -33,6 +33,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+def _at_least_zero(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be 0 or more")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be more than 0 seconds")
+    return value
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from gateway.cli.pipeline import merged_copies
     from gateway.harness.bench import run_pipeline_bench
@@ -144,7 +158,7 @@ def register_runs(commands: Commands) -> None:
     )
     p.add_argument(
         "--warmup",
-        type=int,
+        type=_at_least_zero,
         default=16,
         metavar="N",
         help="jobs run first through the pipeline and through each baseline run, not timed or "
@@ -153,7 +167,7 @@ def register_runs(commands: Commands) -> None:
     )
     p.add_argument(
         "--poll",
-        type=float,
+        type=_positive_seconds,
         default=None,
         metavar="SECONDS",
         help="how often to ask the event log for the jobs' states (default 2 in burst, 0.5 in "

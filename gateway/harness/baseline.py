@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,9 @@ class BaselineResult:
     cpu_s: dict[str, float] = field(default_factory=dict)
     wall_s: dict[str, float] = field(default_factory=dict)
     outcomes: dict[str, str] = field(default_factory=dict)  # job id -> where it ended
+    # The untimed warm-up before them: how many jobs, and how many of those published.
+    warmup_jobs: int = 0
+    warmup_published: int = 0
 
     @property
     def jobs_per_s(self) -> float:
@@ -83,11 +87,15 @@ def _jobs(events: list[dict[str, Any]], templates: TemplateStore) -> list[dict[s
 
 
 async def run_baseline(
-    settings: Settings, events: list[dict[str, Any]], warmup: list[dict[str, Any]] | None = None
+    settings: Settings,
+    events: list[dict[str, Any]],
+    warmup: list[dict[str, Any]] | None = None,
+    on_measure: Callable[[], None] | None = None,
 ) -> BaselineResult:
     """Every job of ``events`` through the stages' handlers, one at a time, in flow order.
     ``warmup``: jobs run first through the same handlers, untimed and uncounted (the stages'
-    caches and connections, Pillow's codecs), as the bench warms the pipeline's processes."""
+    caches and connections, Pillow's codecs), as the bench warms the pipeline's processes.
+    ``on_measure``: called as the timed jobs begin (the bench reads the services' CPU there)."""
     templates = TemplateStore()
     jobs = _jobs(events, templates)
     stages: dict[str, Stage] = {}
@@ -103,8 +111,12 @@ async def run_baseline(
         unmeasured = BaselineResult(jobs=0, published=0, elapsed_s=0.0)
         unmeasured.cpu_s = dict.fromkeys(BASELINE_STAGES, 0.0)
         unmeasured.wall_s = dict.fromkeys(BASELINE_STAGES, 0.0)
-        for offset, job in enumerate(_jobs(warmup or [], templates)):
+        warm_jobs = _jobs(warmup or [], templates)
+        for offset, job in enumerate(warm_jobs):
             await loop.run(job, offset, unmeasured)
+        result.warmup_jobs, result.warmup_published = len(warm_jobs), unmeasured.published
+        if on_measure is not None:
+            on_measure()
         started = time.perf_counter()
         for offset, job in enumerate(jobs):
             await loop.run(job, offset, result)

@@ -47,7 +47,7 @@ from gateway.harness.baseline import BASELINE_STAGES, BaselineResult, run_baseli
 from gateway.harness.sample_catalog import SampleProduct, catalog_events, make_sample_products
 from processors.config import Settings
 from processors.eventlog.reader import EventLogReader
-from processors.job_states import JobState
+from processors.job_states import JobState, is_terminal
 
 LOCALES = ("en-US", "en-GB", "de-DE", "fr-FR", "es-ES", "it-IT", "nl-NL", "sv-SE")
 # Jobs a run takes by default. A burst fills the pipeline (each stage's first batch in turn) for
@@ -64,6 +64,9 @@ SATURATED = 0.85
 # each job waits for the poll that sees it done.
 BURST_POLL_S = 2.0
 SEQUENTIAL_POLL_S = 0.5
+# Once nine in ten of a burst's jobs are done, asks come this often: the stages' CPU and busy
+# shares are read when the bench sees the end, so it should see it soon after the last publish.
+BURST_LAST_POLL_S = 0.25
 
 
 def _single_job_events(events: list[dict]) -> list[dict]:
@@ -203,19 +206,33 @@ def _run_baseline(
     """The baseline's result, and the CPU the stack's services used meanwhile."""
     directory = catalog_dir / f"baseline-{run_id}"
     samples = make_sample_products(directory)
-    # A server of its own: other URLs, so no run finds another's downloads cached.
-    server = StaticServer(directory)
+    # A server of its own: other URLs, so no run finds another's downloads cached. The warm-up
+    # has one more, so the timed jobs find none of its downloads in the URL cache either.
+    server, warm_server = StaticServer(directory), StaticServer(directory)
     try:
         events = _events(samples, server.url, jobs, f"{run_id}-baseline")
-        warm = _events(samples, server.url, warmup, f"{run_id}-baseline-warmup") if warmup else []
-        services_before = _service_cpu(settings)
-        result = asyncio.run(run_baseline(_baseline_settings(settings, run_id), events, warm))
+        warm = _events(samples, warm_server.url, warmup, f"{run_id}-baseline-warmup") if warmup else []
+        services_before: dict[str, float] = {}
+        result = asyncio.run(
+            run_baseline(
+                _baseline_settings(settings, run_id),
+                events,
+                warm,
+                on_measure=lambda: services_before.update(_service_cpu(settings)),
+            )
+        )
         return result, _cpu_since(services_before, _service_cpu(settings))
     finally:
         server.close()
+        warm_server.close()
 
 
 def _print_baseline(label: str, result: BaselineResult, services: dict[str, float]) -> None:
+    if result.warmup_jobs:
+        print(
+            f"  warm-up first: {result.warmup_published} of {result.warmup_jobs} jobs published "
+            "(not measured)"
+        )
     cpu = sum(result.cpu_s.values())
     print(
         f"{label}: {result.jobs} jobs, "
@@ -273,7 +290,7 @@ def run_pipeline_bench(
         assert session.supervisor is not None
         supervisor = session.supervisor
         if warmup:
-            _warm_up(session, _events(samples, server.url, warmup, f"{run_id}-warmup"), timeout_s)
+            _warm_up(session, samples, catalog_dir, warmup, f"{run_id}-warmup", timeout_s)
         events = _events(samples, server.url, jobs, run_id)
         job_ids = expected_job_ids(events)
         print(f"before the pipeline: {load_line()}", flush=True)
@@ -288,7 +305,7 @@ def run_pipeline_bench(
                 states.update(session.wait_for(expected_job_ids([event]), timeout_s, poll_s=poll_s))
         else:
             session.submit(events)
-            states = session.wait_for(job_ids, timeout_s, poll_s=poll_s)
+            states = session.wait_for(job_ids, timeout_s, poll_s=poll_s, last_poll_s=BURST_LAST_POLL_S)
         seen = time.monotonic() - started
         loads = _stage_loads(supervisor, cpu_before, restarts_before)
         services = _cpu_since(services_before, _service_cpu(settings))
@@ -340,16 +357,37 @@ def run_pipeline_bench(
     return 0
 
 
-def _warm_up(session: PipelineSession, events: list[dict[str, Any]], timeout_s: float) -> None:
+def _warm_up(
+    session: PipelineSession,
+    samples: list[SampleProduct],
+    catalog_dir: Path,
+    jobs: int,
+    salt: str,
+    timeout_s: float,
+) -> None:
     """Jobs through the pipeline before the measured ones, untimed: the fresh stage processes'
-    caches and connections, and a broker whose JIT has not seen this load yet (the first run on
-    a broker just started paid 0.044 CPU s/job of Kafka against 0.010-0.014 once warm)."""
-    ids = expected_job_ids(events)
-    began = time.monotonic()
-    session.submit(events)
-    states = session.wait_for(ids, timeout_s)
+    caches and connections and the broker's (Kafka's CPU per job fell over the first runs on a
+    broker just started, 0.044 → 0.024 → 0.014). Served from a server of their own, so the
+    measured jobs find none of these downloads in the references' URL cache."""
+    server = StaticServer(catalog_dir)
+    try:
+        events = _events(samples, server.url, jobs, salt)
+        ids = expected_job_ids(events)
+        began = time.monotonic()
+        session.submit(events)
+        states = session.wait_for(ids, timeout_s)
+    finally:
+        server.close()
     done = sum(1 for j in ids if states.get(j) == JobState.PUBLISHED)
+    ended = sum(1 for j in ids if is_terminal(states.get(j)))
     print(f"warm-up: {done} of {len(ids)} jobs published in {time.monotonic() - began:.1f} s (not measured)")
+    if ended < len(ids):
+        print(f"warning: {len(ids) - ended} warm-up jobs still in flight; they run beside the measured ones")
+    elif done < len(ids):
+        print(
+            f"warning: {len(ids) - done} warm-up jobs did not publish; see the stage logs in "
+            f"{session.log_dir}"
+        )
 
 
 def _delete_topics(session: PipelineSession) -> None:

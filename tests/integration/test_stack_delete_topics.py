@@ -3,6 +3,7 @@ another prefix's topics stay, and the unprefixed pipeline topics are never a tar
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 
@@ -55,28 +56,37 @@ def test_refuses_the_unprefixed_topics(stack_settings: Settings) -> None:
 def test_a_test_session_deletes_the_topics_it_created_and_only_those(stack_settings: Settings) -> None:
     """tests/support/created_topics.py, which the session's stack_settings runs under: what this
     process created goes at the end; a topic another client made meanwhile stays."""
-    from confluent_kafka import Producer
+    from confluent_kafka import KafkaException, Producer
     from confluent_kafka.admin import NewTopic
 
     from tests.support.created_topics import deleted_at_exit
 
     run = uuid.uuid4().hex[:6]
-    ours, theirs = f"tidy-{run}-ours", f"tidy-{run}-theirs"
+    ours, theirs, raced = f"tidy-{run}-ours", f"tidy-{run}-theirs", f"tidy-{run}-raced"
     bootstrap = stack_settings.kafka.bootstrap
     admin = admin_client(bootstrap)
-    with deleted_at_exit(bootstrap) as created:
-        for future in admin.create_topics([NewTopic(ours, 1, 1)]).values():
-            future.result()
-        # Made by someone else: the broker creates it on first produce, no create_topics here.
-        producer = Producer({"bootstrap.servers": bootstrap, "allow.auto.create.topics": True})
-        producer.produce(theirs, b"x")
-        assert producer.flush(30) == 0
-        assert created == {ours}
-    deadline = time.monotonic() + 30
-    while ours in _topics(stack_settings) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    remaining = _topics(stack_settings)
-    assert ours not in remaining
-    assert theirs in remaining
-    for future in admin.delete_topics([theirs]).values():
+    # Made by another process before we ask for it: our create fails "already exists".
+    for future in admin.create_topics([NewTopic(raced, 1, 1)]).values():
         future.result()
+    try:
+        with deleted_at_exit(bootstrap) as created:
+            for future in admin.create_topics([NewTopic(ours, 1, 1)]).values():
+                future.result()
+            for future in admin.create_topics([NewTopic(raced, 1, 1)]).values():
+                with pytest.raises(KafkaException):
+                    future.result()
+            # Made by someone else: the broker creates it on first produce, no create_topics here.
+            producer = Producer({"bootstrap.servers": bootstrap, "allow.auto.create.topics": True})
+            producer.produce(theirs, b"x")
+            assert producer.flush(30) == 0
+            assert created == {ours}
+        deadline = time.monotonic() + 30
+        while ours in _topics(stack_settings) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        remaining = _topics(stack_settings)
+        assert ours not in remaining
+        assert {theirs, raced} <= remaining
+    finally:
+        for future in admin.delete_topics([theirs, raced]).values():
+            with contextlib.suppress(KafkaException):
+                future.result()

@@ -23,15 +23,24 @@ _SHARED = frozenset(topic.value for topic in Topic)
 
 
 @contextmanager
-def deleted_at_exit(bootstrap: str) -> Iterator[set[str]]:
-    """Record every topic created through AdminClient.create_topics meanwhile; delete those that
-    still exist on ``bootstrap`` at exit. Yields the recorded names."""
+def deleted_at_exit(bootstrap: str, keep: frozenset[str] = _SHARED) -> Iterator[set[str]]:
+    """Record every topic this process created through AdminClient.create_topics meanwhile (not
+    those in ``keep``); delete those that still exist on ``bootstrap`` at exit. Yields the
+    recorded names."""
+    keep = keep | _SHARED
     created: set[str] = set()
     original = AdminClient.create_topics
 
     def recording(self: AdminClient, new_topics: list[Any], *args: Any, **kwargs: Any) -> Any:
         futures = original(self, new_topics, *args, **kwargs)
-        created.update(name for name in futures if name not in _SHARED and not name.startswith("__"))
+        if kwargs.get("validate_only"):
+            return futures
+        for name, future in futures.items():
+            if name not in keep and not name.startswith("__"):
+                # Only a create that succeeded: "already exists" means someone else made it.
+                future.add_done_callback(
+                    lambda done, name=name: created.add(name) if done.exception() is None else None
+                )
         return futures
 
     AdminClient.create_topics = recording  # type: ignore[method-assign]

@@ -56,3 +56,18 @@ def test_wait_for_gives_up_at_the_timeout(settings: Settings, monkeypatch: pytes
     session = _Scripted(settings, [{"a": "running"}])
     assert session.wait_for(["a"], timeout_s=10, poll_s=2.0) == {"a": "running"}
     assert session.asks == 5  # at 0, 2, 4, 6 and 8 s
+
+
+def test_wait_for_asks_more_often_near_the_end(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    slept: list[float] = []
+    monkeypatch.setattr(session_module.time, "sleep", slept.append)
+    ids = [str(i) for i in range(10)]
+    answers = [
+        dict.fromkeys(ids, "running"),
+        {**dict.fromkeys(ids[:9], "published"), "9": "running"},
+        {**dict.fromkeys(ids[:9], "published"), "9": "running"},
+        dict.fromkeys(ids, "published"),
+    ]
+    session = _Scripted(settings, answers)
+    session.wait_for(ids, timeout_s=60, poll_s=2.0, last_poll_s=0.25)
+    assert slept == [2.0, 0.25, 0.25]  # nine of ten done: the end is near
