@@ -163,7 +163,7 @@ def register_runs(commands: Commands) -> None:
         metavar="N",
         help="jobs run first through the pipeline and through each baseline run, not timed or "
         "counted (default 16, rounded up to whole products; 0: none): the stage processes are "
-        "fresh each run, and a broker just started has not compiled its hot paths yet",
+        "fresh each run, a deployment's are long-running",
     )
     p.add_argument(
         "--poll",

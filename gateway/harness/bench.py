@@ -21,11 +21,10 @@ Prints, from one run:
   with the stages but are not in their figures;
 - the machine's load averages before each part (the bench shares the machine).
 
-Both sides are warmed first with `warmup` jobs of their own (untimed, uncounted): the stage
-processes are started fresh for each run and the baseline's handlers too, while a deployment's
-are long-running; and a broker just started has not compiled its hot paths. The burst asks for
-its jobs' states every BURST_POLL_S; its jobs/s ends at the last publish event whenever a poll
-sees it.
+Both sides are warmed first with `warmup` jobs of their own (untimed, uncounted, from URLs of
+their own): the stage processes are started fresh for each run and the baseline's handlers too,
+while a deployment's are long-running. The burst asks for its jobs' states every BURST_POLL_S,
+and every BURST_LAST_POLL_S once nine in ten are done; its jobs/s ends at the last publish event.
 """
 
 from __future__ import annotations
@@ -51,7 +50,7 @@ from processors.job_states import JobState, is_terminal
 
 LOCALES = ("en-US", "en-GB", "de-DE", "fr-FR", "es-ES", "it-IT", "nl-NL", "sv-SE")
 # Jobs a run takes by default. A burst fills the pipeline (each stage's first batch in turn) for
-# 1.3-2.3 s and drains it at the end; in a run of 40 jobs (about 4 s) that was a third of the
+# 1.3-2.6 s and drains it at the end; in a run of 40 jobs (about 4 s) that was a third of the
 # wall time, so its jobs/s said more about latency than about what the stages carry. 144 jobs
 # (18 products, about 13 s) measure the sustained rate; the fill is printed either way.
 DEFAULT_JOBS = 144

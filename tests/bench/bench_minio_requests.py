@@ -2,8 +2,8 @@
 
     lightbox stack up && python -m tests.bench.bench_minio_requests [--requests 300] [--jobs 24]
 
-1. PUT, GET and HEAD `--requests` times each for objects of 30 B, 64 KB and 340 KB (a generated
-   512 px PNG), and prints MinIO's CPU per request (from its own /proc accounting, through the
+1. PUT, GET and HEAD `--requests` times each for random objects of 30 B, 64 KB and 340 KB (the
+   size of a generated 512 px PNG), and prints MinIO's CPU per request (from its own /proc accounting, through the
    pid file `stack up` writes) and the wall time the client saw.
 2. Runs `--jobs` jobs through the bench's baseline (the stages' handlers in one process) with
    the MinIO client's requests counted, and prints the requests per job by method and by the
@@ -44,20 +44,22 @@ def per_request(settings: Settings, requests: int) -> None:
         data = os.urandom(size)
         keys = [f"{root}/{size}/{i}" for i in range(requests)]
         figures = []
-        for method, call in (
-            ("PUT", lambda key, data=data: store.put_bytes(key, data, "application/octet-stream")),
-            ("GET", store.get_bytes),
-            ("HEAD", store.exists),
-        ):
-            cpu, wall = _minio_cpu_s(settings), time.perf_counter()
+        try:
+            for method, call in (
+                ("PUT", lambda key, data=data: store.put_bytes(key, data, "application/octet-stream")),
+                ("GET", store.get_bytes),
+                ("HEAD", store.exists),
+            ):
+                cpu, wall = _minio_cpu_s(settings), time.perf_counter()
+                for key in keys:
+                    call(key)
+                used = (_minio_cpu_s(settings) - cpu) / requests * 1000
+                took = (time.perf_counter() - wall) / requests * 1000
+                figures.append(f"{method} {used:.2f} ms CPU ({took:.2f} ms wall)")
+            print(f"{label:>7}: " + ", ".join(figures))
+        finally:
             for key in keys:
-                call(key)
-            used = (_minio_cpu_s(settings) - cpu) / requests * 1000
-            took = (time.perf_counter() - wall) / requests * 1000
-            figures.append(f"{method} {used:.2f} ms CPU ({took:.2f} ms wall)")
-        print(f"{label:>7}: " + ", ".join(figures))
-        for key in keys:
-            store.delete(key)
+                store.delete(key)
 
 
 def per_job(settings: Settings, jobs: int) -> None:
