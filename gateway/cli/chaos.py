@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from gateway.cli.common import Commands, settings_of
+from gateway.cli.common import Commands, int_at_least, settings_of
 
 LONG_ROUNDS = 100
 JOBS_PER_LONG_ROUND = 2
@@ -30,13 +30,6 @@ def cmd_chaos(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"at least 1, not {value}")
-    return value
-
-
 def register(commands: Commands) -> None:
     p = commands.add_parser(
         "chaos",
@@ -50,10 +43,10 @@ def register(commands: Commands) -> None:
         "--shared-stack. Exit status 1 when a check fails. docs/reliability.md has the figures.",
     )
     p.add_argument("--seed", type=int, default=1, help="the plan's seed (default 1): same seed, same plan")
-    p.add_argument("--rounds", type=_positive, help="rounds of faults (default 3; 100 with --long)")
+    p.add_argument("--rounds", type=int_at_least(1), help="rounds of faults (default 3; 100 with --long)")
     p.add_argument(
         "--jobs",
-        type=_positive,
+        type=int_at_least(1),
         help="jobs to submit, spread over the rounds (default 12; 2 a round with --long)",
     )
     p.add_argument(

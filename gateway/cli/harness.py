@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from gateway.cli.common import Commands, settings_of
+from gateway.cli.common import Commands, int_at_least, positive_seconds, settings_of
 from gateway.cli.pipeline import copies_arg
 
 
@@ -31,20 +31,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(
         settings_of(args), products=args.products, timeout_s=args.timeout, keep_running=args.keep_running
     )
-
-
-def _at_least_zero(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text}: must be 0 or more")
-    return value
-
-
-def _positive_seconds(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text}: must be more than 0 seconds")
-    return value
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -158,7 +144,7 @@ def register_runs(commands: Commands) -> None:
     )
     p.add_argument(
         "--warmup",
-        type=_at_least_zero,
+        type=int_at_least(0),
         default=16,
         metavar="N",
         help="jobs run first through the pipeline and through each baseline run, not timed or "
@@ -167,7 +153,7 @@ def register_runs(commands: Commands) -> None:
     )
     p.add_argument(
         "--poll",
-        type=_positive_seconds,
+        type=positive_seconds,
         default=None,
         metavar="SECONDS",
         help="how often to ask the event log for the jobs' states (default 2 in burst, 0.5 in "

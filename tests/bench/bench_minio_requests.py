@@ -3,8 +3,8 @@
     lightbox stack up && python -m tests.bench.bench_minio_requests [--requests 300] [--jobs 24]
 
 1. PUT, GET and HEAD `--requests` times each for random objects of 30 B, 64 KB and 340 KB (the
-   size of a generated 512 px PNG), and prints MinIO's CPU per request (from its own /proc accounting, through the
-   pid file `stack up` writes) and the wall time the client saw.
+   size of a generated 512 px PNG), and prints MinIO's CPU per request (from its own /proc
+   accounting, through the pid file `stack up` writes) and the wall time the client saw.
 2. Runs `--jobs` jobs through the bench's baseline (the stages' handlers in one process) with
    the MinIO client's requests counted, and prints the requests per job by method and by the
    first segment of the key, with MinIO's CPU per job meanwhile.
